@@ -1,0 +1,62 @@
+"""The exceptions llm-sessions raises.
+
+::
+
+    Exception
+    └── LLMSessionsError              every error of this package
+        ├── InvalidSessionId          (also ValueError) a session id header that must be refused
+        ├── StoreUnavailable          Redis can't be reached, timed out or refused a write
+        ├── BudgetExceeded            a request would take its session over its cost cap
+        └── MissingDependency         (also ImportError) an optional extra is not installed
+
+Bad arguments raise the built-in `TypeError` / `ValueError` with a message that names
+the argument.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExceeded",
+    "InvalidSessionId",
+    "LLMSessionsError",
+    "MissingDependency",
+    "StoreUnavailable",
+]
+
+
+class LLMSessionsError(Exception):
+    """Base class of every error raised by llm-sessions."""
+
+
+class InvalidSessionId(LLMSessionsError, ValueError):
+    """A session id header is present but unusable (too long, or not printable ASCII)."""
+
+
+class StoreUnavailable(LLMSessionsError):
+    """The session store's backend can't be reached, timed out, or refused a write.
+
+    The backend's own exception is chained as ``__cause__``.
+    """
+
+
+class MissingDependency(LLMSessionsError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+class BudgetExceeded(LLMSessionsError):
+    """The request would take the session's spend over its cap; nothing was changed.
+
+    This is final for the session: retrying the same request gives the same answer.
+    """
+
+    def __init__(
+        self, session_id: str | None, spent_micros: int, reserved_micros: int, cap_micros: int
+    ) -> None:
+        self.session_id = session_id
+        self.spent_micros = spent_micros
+        self.reserved_micros = reserved_micros
+        self.cap_micros = cap_micros
+        super().__init__(
+            f"session budget exceeded: spent {spent_micros} + reserved {reserved_micros} "
+            f"micro-USD would pass the cap of {cap_micros} micro-USD"
+        )

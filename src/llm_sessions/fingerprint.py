@@ -1,0 +1,108 @@
+"""Request fingerprints and size estimates: pure functions of a request's content."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from .messages import message_text, utf8
+
+__all__ = [
+    "CACHE_STICKY_MESSAGE_TOKENS",
+    "CACHE_STICKY_TOTAL_TOKENS",
+    "HASH_PREFIX_CHARS",
+    "hash_request_content",
+    "normalized_head",
+    "normalized_tail",
+    "provider_from_model",
+    "should_cache_sticky",
+    "utf8_len",
+]
+
+HASH_PREFIX_CHARS = 500
+CACHE_STICKY_MESSAGE_TOKENS = 3000
+CACHE_STICKY_TOTAL_TOKENS = 5000
+_BYTES_PER_TOKEN = 3  # 4 for English, 2 for CJK and code: 3 as a conservative average
+_WINDOW = 2048
+
+
+def normalized_head(text: str, n: int = HASH_PREFIX_CHARS) -> str:
+    """The first `n` characters of ``" ".join(text.split())``, reading only what it needs.
+
+    Windows of `text` double until their whole words fill `n` characters, so the cost
+    depends on the prefix needed, not on the length of `text`.
+    """
+    window = _WINDOW
+    while True:
+        if window >= len(text):
+            return " ".join(text.split())[:n]
+        chunk = text[:window]
+        words = chunk.split()
+        if words and not text[window].isspace() and not chunk[-1].isspace():
+            words.pop()  # the last word may continue past the window
+        joined = " ".join(words)
+        if len(joined) >= n:
+            return joined[:n]
+        window *= 4
+
+
+def normalized_tail(text: str, n: int = HASH_PREFIX_CHARS) -> str:
+    """The last `n` characters of ``" ".join(text.split())``, reading only what it needs."""
+    window = _WINDOW
+    while True:
+        if window >= len(text):
+            return " ".join(text.split())[-n:]
+        chunk = text[-window:]
+        words = chunk.split()
+        if words and not text[-window - 1].isspace() and not chunk[0].isspace():
+            words.pop(0)  # the first word may start before the window
+        joined = " ".join(words)
+        if len(joined) >= n:
+            return joined[-n:]
+        window *= 4
+
+
+def hash_request_content(content: str, tool_names: Iterable[str] = ()) -> str:
+    """32-hex fingerprint of a request: whitespace-normalized first 500 characters + tools.
+
+    Strips, collapses every run of Unicode whitespace to one space, keeps the first 500
+    characters, appends ``"|tools:" + ",".join(sorted(tool_names))`` when there are tool
+    names, and returns the first 32 hex digits of the SHA-256.
+    """
+    if not isinstance(content, str):
+        raise TypeError(f"content must be a str, got {type(content).__name__}")
+    names = sorted(tool_names)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"tool names must be str, got {type(name).__name__}")
+    text = normalized_head(content)
+    if names:
+        text += "|tools:" + ",".join(names)
+    return hashlib.sha256(utf8(text)).hexdigest()[:32]
+
+
+def provider_from_model(model_id: str) -> str:
+    """``"anthropic/claude-sonnet-4.6"`` -> ``"anthropic"``; no or empty prefix -> ``"default"``."""
+    provider, slash, _ = model_id.partition("/")
+    return provider if slash and provider else "default"
+
+
+def utf8_len(text: str) -> int:
+    """Length of `text` in UTF-8 bytes, without copying ASCII text."""
+    return len(text) if text.isascii() else len(utf8(text))
+
+
+def should_cache_sticky(messages: Iterable[Any]) -> bool:
+    """True when the context is large enough to pin its model for the prefix cache.
+
+    Tokens are estimated as UTF-8 bytes // 3: one message of 3000 tokens, or all of them
+    together reaching 5000, is enough.
+    """
+    total = 0
+    for message in messages:
+        size = utf8_len(message_text(message))
+        if size // _BYTES_PER_TOKEN >= CACHE_STICKY_MESSAGE_TOKENS:
+            return True
+        total += size
+    return total // _BYTES_PER_TOKEN >= CACHE_STICKY_TOTAL_TOKENS

@@ -1,0 +1,104 @@
+"""Session ids: read from a request header, or derived from the first user message."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import InvalidSessionId
+from .messages import message_role, message_text, utf8
+
+__all__ = [
+    "DEFAULT_HEADER_NAME",
+    "MAX_SESSION_ID_LENGTH",
+    "InvalidSessionId",
+    "derive_session_id",
+    "derive_session_id_from_messages",
+    "get_session_id",
+]
+
+DEFAULT_HEADER_NAME = "x-session-id"
+MAX_SESSION_ID_LENGTH = 256
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def derive_session_id(first_user_message: str, *, scope: str = "") -> str:
+    """64-hex SHA-256 of the message (byte-identical to the reference when `scope` is empty).
+
+    With a `scope` (a tenant, an API-key hash) it hashes ``scope + b"\\0" + message``, so two
+    tenants who open with the same words never share a session.
+    """
+    if not isinstance(first_user_message, str):
+        kind = type(first_user_message).__name__
+        raise TypeError(f"first_user_message must be a str, got {kind}")
+    if not isinstance(scope, str):
+        raise TypeError(f"scope must be a str, got {type(scope).__name__}")
+    data = utf8(first_user_message)
+    if scope:
+        data = utf8(scope) + b"\x00" + data
+    return hashlib.sha256(data).hexdigest()
+
+
+def derive_session_id_from_messages(messages: Iterable[Any], *, scope: str = "") -> str | None:
+    """`derive_session_id` of the first ``user`` message with non-empty text, else None."""
+    for message in messages:
+        if message_role(message) == "user":
+            text = message_text(message)
+            if text:
+                return derive_session_id(text, scope=scope)
+    return None
+
+
+def get_session_id(headers: Any, header_name: str = DEFAULT_HEADER_NAME) -> str | None:
+    """The session id carried by `headers`, or None when absent or empty.
+
+    `headers` is any mapping (dict, Starlette/httpx/werkzeug headers) or an iterable of
+    (name, value) pairs; names match case-insensitively; a value may be str, bytes
+    (decoded as latin-1) or a list (its first element). Spaces and tabs around the value
+    are stripped. A present id longer than 256 characters or with a character outside
+    printable ASCII (0x20-0x7E) raises `InvalidSessionId`.
+    """
+    name = header_name or DEFAULT_HEADER_NAME
+    value = _lookup(headers, name)
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("latin-1")
+    if not isinstance(value, str):
+        kind = type(value).__name__
+        raise TypeError(f"header {name!r} has a {kind} value, expected str or bytes")
+    value = value.strip(" \t")
+    if not value:
+        return None
+    if len(value) > MAX_SESSION_ID_LENGTH:
+        raise InvalidSessionId(
+            f"{name} header is {len(value)} characters long; the limit is {MAX_SESSION_ID_LENGTH}"
+        )
+    bad = _NOT_PRINTABLE.search(value)
+    if bad is not None:
+        raise InvalidSessionId(
+            f"{name} header has a character outside printable ASCII "
+            f"(U+{ord(bad.group()):04X} at position {bad.start()})"
+        )
+    return value
+
+
+def _lookup(headers: Any, name: str) -> Any:
+    getter = getattr(headers, "get", None)
+    if getter is not None:
+        value = getter(name)
+        if value is not None:
+            return value
+    items: Iterable[Any] = headers.items() if hasattr(headers, "items") else headers
+    wanted = name.lower()
+    for raw_key, value in items:
+        key = (
+            bytes(raw_key).decode("latin-1") if isinstance(raw_key, bytes | bytearray) else raw_key
+        )
+        if isinstance(key, str) and key.lower() == wanted:
+            return value
+    return None
