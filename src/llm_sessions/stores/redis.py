@@ -1,0 +1,464 @@
+"""Redis stores: `RedisSessionStore` and its asyncio twin `AsyncRedisSessionStore`.
+
+Both run the same `RedisOps` generators (see ``redis_core``); the only code here is how a
+command reaches Redis, once with blocking calls and once with ``await``, and what a
+store does when Redis can't be reached (``on_error``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from ..clock import Clock
+from ..config import Config
+from ..errors import MissingDependency, StoreUnavailable
+from ..records import Entry, Stats
+from ..tiers import Tier
+from .base import Transition
+from .redis_core import SCRIPTS, Eval, Fetch, Now, Op, Read, RedisOps, Scan, Unlink
+
+try:
+    import redis as redis_sync
+    import redis.asyncio as redis_async
+    from redis.backoff import NoBackoff
+    from redis.exceptions import (
+        ClusterDownError,
+        OutOfMemoryError,
+        ReadOnlyError,
+        RedisError,
+        ResponseError,
+        TryAgainError,
+    )
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise MissingDependency(
+        "the Redis store needs the redis client: pip install 'llm-sessions[redis]'"
+    ) from exc
+
+__all__ = ["AsyncRedisSessionStore", "OnError", "RedisSessionStore"]
+
+log = logging.getLogger("llm_sessions.redis")
+
+R = TypeVar("R")
+T = TypeVar("T")
+OnError = Literal["raise", "fail_open"]
+
+DEFAULT_SOCKET_TIMEOUT = 0.5
+DEFAULT_CONNECT_TIMEOUT = 0.25
+SCAN_COUNT = 500
+_LOG_EVERY_S = 10.0
+# Errors that mean "Redis can't take this now", as opposed to a bug. Connection errors
+# include LOADING (BusyLoadingError); BUSY and NOREPLICAS arrive as plain ResponseErrors.
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+)
+_UNAVAILABLE_REPLIES = ("BUSY", "NOREPLICAS", "OOM")
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_UNAVAILABLE_REPLIES)
+
+
+class _ErrorPolicy:
+    """``on_error``: raise `StoreUnavailable`, or count, log at most every 10 s, and answer
+    the method's fail-open default."""
+
+    def __init__(self, on_error: str) -> None:
+        if on_error not in ("raise", "fail_open"):
+            raise ValueError(f"on_error must be 'raise' or 'fail_open', got {on_error!r}")
+        self.fail_open = on_error == "fail_open"
+        self.errors = 0
+        self._last_log = -_LOG_EVERY_S
+
+    def handle(self, op: Op[R], exc: BaseException) -> R:
+        if isinstance(exc, ResponseError) and "overflow" in str(exc):
+            raise ValueError("the session cost would overflow a 64-bit integer") from exc
+        if not _unavailable(exc):
+            raise exc
+        self.errors += 1
+        if not self.fail_open:
+            raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}: {exc})") from exc
+        now = time.monotonic()
+        if now - self._last_log >= _LOG_EVERY_S:
+            self._last_log = now
+            log.warning("Redis unavailable, failing open (%d errors so far): %s", self.errors, exc)
+        return op.default()
+
+
+def _no_retry() -> Retry:
+    # A write that may have reached the server is never sent again (a retried script
+    # could count a cost twice); reads retry once, in the drivers below.
+    return Retry(NoBackoff(), 0)
+
+
+def _pool_kwargs(pool: Any) -> dict[str, Any]:
+    kwargs = dict(pool.connection_kwargs)
+    kwargs.update(retry=_no_retry(), decode_responses=False)
+    return kwargs
+
+
+def _sync_client(target: Any, socket_timeout: float, connect_timeout: float) -> Any:
+    if isinstance(target, str):
+        return redis_sync.Redis.from_url(
+            target,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=_no_retry(),
+        )
+    if isinstance(target, redis_sync.Redis):
+        # Same server and settings, but a pool of our own without automatic retries.
+        pool = target.connection_pool
+        return redis_sync.Redis(
+            connection_pool=type(pool)(
+                connection_class=pool.connection_class,
+                max_connections=pool.max_connections,
+                **_pool_kwargs(pool),
+            )
+        )
+    raise TypeError(f"expected a redis URL or a redis.Redis client, got {type(target).__name__}")
+
+
+def _async_client(target: Any, socket_timeout: float, connect_timeout: float) -> Any:
+    if isinstance(target, str):
+        return redis_async.Redis.from_url(
+            target,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=_no_retry(),
+        )
+    if isinstance(target, redis_async.Redis):
+        pool = target.connection_pool
+        return redis_async.Redis(
+            connection_pool=type(pool)(
+                connection_class=pool.connection_class,
+                max_connections=pool.max_connections,
+                **_pool_kwargs(pool),
+            )
+        )
+    raise TypeError(
+        f"expected a redis URL or a redis.asyncio.Redis client, got {type(target).__name__}"
+    )
+
+
+def _server_ms(reply: Any) -> int:
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+class _RedisStoreBase:
+    def __init__(
+        self,
+        config: Config | None,
+        key_prefix: str,
+        clock: Clock | None,
+        on_error: str,
+    ) -> None:
+        cfg = Config() if config is None else config
+        if not isinstance(cfg, Config):
+            raise TypeError(f"config must be a Config, got {type(cfg).__name__}")
+        self._ops = RedisOps(cfg, key_prefix, clock)
+        self._errors = _ErrorPolicy(on_error)
+        self._clock = clock
+
+    @property
+    def config(self) -> Config:
+        return self._ops.config
+
+    @property
+    def key_prefix(self) -> str:
+        return self._ops.key_prefix
+
+    @property
+    def errors(self) -> int:
+        """How many times Redis could not be reached (or refused a write)."""
+        return self._errors.errors
+
+    def key(self, session_id: str) -> str:
+        """The Redis key of a session."""
+        return self._ops.key(session_id)
+
+
+class RedisSessionStore(_RedisStoreBase):
+    """A session store in Redis (>= 7) or Valkey, shared by every process that uses it.
+
+    Same methods, results and rules as `SessionStore`, except that ``max_sessions`` does
+    not apply (Redis' ``maxmemory`` does). Each per-session method is one round trip,
+    atomic on the server. `client_or_url` is a ``redis://``, ``rediss://`` or ``unix://``
+    URL or a `redis.Redis` (its settings are reused on a pool of the store's own, with
+    automatic retries off). With `clock` None the server's clock is used.
+    ``on_error="fail_open"`` answers reads with None/0/False and drops writes while Redis
+    is unreachable, instead of raising `StoreUnavailable`.
+    """
+
+    def __init__(
+        self,
+        client_or_url: Any,
+        config: Config | None = None,
+        *,
+        key_prefix: str = "llm-sessions:",
+        clock: Clock | None = None,
+        on_error: OnError = "raise",
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        socket_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        super().__init__(config, key_prefix, clock, on_error)
+        self._client = _sync_client(client_or_url, socket_timeout, socket_connect_timeout)
+        self._scripts = {name: self._client.register_script(src) for name, src in SCRIPTS.items()}
+
+    def _execute(self, cmd: Any) -> Any:
+        if isinstance(cmd, Eval):
+            return self._scripts[cmd.script](keys=[cmd.key], args=cmd.args)
+        if isinstance(cmd, Unlink):
+            return self._client.unlink(*cmd.keys)
+        try:
+            return self._read(cmd)
+        except RedisConnectionError:
+            return self._read(cmd)  # reads retry once: pooled connections die with a restart
+
+    def _read(self, cmd: Any) -> Any:
+        client = self._client
+        if isinstance(cmd, Read):
+            if self._clock is not None:
+                return client.hgetall(cmd.key), self._clock()
+            fields, now = client.pipeline(transaction=False).hgetall(cmd.key).time().execute()
+            return fields, _server_ms(now)
+        if isinstance(cmd, Now):
+            return self._clock() if self._clock is not None else _server_ms(client.time())
+        if isinstance(cmd, Scan):
+            return client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
+        if isinstance(cmd, Fetch):
+            pipe = client.pipeline(transaction=False)
+            for key in cmd.keys:
+                pipe.hmget(key, cmd.fields)
+            return pipe.execute()
+        raise AssertionError(cmd)
+
+    def _run(self, op: Op[R]) -> R:
+        steps = op.steps
+        try:
+            cmd = next(steps)
+            while True:
+                try:
+                    reply = self._execute(cmd)
+                except RedisError as exc:
+                    return self._errors.handle(op, exc)
+                cmd = steps.send(reply)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def get_session(self, session_id: str) -> Entry | None:
+        return self._run(self._ops.get_session(session_id))
+
+    def set_session(
+        self,
+        session_id: str,
+        model: str,
+        tier: Tier | str | None = None,
+        user_explicit: bool = False,
+    ) -> None:
+        self._run(self._ops.set_session(session_id, model, tier, user_explicit))
+
+    def touch_session(self, session_id: str) -> None:
+        self._run(self._ops.touch_session(session_id))
+
+    def clear_session(self, session_id: str) -> None:
+        self._run(self._ops.clear_session(session_id))
+
+    def clear_all(self) -> None:
+        self._run(self._ops.clear_all())
+
+    def get_stats(self, limit: int | None = None) -> Stats:
+        return self._run(self._ops.get_stats(limit))
+
+    def record_request_hash(self, session_id: str, request_hash: str) -> int:
+        return self._run(self._ops.record_request_hash(session_id, request_hash))
+
+    def escalate_session(
+        self, session_id: str, models: Mapping[Tier, str] | Mapping[str, str] | None = None
+    ) -> Tier | None:
+        return self._run(self._ops.escalate_session(session_id, models))
+
+    def add_session_cost(self, session_id: str, micros: int) -> int:
+        return self._run(self._ops.add_session_cost(session_id, micros))
+
+    def get_session_cost_micros(self, session_id: str) -> int:
+        return self._run(self._ops.get_session_cost_micros(session_id))
+
+    def get_session_cost_usd(self, session_id: str) -> float:
+        return self.get_session_cost_micros(session_id) / 1_000_000
+
+    def set_cache_sticky(self, session_id: str, provider: str) -> None:
+        self._run(self._ops.set_cache_sticky(session_id, provider))
+
+    def is_cache_sticky(self, session_id: str) -> bool:
+        return self._run(self._ops.is_cache_sticky(session_id))
+
+    def transact(self, session_id: str, fn: Transition[T]) -> T:
+        return self._run(self._ops.transact(session_id, fn))
+
+    def ping(self) -> bool:
+        """True when Redis answers a PING."""
+        try:
+            return bool(self._client.ping())
+        except RedisError:
+            return False
+
+    def close(self) -> None:
+        """Close the store's connection pool. Idempotent."""
+        self._client.close()
+
+    def __enter__(self) -> RedisSessionStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncRedisSessionStore(_RedisStoreBase):
+    """`RedisSessionStore` on ``redis.asyncio``: the same methods as coroutines."""
+
+    def __init__(
+        self,
+        client_or_url: Any,
+        config: Config | None = None,
+        *,
+        key_prefix: str = "llm-sessions:",
+        clock: Clock | None = None,
+        on_error: OnError = "raise",
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        socket_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        super().__init__(config, key_prefix, clock, on_error)
+        self._client = _async_client(client_or_url, socket_timeout, socket_connect_timeout)
+        self._scripts = {name: self._client.register_script(src) for name, src in SCRIPTS.items()}
+
+    async def _execute(self, cmd: Any) -> Any:
+        if isinstance(cmd, Eval):
+            return await self._scripts[cmd.script](keys=[cmd.key], args=cmd.args)
+        if isinstance(cmd, Unlink):
+            return await self._client.unlink(*cmd.keys)
+        try:
+            return await self._read(cmd)
+        except RedisConnectionError:
+            return await self._read(cmd)  # reads retry once: pooled connections die with a restart
+
+    async def _read(self, cmd: Any) -> Any:
+        client = self._client
+        if isinstance(cmd, Read):
+            if self._clock is not None:
+                return await client.hgetall(cmd.key), self._clock()
+            fields, now = await client.pipeline(transaction=False).hgetall(cmd.key).time().execute()
+            return fields, _server_ms(now)
+        if isinstance(cmd, Now):
+            return self._clock() if self._clock is not None else _server_ms(await client.time())
+        if isinstance(cmd, Scan):
+            return await client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
+        if isinstance(cmd, Fetch):
+            pipe = client.pipeline(transaction=False)
+            for key in cmd.keys:
+                pipe.hmget(key, cmd.fields)
+            return await pipe.execute()
+        raise AssertionError(cmd)
+
+    async def _run(self, op: Op[R]) -> R:
+        steps = op.steps
+        try:
+            cmd = next(steps)
+            while True:
+                try:
+                    reply = await self._execute(cmd)
+                except RedisError as exc:
+                    return self._errors.handle(op, exc)
+                cmd = steps.send(reply)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    async def get_session(self, session_id: str) -> Entry | None:
+        return await self._run(self._ops.get_session(session_id))
+
+    async def set_session(
+        self,
+        session_id: str,
+        model: str,
+        tier: Tier | str | None = None,
+        user_explicit: bool = False,
+    ) -> None:
+        await self._run(self._ops.set_session(session_id, model, tier, user_explicit))
+
+    async def touch_session(self, session_id: str) -> None:
+        await self._run(self._ops.touch_session(session_id))
+
+    async def clear_session(self, session_id: str) -> None:
+        await self._run(self._ops.clear_session(session_id))
+
+    async def clear_all(self) -> None:
+        await self._run(self._ops.clear_all())
+
+    async def get_stats(self, limit: int | None = None) -> Stats:
+        return await self._run(self._ops.get_stats(limit))
+
+    async def record_request_hash(self, session_id: str, request_hash: str) -> int:
+        return await self._run(self._ops.record_request_hash(session_id, request_hash))
+
+    async def escalate_session(
+        self, session_id: str, models: Mapping[Tier, str] | Mapping[str, str] | None = None
+    ) -> Tier | None:
+        return await self._run(self._ops.escalate_session(session_id, models))
+
+    async def add_session_cost(self, session_id: str, micros: int) -> int:
+        return await self._run(self._ops.add_session_cost(session_id, micros))
+
+    async def get_session_cost_micros(self, session_id: str) -> int:
+        return await self._run(self._ops.get_session_cost_micros(session_id))
+
+    async def get_session_cost_usd(self, session_id: str) -> float:
+        return await self.get_session_cost_micros(session_id) / 1_000_000
+
+    async def set_cache_sticky(self, session_id: str, provider: str) -> None:
+        await self._run(self._ops.set_cache_sticky(session_id, provider))
+
+    async def is_cache_sticky(self, session_id: str) -> bool:
+        return await self._run(self._ops.is_cache_sticky(session_id))
+
+    async def transact(self, session_id: str, fn: Transition[T]) -> T:
+        return await self._run(self._ops.transact(session_id, fn))
+
+    async def ping(self) -> bool:
+        """True when Redis answers a PING."""
+        try:
+            return bool(await self._client.ping())
+        except RedisError:
+            return False
+
+    async def aclose(self) -> None:
+        """Close the store's connection pool. Idempotent."""
+        await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncRedisSessionStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

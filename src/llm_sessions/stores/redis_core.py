@@ -1,0 +1,467 @@
+"""The Redis stores' logic, with no I/O: every store method as a generator of commands.
+
+Each method of `RedisOps` checks its arguments, then yields the commands it needs (a
+read, a script, a scan step...) and receives their replies, and returns the method's
+result. `RedisSessionStore` and `AsyncRedisSessionStore` only run these generators, one
+synchronously and one with ``await``; neither holds any rule of its own.
+
+Layout: one hash per session under ``key_prefix + blake2b(id)`` (a raw id never becomes
+a key). Fields: the `Entry` fields (``cost`` for the session cost, ``h1``..``h3`` for the
+hash window), the flow state when set, ``id`` and the record version ``v``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Generic, TypeVar
+
+from .. import rules
+from ..clock import Clock
+from ..config import Config
+from ..records import EMPTY_FLOW, Entry, FlowState, Reservation, SessionInfo, Stats
+from ..tiers import Tier, coerce_tier
+from .base import (
+    Transition,
+    check_bool,
+    check_id,
+    check_limit,
+    check_micros,
+    check_models,
+    check_str,
+)
+
+__all__ = ["SCRIPTS", "Eval", "Fetch", "Now", "Op", "Read", "RedisOps", "Scan", "Unlink"]
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+SCRIPT_NAMES = (
+    "set_session",
+    "touch_session",
+    "record_request_hash",
+    "escalate_session",
+    "add_session_cost",
+    "set_cache_sticky",
+    "compare_and_set",
+)
+
+
+def _load_scripts() -> dict[str, str]:
+    lua = resources.files(__package__).joinpath("lua")
+    prelude = lua.joinpath("_prelude.lua").read_text("utf-8")
+    # The shebang (Redis >= 7) declares the scripts as writers with no flags: Redis then
+    # refuses them whole when over maxmemory, instead of letting a first non-growing
+    # write (DEL, HINCRBY...) through and with it every later one.
+    return {
+        name: "#!lua\n" + prelude + lua.joinpath(f"{name}.lua").read_text("utf-8")
+        for name in SCRIPT_NAMES
+    }
+
+
+#: Script sources by name: the shared prelude followed by the script's own body.
+SCRIPTS = _load_scripts()
+
+MAX_CAS_ATTEMPTS = 64
+
+
+# -- commands a method can yield ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """HGETALL of one key (pipelined with TIME when the server's clock is used).
+    Reply: ``(fields: dict[bytes, bytes], now_ms)``."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Eval:
+    """EVALSHA of one of `SCRIPTS` on one key. Reply: the script's raw reply."""
+
+    script: str
+    key: str
+    args: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    """The current time in ms (the injected clock, or the server's TIME). Reply: int."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One SCAN step over keys matching `match`. Reply: ``(next_cursor, keys)``."""
+
+    cursor: int
+    match: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """HMGET `fields` of every key in one pipeline. Reply: a list of value lists."""
+
+    keys: tuple[bytes, ...]
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unlink:
+    """UNLINK keys. Reply: the number removed."""
+
+    keys: tuple[bytes, ...]
+
+
+Command = Read | Eval | Now | Scan | Fetch | Unlink
+
+
+@dataclass(slots=True)
+class Op(Generic[R]):
+    """A running store method: `steps` yields commands and returns the result; `default`
+    is what a fail-open store answers when Redis can't be reached."""
+
+    steps: Generator[Command, Any, R]
+    default: Callable[[], R]
+    write: bool
+
+
+# -- encoding -------------------------------------------------------------------------------
+
+
+def _b(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _s(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogatepass")
+
+
+_TIER_BYTES: dict[bytes, Tier] = {t.value.encode(): t for t in Tier}
+_HASH_FIELDS = (b"h1", b"h2", b"h3")
+
+
+def _tier_arg(tier: Tier | None) -> bytes:
+    return b"" if tier is None else tier.value.encode()
+
+
+def decode_entry(fields: Mapping[bytes, bytes]) -> Entry:
+    """An `Entry` from a session hash's fields."""
+    get = fields.get
+    return Entry(
+        _s(fields[b"model"]),
+        _TIER_BYTES.get(fields[b"tier"]),
+        int(fields[b"created_at"]),
+        int(fields[b"last_used_at"]),
+        int(fields[b"request_count"]),
+        tuple(_s(fields[k]) for k in _HASH_FIELDS if k in fields),
+        int(fields[b"strikes"]),
+        fields[b"escalated"] == b"1",
+        fields[b"user_explicit"] == b"1",
+        fields[b"cache_sticky"] == b"1",
+        int(fields[b"cache_sticky_at"]),
+        _s(fields[b"provider"]),
+        int(fields[b"cost"]),
+        _decode_flow(get) if b"flow" in fields else EMPTY_FLOW,
+    )
+
+
+def _decode_flow(get: Callable[[bytes], bytes | None]) -> FlowState:
+    raw = get(b"reservations") or b""
+    reservations = []
+    for item in raw.split(b";") if raw else ():
+        rid, micros, expires = item.split(b",")
+        reservations.append(Reservation(rid.decode(), int(micros), int(expires)))
+    return FlowState(
+        tuple(reservations),
+        _s(get(b"explicit_model") or b""),
+        _s(get(b"fallback_from") or b""),
+        int(get(b"fallback_at") or 0),
+        int(get(b"sticky_ttl_ms") or 0),
+        _s(get(b"failed_fingerprint") or b""),
+    )
+
+
+def encode_entry(session_id: str, entry: Entry) -> list[bytes]:
+    """Field/value pairs of a whole session record (without its version)."""
+    out = [
+        b"id", _b(session_id),
+        b"model", _b(entry.model),
+        b"tier", _tier_arg(entry.tier),
+        b"created_at", b"%d" % entry.created_at,
+        b"last_used_at", b"%d" % entry.last_used_at,
+        b"request_count", b"%d" % entry.request_count,
+        b"strikes", b"%d" % entry.strikes,
+        b"escalated", b"1" if entry.escalated else b"0",
+        b"user_explicit", b"1" if entry.user_explicit else b"0",
+        b"cache_sticky", b"1" if entry.cache_sticky else b"0",
+        b"cache_sticky_at", b"%d" % entry.cache_sticky_at,
+        b"provider", _b(entry.provider),
+        b"cost", b"%d" % entry.session_cost_micros,
+    ]  # fmt: skip
+    for name, value in zip(_HASH_FIELDS, entry.recent_hashes, strict=False):
+        out += (name, _b(value))
+    flow = entry.flow
+    if flow != EMPTY_FLOW:
+        out += (
+            b"flow", b"1",
+            b"reservations", b";".join(
+                b"%s,%d,%d" % (r.id.encode(), r.micros, r.expires_at) for r in flow.reservations
+            ),
+            b"explicit_model", _b(flow.explicit_model),
+            b"fallback_from", _b(flow.fallback_from),
+            b"fallback_at", b"%d" % flow.fallback_at,
+            b"sticky_ttl_ms", b"%d" % flow.sticky_ttl_ms,
+            b"failed_fingerprint", _b(flow.failed_fingerprint),
+        )  # fmt: skip
+    return out
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+# -- the methods ----------------------------------------------------------------------------
+
+
+class RedisOps:
+    """Every store method as an `Op`; shared by the sync and the async Redis store."""
+
+    def __init__(self, config: Config, key_prefix: str, clock: Clock | None) -> None:
+        if not isinstance(key_prefix, str):
+            raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        self.config = config
+        self.key_prefix = key_prefix
+        self.clock = clock
+        self._enabled = config.enabled
+        self._timeout = config.timeout_ms
+        self._timeout_arg = b"%d" % config.timeout_ms
+
+    def key(self, session_id: str) -> str:
+        """The session's key: the prefix and a 128-bit digest of the id."""
+        return self.key_prefix + hashlib.blake2b(_b(session_id), digest_size=16).hexdigest()
+
+    def _now_arg(self) -> bytes:
+        return b"" if self.clock is None else b"%d" % self.clock()
+
+    def _eval(self, script: str, session_id: str, *args: bytes) -> Eval:
+        return Eval(
+            script,
+            self.key(session_id),
+            (self._now_arg(), self._timeout_arg, _b(session_id), *args),
+        )
+
+    def _live(self, session_id: str, fields: Mapping[bytes, bytes], now: int) -> Entry | None:
+        """The session in `fields` as a reader sees it at `now`, or None."""
+        if fields.get(b"id") != _b(session_id):
+            return None  # no key, or (never in practice) another id with the same digest
+        entry = decode_entry(fields)
+        if rules.is_expired(entry, now, self._timeout):
+            return None
+        return rules.snapshot(list(entry), now) if entry.flow.reservations else entry
+
+    def _off(self, session_id: str) -> bool:
+        return not self._enabled or not session_id
+
+    # reads
+
+    def get_session(self, session_id: str) -> Op[Entry | None]:
+        check_id(session_id)
+        return Op(self._get(session_id), lambda: None, False)
+
+    def _get(self, session_id: str) -> Generator[Command, Any, Entry | None]:
+        if self._off(session_id):
+            return None
+        fields, now = yield Read(self.key(session_id))
+        return self._live(session_id, fields, now)
+
+    def get_session_cost_micros(self, session_id: str) -> Op[int]:
+        check_id(session_id)
+
+        def steps() -> Generator[Command, Any, int]:
+            entry = yield from self._get(session_id)
+            return 0 if entry is None else entry.session_cost_micros
+
+        return Op(steps(), lambda: 0, False)
+
+    def is_cache_sticky(self, session_id: str) -> Op[bool]:
+        check_id(session_id)
+
+        def steps() -> Generator[Command, Any, bool]:
+            if self._off(session_id):
+                return False
+            fields, now = yield Read(self.key(session_id))
+            return rules.is_cache_sticky(self._live(session_id, fields, now), now, self.config)
+
+        return Op(steps(), lambda: False, False)
+
+    def get_stats(self, limit: int | None = None) -> Op[Stats]:
+        limit = check_limit(limit)
+
+        def steps() -> Generator[Command, Any, Stats]:
+            now = yield Now()
+            live: list[tuple[str, str, int]] = []
+            cursor, match = 0, _glob_escape(self.key_prefix) + "*"
+            while True:
+                cursor, keys = yield Scan(cursor, match)
+                if keys:
+                    rows = yield Fetch(tuple(keys), ("id", "model", "created_at", "last_used_at"))
+                    for sid, model, created, used in rows:
+                        if (
+                            sid is not None
+                            and used is not None
+                            and now - int(used) <= self._timeout
+                        ):
+                            live.append((_s(sid), _s(model), int(created)))
+                if cursor == 0:
+                    break
+            live.sort()
+            chosen = live if limit is None else live[:limit]
+            sessions = [SessionInfo(rules.cut_id(s), m, (now - c) // 1000) for s, m, c in chosen]
+            return Stats(len(live), sessions)
+
+        return Op(steps(), lambda: Stats(0, []), False)
+
+    # writes: one script each
+
+    def set_session(
+        self, session_id: str, model: str, tier: Tier | str | None, user_explicit: bool
+    ) -> Op[None]:
+        check_id(session_id)
+        check_str("model", model)
+        t = coerce_tier(tier)
+        check_bool("user_explicit", user_explicit)
+
+        def steps() -> Generator[Command, Any, None]:
+            if not self._off(session_id):
+                yield self._eval(
+                    "set_session",
+                    session_id,
+                    _b(model),
+                    _tier_arg(t),
+                    b"1" if user_explicit else b"0",
+                )
+
+        return Op(steps(), lambda: None, True)
+
+    def touch_session(self, session_id: str) -> Op[None]:
+        check_id(session_id)
+
+        def steps() -> Generator[Command, Any, None]:
+            if not self._off(session_id):
+                yield self._eval("touch_session", session_id)
+
+        return Op(steps(), lambda: None, True)
+
+    def record_request_hash(self, session_id: str, request_hash: str) -> Op[int]:
+        check_id(session_id)
+        check_str("request_hash", request_hash)
+
+        def steps() -> Generator[Command, Any, int]:
+            if self._off(session_id):
+                return 0
+            return int((yield self._eval("record_request_hash", session_id, _b(request_hash))))
+
+        return Op(steps(), lambda: 0, True)
+
+    def escalate_session(
+        self, session_id: str, models: Mapping[Tier, str] | Mapping[str, str] | None
+    ) -> Op[Tier | None]:
+        check_id(session_id)
+        by_tier = check_models(models) or {}
+
+        def steps() -> Generator[Command, Any, Tier | None]:
+            if self._off(session_id):
+                return None
+            args: list[bytes] = []
+            for tier in (Tier.MEDIUM, Tier.COMPLEX, Tier.REASONING):
+                model = by_tier.get(tier)
+                args += (b"0", b"") if model is None else (b"1", _b(model))
+            reply = yield self._eval("escalate_session", session_id, *args)
+            return None if reply is None else _TIER_BYTES[reply]
+
+        return Op(steps(), lambda: None, True)
+
+    def add_session_cost(self, session_id: str, micros: int) -> Op[int]:
+        check_id(session_id)
+        micros = check_micros(micros)
+
+        def steps() -> Generator[Command, Any, int]:
+            if self._off(session_id):
+                return 0
+            return int((yield self._eval("add_session_cost", session_id, b"%d" % micros)))
+
+        return Op(steps(), lambda: 0, True)
+
+    def set_cache_sticky(self, session_id: str, provider: str) -> Op[None]:
+        check_id(session_id)
+        check_str("provider", provider)
+
+        def steps() -> Generator[Command, Any, None]:
+            if not self._off(session_id):
+                yield self._eval("set_cache_sticky", session_id, _b(provider))
+
+        return Op(steps(), lambda: None, True)
+
+    def clear_session(self, session_id: str) -> Op[None]:
+        check_id(session_id)
+
+        def steps() -> Generator[Command, Any, None]:
+            yield Unlink((self.key(session_id).encode(),))
+
+        return Op(steps(), lambda: None, True)
+
+    def clear_all(self) -> Op[None]:
+        def steps() -> Generator[Command, Any, None]:
+            cursor, match = 0, _glob_escape(self.key_prefix) + "*"
+            while True:
+                cursor, keys = yield Scan(cursor, match)
+                if keys:
+                    yield Unlink(tuple(keys))
+                if cursor == 0:
+                    return
+
+        return Op(steps(), lambda: None, True)
+
+    def transact(self, session_id: str, fn: Transition[T]) -> Op[T]:
+        """One read, then a compare-and-set of the whole record; when another write came
+        in between, the script answers with the current record and `fn` runs again."""
+        check_id(session_id)
+
+        def default() -> T:  # fail-open: as if the session did not exist
+            return fn(
+                None, self.clock() if self.clock is not None else time.time_ns() // 1_000_000
+            )[1]
+
+        def steps() -> Generator[Command, Any, T]:
+            if self._off(session_id):
+                return default()
+            key = self.key(session_id)
+            fields, now = yield Read(key)
+            for _ in range(MAX_CAS_ATTEMPTS):
+                old = self._live(session_id, fields, now)
+                new, result = fn(old, now)
+                if new is old:
+                    return result
+                record = [] if new is None else encode_entry(session_id, new)
+                reply = yield Eval(
+                    "compare_and_set",
+                    key,
+                    (
+                        self._now_arg(),
+                        self._timeout_arg,
+                        _b(session_id),
+                        fields.get(b"v", b""),
+                        *record,
+                    ),
+                )
+                if reply[0] == 1:
+                    return result
+                now, flat = int(reply[1]), reply[2]
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            raise RuntimeError(f"session changed {MAX_CAS_ATTEMPTS} times during one transact")
+
+        return Op(steps(), default, True)
