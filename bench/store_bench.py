@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _baseline import MinimalStore
-
 from llm_sessions import Config, SessionStore, hash_request_content
+
+from _baseline import MinimalStore
 
 
 def ns_per_op(fn: Callable[[int], object], n: int, repeats: int = 5) -> float:
@@ -45,7 +45,10 @@ def compare_ops(n: int) -> list[tuple[str, float, float]]:
     rows = []
     for name, make_ops in OPS.items():
         results = []
-        for store in (SessionStore(Config(cleanup_interval_ms=0, max_sessions=10 * n)), MinimalStore()):
+        for store in (
+            SessionStore(Config(cleanup_interval_ms=0, max_sessions=10 * n)),
+            MinimalStore(),
+        ):
             prepare, op = make_ops(store, ids)
             prepare()
             results.append(ns_per_op(op, n))
@@ -76,7 +79,10 @@ OPS: dict[str, Callable[..., tuple[Callable[[], None], Callable[[int], object]]]
         _prefill(s, ids),
         lambda i: s.record_request_hash(ids[i], "0123456789abcdef0123456789abcdef"),
     ),
-    "add_session_cost": lambda s, ids: (_prefill(s, ids), lambda i: s.add_session_cost(ids[i], 125)),
+    "add_session_cost": lambda s, ids: (
+        _prefill(s, ids),
+        lambda i: s.add_session_cost(ids[i], 125),
+    ),
 }
 
 
@@ -104,7 +110,9 @@ def cleanup_stall(n: int) -> tuple[float, float, int]:
     """Max and median latency of get_session in another thread while `n` expired
     sessions are swept; returns (max_ms, median_us, removed)."""
     now = [0]
-    store = SessionStore(Config(cleanup_interval_ms=0, timeout_ms=1000, max_sessions=n + 10), clock=lambda: now[0])
+    store = SessionStore(
+        Config(cleanup_interval_ms=0, timeout_ms=1000, max_sessions=n + 10), clock=lambda: now[0]
+    )
     for i in range(n):
         store.set_session(f"session-{i:06d}", "m", "MEDIUM")
     now[0] = 10_000
@@ -129,7 +137,7 @@ def cleanup_stall(n: int) -> tuple[float, float, int]:
 
 
 def hash_ratio() -> tuple[float, float]:
-    small = ("word " * 2048)[:10 * 1024]
+    small = ("word " * 2048)[: 10 * 1024]
     big = "word " * (2 * 1024 * 1024)
     t_small = ns_per_op(lambda i: hash_request_content(small), 2000)
     t_big = ns_per_op(lambda i: hash_request_content(big), 2000)
@@ -148,14 +156,21 @@ def main() -> None:
         print(f"{name:28} {ours:10.0f} ns {base:7.0f} ns {ours / base:6.2f}x")
     print(f"worst ratio: {worst:.2f}x (target <= 2x)")
     ours_b, base_b = bytes_per_session(n)
-    print(f"bytes per live session ({n} sessions): SessionStore {ours_b:.0f} B, minimal {base_b:.0f} B "
-          f"(target < 450 B)")
+    print(
+        f"bytes per live session ({n} sessions): SessionStore {ours_b:.0f} B, "
+        f"minimal {base_b:.0f} B "
+        f"(target < 450 B)"
+    )
     stall_ms, median_us, removed = cleanup_stall(n)
-    print(f"cleanup of {removed} expired sessions: longest get_session {stall_ms:.2f} ms, "
-          f"median {median_us:.1f} us (target < 5 ms)")
+    print(
+        f"cleanup of {removed} expired sessions: longest get_session {stall_ms:.2f} ms, "
+        f"median {median_us:.1f} us (target < 5 ms)"
+    )
     t_small, t_big = hash_ratio()
-    print(f"hash_request_content: 10 KB {t_small / 1e3:.1f} us, 10 MB {t_big / 1e3:.1f} us, "
-          f"ratio {t_big / t_small:.2f}x (target <= 2x)")
+    print(
+        f"hash_request_content: 10 KB {t_small / 1e3:.1f} us, 10 MB {t_big / 1e3:.1f} us, "
+        f"ratio {t_big / t_small:.2f}x (target <= 2x)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""Fixtures shared by the suite: a fake clock and every store kind, built the same way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from llm_sessions import (
+    AsyncRedisSessionStore,
+    AsyncSessionStore,
+    Config,
+    RedisSessionStore,
+    SessionStore,
+)
+
+from helpers import FakeClock, SyncFacade
+from redis_server import RedisServer
+
+STORE_KINDS = ["memory", "async-memory", "redis", "async-redis"]
+
+StoreFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the whole run. Never skipped: if it can't start, the
+    run fails."""
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private server's URL, with an empty database."""
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+def _build(
+    kind: str, config: Config, clock: Any, loop: asyncio.AbstractEventLoop, url: str, **kw: Any
+) -> Any:
+    if kind == "memory":
+        return SessionStore(config, clock=clock)
+    if kind == "async-memory":
+        return SyncFacade(AsyncSessionStore(config, clock=clock), loop)
+    if kind == "redis":
+        return RedisSessionStore(url, config, clock=clock, **kw)
+    if kind == "async-redis":
+        return SyncFacade(AsyncRedisSessionStore(url, config, clock=clock, **kw), loop)
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_store(
+    store_kind: str, clock: FakeClock, request: pytest.FixtureRequest
+) -> Iterator[StoreFactory]:
+    """make_store(config=None, clock=<the test's FakeClock>, **store kwargs) -> a store of
+    this kind, sync or behind a `SyncFacade`; all are closed at the end of the test."""
+    url = request.getfixturevalue("redis_url") if "redis" in store_kind else ""
+    loop = asyncio.new_event_loop()
+    made: list[Any] = []
+
+    def make(config: Config | None = None, **kw: Any) -> Any:
+        cfg = config or Config(cleanup_interval_ms=0)
+        use_clock = kw.pop("clock", clock)
+        store = _build(store_kind, cfg, use_clock, loop, url, **kw)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+    loop.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> Any:
+    return make_store()

@@ -1,0 +1,49 @@
+"""Test helpers: a controllable clock and a synchronous face for async stores."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+START_MS = 1_700_000_000_000
+
+
+class FakeClock:
+    """A clock the test moves by hand: ``clock.advance(ms)``."""
+
+    def __init__(self, now: int = START_MS) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
+class SyncFacade:
+    """Calls an async store's coroutine methods on one private event loop, so the same
+    test can drive sync and async stores. The async store itself runs unmodified."""
+
+    def __init__(self, store: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.store = store
+        self.loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.store, name)
+        if inspect.iscoroutinefunction(attr):
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return self.loop.run_until_complete(attr(*args, **kwargs))
+
+            return call
+        return attr
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.store.aclose())
+
+
+def run_async(factory: Callable[[], Any]) -> Any:
+    return asyncio.new_event_loop().run_until_complete(factory())

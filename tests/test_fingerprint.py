@@ -1,0 +1,101 @@
+"""Request fingerprints, cache-sticky sizing, provider names."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llm_sessions import MessageInfo, hash_request_content, provider_from_model, should_cache_sticky
+from llm_sessions.fingerprint import normalized_head, normalized_tail
+
+
+def sha32(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def test_exact_values() -> None:
+    assert hash_request_content("  hello \n\t world ") == sha32("hello world")
+    assert hash_request_content("  hello \n\t world ", ["b", "a"]) == sha32("hello world|tools:a,b")
+    assert hash_request_content("hello world", ()) == sha32("hello world")
+    assert hash_request_content("", []) == sha32("")
+
+
+def test_unicode_whitespace_collapses_and_500_characters_are_kept() -> None:
+    assert hash_request_content("a\u3000\u2003b\u00a0c\x1c") == sha32("a b c")
+    text = "é" * 499 + "会" + "x" * 100
+    assert hash_request_content(text) == sha32("é" * 499 + "会")
+    assert hash_request_content(text + " differs after 500") == hash_request_content(text)
+
+
+@given(st.lists(st.sampled_from(["a", "bc", " ", "\n", "\u3000", "é", "x" * 30]), max_size=3000))
+def test_hash_equals_the_naive_definition(parts: list[str]) -> None:
+    text = "".join(parts)
+    assert hash_request_content(text) == sha32(" ".join(text.split())[:500])
+
+
+@given(
+    st.lists(st.sampled_from(["a", "bb", " ", "\t\n", "\u2003", "w" * 700]), max_size=400),
+    st.integers(1, 600),
+)
+def test_normalized_ends_read_only_what_they_need(parts: list[str], n: int) -> None:
+    text = "".join(parts)
+    full = " ".join(text.split())
+    assert normalized_head(text, n) == full[:n]
+    assert normalized_tail(text, n) == full[-n:]
+
+
+def test_huge_content_is_hashed_from_its_prefix() -> None:
+    big = "word " * 2_000_000
+    assert hash_request_content(big) == sha32(" ".join(big.split())[:500])
+
+
+def test_hash_type_errors() -> None:
+    with pytest.raises(TypeError):
+        hash_request_content(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        hash_request_content("x", [1])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("model", "provider"),
+    [
+        ("anthropic/claude-sonnet-4.6", "anthropic"),
+        ("gpt-4o", "default"),
+        ("/x", "default"),
+        ("openrouter/anthropic/claude", "openrouter"),
+        ("", "default"),
+        ("a/", "a"),
+    ],
+)
+def test_provider_from_model(model: str, provider: str) -> None:
+    assert provider_from_model(model) == provider
+
+
+def test_should_cache_sticky_thresholds() -> None:
+    assert should_cache_sticky([MessageInfo("user", "x" * 8999)]) is False  # 2999 tokens
+    assert should_cache_sticky([MessageInfo("user", "x" * 9000)]) is True  # 3000 in one message
+    four = [MessageInfo("user", "x" * 3750) for _ in range(4)]  # 15000 bytes = 5000 tokens
+    assert should_cache_sticky(four) is True
+    assert should_cache_sticky(four[:3] + [MessageInfo("user", "x" * 3748)]) is False
+    assert should_cache_sticky([]) is False
+
+
+def test_should_cache_sticky_counts_utf8_bytes_and_list_parts() -> None:
+    assert should_cache_sticky([{"role": "user", "content": "会" * 3000}]) is True  # 9000 bytes
+    assert should_cache_sticky([{"role": "user", "content": "会" * 2999}]) is False
+    parts = [
+        {"type": "text", "text": "x" * 4500},
+        {"type": "image_url"},
+        {"type": "text", "text": "y" * 4499},
+    ]
+    assert should_cache_sticky([{"role": "user", "content": parts}]) is True  # joined with "\n"
+    assert (
+        should_cache_sticky(
+            [{"role": "user", "content": parts[:2] + [{"type": "text", "text": "y" * 4498}]}]
+        )
+        is False
+    )
+    assert should_cache_sticky([{"role": "user", "content": "x" * 10 * 1024 * 1024}]) is True

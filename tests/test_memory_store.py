@@ -1,0 +1,180 @@
+"""What only the in-memory store must do: bound its memory, expire without a full scan,
+run and stop its cleanup thread, and stay exact under threads."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import weakref
+
+import pytest
+
+from llm_sessions import Config, SessionStore, Tier, monotonic_wall_clock
+
+from helpers import FakeClock
+
+TIMEOUT = 1_000
+
+
+def cfg(**kw: int) -> Config:
+    return Config(**{"cleanup_interval_ms": 0, "timeout_ms": TIMEOUT, **kw})  # type: ignore[arg-type]
+
+
+def test_bound_evicts_the_least_recently_used(clock: FakeClock) -> None:
+    store = SessionStore(cfg(max_sessions=3), clock=clock)
+    for sid in ["a", "b", "c"]:
+        store.set_session(sid, "m")
+        clock.advance(10)
+    store.touch_session("a")  # b is now the least recently used
+    store.get_session("b")  # reads do not count as use
+    store.add_session_cost("b", 1)
+    store.set_session("d", "m")
+    assert [s.id for s in store.get_stats().sessions] == ["a", "c", "d"]
+    assert len(store) == 3
+
+
+def test_bound_drops_expired_sessions_first(clock: FakeClock) -> None:
+    store = SessionStore(cfg(max_sessions=3), clock=clock)
+    store.set_session("old1", "m")
+    store.set_session("old2", "m")
+    clock.advance(TIMEOUT + 1)
+    store.set_session("live", "m")
+    store.set_session("new", "m")
+    assert len(store) == 2
+    assert [s.id for s in store.get_stats().sessions] == ["live", "new"]
+
+
+def test_memory_is_bounded_whatever_ids_arrive(clock: FakeClock) -> None:
+    store = SessionStore(cfg(max_sessions=100), clock=clock)
+    for i in range(5_000):
+        store.add_session_cost(f"attacker-{i}", 1)
+        store.set_session(f"x{i}", "m")
+    assert len(store) == 100
+    assert store.get_stats().count == 100
+
+
+def test_expire_removes_only_what_expired(clock: FakeClock) -> None:
+    store = SessionStore(cfg(max_sessions=10_000), clock=clock)
+    for i in range(1_000):
+        store.set_session(f"old{i}", "m")
+    clock.advance(TIMEOUT // 2)
+    for i in range(10):
+        store.set_session(f"new{i}", "m")
+    clock.advance(TIMEOUT // 2 + 1)
+    assert store.expire() == 1_000
+    assert len(store) == 10
+    assert store.expire() == 0
+
+
+def test_cleanup_thread_sweeps_and_stops_on_close(clock: FakeClock) -> None:
+    store = SessionStore(Config(cleanup_interval_ms=5, timeout_ms=TIMEOUT), clock=clock)
+    thread = store._thread
+    assert thread is not None and thread.daemon and thread.is_alive()
+    store.set_session("s", "m")
+    clock.advance(TIMEOUT + 1)
+    deadline = time.monotonic() + 10
+    while len(store) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(store) == 0
+    store.close()
+    assert not thread.is_alive()
+    store.close()  # idempotent
+
+
+def test_no_thread_when_disabled_or_interval_zero() -> None:
+    assert SessionStore(Config(enabled=False))._thread is None
+    assert SessionStore(Config(cleanup_interval_ms=0))._thread is None
+
+
+def test_context_manager_closes() -> None:
+    with SessionStore(Config(cleanup_interval_ms=50)) as store:
+        thread = store._thread
+        store.set_session("s", "m")
+    assert thread is not None and not thread.is_alive()
+
+
+def test_a_dropped_store_is_freed_and_its_thread_ends() -> None:
+    store = SessionStore(Config(cleanup_interval_ms=1))
+    thread = store._thread
+    ref = weakref.ref(store)
+    del store
+    gc.collect()
+    assert ref() is None
+    assert thread is not None
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_exact_cost_under_eight_threads() -> None:
+    store = SessionStore(cfg())
+    ids = ["s1", "s2", "s3"]
+    barrier = threading.Barrier(8)
+
+    def work(t: int) -> None:
+        barrier.wait()
+        for i in range(5_000):
+            store.add_session_cost(ids[(t + i) % 3], i % 5 + 1)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sum(store.get_session_cost_micros(s) for s in ids) == 8 * sum(
+        i % 5 + 1 for i in range(5_000)
+    )
+
+
+def test_concurrent_mixed_operations_never_raise() -> None:
+    store = SessionStore(Config(cleanup_interval_ms=1, max_sessions=50))
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def work(t: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(3_000):
+                sid = f"s{(t * 7 + i) % 80}"
+                store.set_session(sid, f"m{i % 3}", Tier.SIMPLE)
+                store.get_session(sid)
+                store.touch_session(sid)
+                store.record_request_hash(sid, "h" if i % 2 else "g")
+                store.escalate_session(sid)
+                store.set_cache_sticky(sid, "openai")
+                store.is_cache_sticky(sid)
+                if i % 100 == 0:
+                    store.get_stats(limit=5)
+                    store.expire()
+        except BaseException as exc:  # pragma: no cover - the assertion reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    store.close()
+    assert errors == []
+    assert len(store) <= 50
+
+
+def test_huge_ids_and_contents() -> None:
+    store = SessionStore(cfg())
+    huge = "i" * 1_000_000
+    store.set_session(huge, "m")
+    assert store.get_session(huge).model == "m"
+    assert store.get_stats().sessions[0].id == "iiiiiiii..."
+    assert store.record_request_hash(huge, "x" * 10_000_000) == 0
+
+
+def test_default_clock_ignores_wall_clock_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = monotonic_wall_clock()
+    start = clock()
+    assert abs(start - time.time() * 1000) < 1_000
+    monkeypatch.setattr(time, "time_ns", lambda: 0)
+    monkeypatch.setattr(time, "time", lambda: 0.0)
+    assert clock() >= start
+    store = SessionStore(cfg())
+    store.set_session("s", "m")
+    assert store.get_session("s") is not None

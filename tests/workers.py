@@ -1,0 +1,44 @@
+"""Code run in child processes by the cross-process tests (importable by spawn)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from llm_sessions import Config, RedisSessionStore
+
+
+def add_costs(url: str, session_ids: list[str], threads: int, calls: int) -> int:
+    """`threads` threads each add 1..n micros `calls` times, spread over `session_ids`;
+    returns the total this process added."""
+    store = RedisSessionStore(url, Config(cleanup_interval_ms=0), socket_timeout=5)
+    added = [0] * threads
+
+    def work(t: int) -> None:
+        for i in range(calls):
+            micros = (i % 7) + 1
+            store.add_session_cost(session_ids[(t + i) % len(session_ids)], micros)
+            added[t] += micros
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    store.close()
+    return sum(added)
+
+
+def read_session(url: str, session_id: str, now: int | None) -> Any:
+    store = RedisSessionStore(
+        url, Config(cleanup_interval_ms=0), clock=(lambda: now) if now else None
+    )
+    entry = store.get_session(session_id)
+    store.close()
+    return None if entry is None else entry.to_dict()
+
+
+def pin_session(url: str, session_id: str, model: str, now: int) -> None:
+    store = RedisSessionStore(url, Config(cleanup_interval_ms=0), clock=lambda: now)
+    store.set_session(session_id, model, "MEDIUM")
+    store.close()
