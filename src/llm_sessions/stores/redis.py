@@ -7,6 +7,7 @@ store does when Redis can't be reached (``on_error``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from ..errors import MissingDependency, StoreUnavailable
 from ..records import Entry, Stats
 from ..tiers import Tier
 from .base import Transition
-from .redis_core import SCRIPTS, Eval, Fetch, Now, Op, Read, RedisOps, Scan, Unlink
+from .redis_core import SCRIPTS, Eval, Fetch, Now, Op, RedisOps, Scan, Unlink
 
 try:
     import redis as redis_sync
@@ -27,6 +28,7 @@ try:
     from redis.backoff import NoBackoff
     from redis.exceptions import (
         ClusterDownError,
+        NoScriptError,
         OutOfMemoryError,
         ReadOnlyError,
         RedisError,
@@ -170,6 +172,8 @@ class _RedisStoreBase:
         if not isinstance(cfg, Config):
             raise TypeError(f"config must be a Config, got {type(cfg).__name__}")
         self._ops = RedisOps(cfg, key_prefix, clock)
+        # Script digests, computed here (EVALSHA needs no prior SCRIPT LOAD to be tried).
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in SCRIPTS.items()}
         self._errors = _ErrorPolicy(on_error)
         self._clock = clock
 
@@ -216,48 +220,55 @@ class RedisSessionStore(_RedisStoreBase):
     ) -> None:
         super().__init__(config, key_prefix, clock, on_error)
         self._client = _sync_client(client_or_url, socket_timeout, socket_connect_timeout)
-        self._scripts = {name: self._client.register_script(src) for name, src in SCRIPTS.items()}
-
-    def _execute(self, cmd: Any) -> Any:
-        if isinstance(cmd, Eval):
-            return self._scripts[cmd.script](keys=[cmd.key], args=cmd.args)
-        if isinstance(cmd, Unlink):
-            return self._client.unlink(*cmd.keys)
-        try:
-            return self._read(cmd)
-        except RedisConnectionError:
-            return self._read(cmd)  # reads retry once: pooled connections die with a restart
-
-    def _read(self, cmd: Any) -> Any:
-        client = self._client
-        if isinstance(cmd, Read):
-            if self._clock is not None:
-                return client.hgetall(cmd.key), self._clock()
-            fields, now = client.pipeline(transaction=False).hgetall(cmd.key).time().execute()
-            return fields, _server_ms(now)
-        if isinstance(cmd, Now):
-            return self._clock() if self._clock is not None else _server_ms(client.time())
-        if isinstance(cmd, Scan):
-            return client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
-        if isinstance(cmd, Fetch):
-            pipe = client.pipeline(transaction=False)
-            for key in cmd.keys:
-                pipe.hmget(key, cmd.fields)
-            return pipe.execute()
-        raise AssertionError(cmd)
 
     def _run(self, op: Op[R]) -> R:
-        steps = op.steps
+        steps, client, shas = op.steps, self._client, self._shas
         try:
             cmd = next(steps)
             while True:
                 try:
-                    reply = self._execute(cmd)
+                    if type(cmd) is Eval:
+                        try:
+                            reply = client.evalsha(shas[cmd.script], 1, cmd.key, *cmd.args)
+                        except (NoScriptError, RedisConnectionError) as exc:
+                            reply = self._eval_again(cmd, exc)
+                    else:
+                        reply = self._keyspace(cmd)
                 except RedisError as exc:
                     return self._errors.handle(op, exc)
                 cmd = steps.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    def _eval_again(self, cmd: Eval, exc: RedisError) -> Any:
+        """A script's second chance: load a script Redis lost (it did not run), or repeat a
+        read whose pooled connection died. A write that may have run is never repeated."""
+        if isinstance(exc, NoScriptError):
+            self._shas[cmd.script] = self._client.script_load(SCRIPTS[cmd.script])
+        elif not cmd.read:
+            raise exc
+        return self._client.evalsha(self._shas[cmd.script], 1, cmd.key, *cmd.args)
+
+    def _keyspace(self, cmd: Any) -> Any:
+        client = self._client
+        if isinstance(cmd, Unlink):
+            return client.unlink(*cmd.keys)
+        for attempt in (1, 2):  # reads: one retry after a connection error
+            try:
+                if isinstance(cmd, Now):
+                    return self._clock() if self._clock is not None else _server_ms(client.time())
+                if isinstance(cmd, Scan):
+                    return client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
+                if isinstance(cmd, Fetch):
+                    pipe = client.pipeline(transaction=False)
+                    for key in cmd.keys:
+                        pipe.hmget(key, cmd.fields)
+                    return pipe.execute()
+                raise AssertionError(cmd)
+            except RedisConnectionError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def get_session(self, session_id: str) -> Entry | None:
         return self._run(self._ops.get_session(session_id))
@@ -348,48 +359,57 @@ class AsyncRedisSessionStore(_RedisStoreBase):
     ) -> None:
         super().__init__(config, key_prefix, clock, on_error)
         self._client = _async_client(client_or_url, socket_timeout, socket_connect_timeout)
-        self._scripts = {name: self._client.register_script(src) for name, src in SCRIPTS.items()}
-
-    async def _execute(self, cmd: Any) -> Any:
-        if isinstance(cmd, Eval):
-            return await self._scripts[cmd.script](keys=[cmd.key], args=cmd.args)
-        if isinstance(cmd, Unlink):
-            return await self._client.unlink(*cmd.keys)
-        try:
-            return await self._read(cmd)
-        except RedisConnectionError:
-            return await self._read(cmd)  # reads retry once: pooled connections die with a restart
-
-    async def _read(self, cmd: Any) -> Any:
-        client = self._client
-        if isinstance(cmd, Read):
-            if self._clock is not None:
-                return await client.hgetall(cmd.key), self._clock()
-            fields, now = await client.pipeline(transaction=False).hgetall(cmd.key).time().execute()
-            return fields, _server_ms(now)
-        if isinstance(cmd, Now):
-            return self._clock() if self._clock is not None else _server_ms(await client.time())
-        if isinstance(cmd, Scan):
-            return await client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
-        if isinstance(cmd, Fetch):
-            pipe = client.pipeline(transaction=False)
-            for key in cmd.keys:
-                pipe.hmget(key, cmd.fields)
-            return await pipe.execute()
-        raise AssertionError(cmd)
 
     async def _run(self, op: Op[R]) -> R:
-        steps = op.steps
+        steps, client, shas = op.steps, self._client, self._shas
         try:
             cmd = next(steps)
             while True:
                 try:
-                    reply = await self._execute(cmd)
+                    if type(cmd) is Eval:
+                        try:
+                            reply = await client.evalsha(shas[cmd.script], 1, cmd.key, *cmd.args)
+                        except (NoScriptError, RedisConnectionError) as exc:
+                            reply = await self._eval_again(cmd, exc)
+                    else:
+                        reply = await self._keyspace(cmd)
                 except RedisError as exc:
                     return self._errors.handle(op, exc)
                 cmd = steps.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    async def _eval_again(self, cmd: Eval, exc: RedisError) -> Any:
+        """A script's second chance: load a script Redis lost (it did not run), or repeat a
+        read whose pooled connection died. A write that may have run is never repeated."""
+        if isinstance(exc, NoScriptError):
+            self._shas[cmd.script] = await self._client.script_load(SCRIPTS[cmd.script])
+        elif not cmd.read:
+            raise exc
+        return await self._client.evalsha(self._shas[cmd.script], 1, cmd.key, *cmd.args)
+
+    async def _keyspace(self, cmd: Any) -> Any:
+        client = self._client
+        if isinstance(cmd, Unlink):
+            return await client.unlink(*cmd.keys)
+        for attempt in (1, 2):  # reads: one retry after a connection error
+            try:
+                if isinstance(cmd, Now):
+                    if self._clock is not None:
+                        return self._clock()
+                    return _server_ms(await client.time())
+                if isinstance(cmd, Scan):
+                    return await client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
+                if isinstance(cmd, Fetch):
+                    pipe = client.pipeline(transaction=False)
+                    for key in cmd.keys:
+                        pipe.hmget(key, cmd.fields)
+                    return await pipe.execute()
+                raise AssertionError(cmd)
+            except RedisConnectionError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def get_session(self, session_id: str) -> Entry | None:
         return await self._run(self._ops.get_session(session_id))

@@ -34,12 +34,20 @@ from .base import (
     check_str,
 )
 
-__all__ = ["SCRIPTS", "Eval", "Fetch", "Now", "Op", "Read", "RedisOps", "Scan", "Unlink"]
+__all__ = ["FIELDS", "SCRIPTS", "Eval", "Fetch", "Now", "Op", "RedisOps", "Scan", "Unlink"]
 
 R = TypeVar("R")
 T = TypeVar("T")
 
-SCRIPT_NAMES = (
+#: The fields of a session hash, in the order every read returns them.
+FIELDS = (
+    "id", "model", "tier", "created_at", "last_used_at", "request_count", "h1", "h2", "h3",
+    "strikes", "escalated", "user_explicit", "cache_sticky", "cache_sticky_at", "provider",
+    "cost", "reservations", "explicit_model", "fallback_from", "fallback_at", "sticky_ttl_ms",
+    "failed_fingerprint", "v",
+)  # fmt: skip
+
+WRITE_SCRIPTS = (
     "set_session",
     "touch_session",
     "record_request_hash",
@@ -52,17 +60,19 @@ SCRIPT_NAMES = (
 
 def _load_scripts() -> dict[str, str]:
     lua = resources.files(__package__).joinpath("lua")
-    prelude = lua.joinpath("_prelude.lua").read_text("utf-8")
-    # The shebang (Redis >= 7) declares the scripts as writers with no flags: Redis then
-    # refuses them whole when over maxmemory, instead of letting a first non-growing
-    # write (DEL, HINCRBY...) through and with it every later one.
+    fields = ", ".join(f"'{name}'" for name in FIELDS)
+    prelude = lua.joinpath("_prelude.lua").read_text("utf-8").replace("__FIELDS__", fields)
+    # The shebang (Redis >= 7) declares what a script may do. Writers carry no flags, so
+    # Redis refuses them whole when over maxmemory, instead of letting a first
+    # non-growing write (DEL, HINCRBY...) through and with it every later one.
+    flags = dict.fromkeys(WRITE_SCRIPTS, "#!lua\n") | {"read_session": "#!lua flags=no-writes\n"}
     return {
-        name: "#!lua\n" + prelude + lua.joinpath(f"{name}.lua").read_text("utf-8")
-        for name in SCRIPT_NAMES
+        name: shebang + prelude + lua.joinpath(f"{name}.lua").read_text("utf-8")
+        for name, shebang in flags.items()
     }
 
 
-#: Script sources by name: the shared prelude followed by the script's own body.
+#: Script sources by name: a shebang, the shared prelude, then the script's own body.
 SCRIPTS = _load_scripts()
 
 MAX_CAS_ATTEMPTS = 64
@@ -72,20 +82,14 @@ MAX_CAS_ATTEMPTS = 64
 
 
 @dataclass(frozen=True, slots=True)
-class Read:
-    """HGETALL of one key (pipelined with TIME when the server's clock is used).
-    Reply: ``(fields: dict[bytes, bytes], now_ms)``."""
-
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
 class Eval:
-    """EVALSHA of one of `SCRIPTS` on one key. Reply: the script's raw reply."""
+    """EVALSHA of one of `SCRIPTS` on one key. Reply: the script's raw reply. A `read`
+    may be sent again after a connection error; a write never is."""
 
     script: str
     key: str
     args: tuple[bytes, ...]
+    read: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +120,7 @@ class Unlink:
     keys: tuple[bytes, ...]
 
 
-Command = Read | Eval | Now | Scan | Fetch | Unlink
+Command = Eval | Now | Scan | Fetch | Unlink
 
 
 @dataclass(slots=True)
@@ -140,7 +144,7 @@ def _s(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogatepass")
 
 
-_TIER_BYTES: dict[bytes, Tier] = {t.value.encode(): t for t in Tier}
+_TIER_BYTES: dict[bytes | None, Tier] = {t.value.encode(): t for t in Tier}
 _HASH_FIELDS = (b"h1", b"h2", b"h3")
 
 
@@ -148,41 +152,48 @@ def _tier_arg(tier: Tier | None) -> bytes:
     return b"" if tier is None else tier.value.encode()
 
 
-def decode_entry(fields: Mapping[bytes, bytes]) -> Entry:
-    """An `Entry` from a session hash's fields."""
-    get = fields.get
+def decode_entry(values: list[bytes | None]) -> Entry:
+    """An `Entry` from a record's values in `FIELDS` order (the record must exist)."""
+    (
+        _, model, tier, created, used, count, h1, h2, h3, strikes, escalated, explicit,
+        sticky, sticky_at, provider, cost, reservations, explicit_model, fallback_from,
+        fallback_at, sticky_ttl, failed, _,
+    ) = values  # fmt: skip
+    hashes = tuple(_s(h) for h in (h1, h2, h3) if h is not None)
+    flow = EMPTY_FLOW
+    if explicit_model is not None:  # the flow fields are written together, or not at all
+        flow = FlowState(
+            _decode_reservations(reservations or b""),
+            _s(explicit_model),
+            _s(fallback_from or b""),
+            int(fallback_at or 0),
+            int(sticky_ttl or 0),
+            _s(failed or b""),
+        )
     return Entry(
-        _s(fields[b"model"]),
-        _TIER_BYTES.get(fields[b"tier"]),
-        int(fields[b"created_at"]),
-        int(fields[b"last_used_at"]),
-        int(fields[b"request_count"]),
-        tuple(_s(fields[k]) for k in _HASH_FIELDS if k in fields),
-        int(fields[b"strikes"]),
-        fields[b"escalated"] == b"1",
-        fields[b"user_explicit"] == b"1",
-        fields[b"cache_sticky"] == b"1",
-        int(fields[b"cache_sticky_at"]),
-        _s(fields[b"provider"]),
-        int(fields[b"cost"]),
-        _decode_flow(get) if b"flow" in fields else EMPTY_FLOW,
+        _s(model),  # type: ignore[arg-type]
+        _TIER_BYTES.get(tier),
+        int(created),  # type: ignore[arg-type]
+        int(used),  # type: ignore[arg-type]
+        int(count),  # type: ignore[arg-type]
+        hashes,
+        int(strikes),  # type: ignore[arg-type]
+        escalated == b"1",
+        explicit == b"1",
+        sticky == b"1",
+        int(sticky_at),  # type: ignore[arg-type]
+        _s(provider),  # type: ignore[arg-type]
+        int(cost),  # type: ignore[arg-type]
+        flow,
     )
 
 
-def _decode_flow(get: Callable[[bytes], bytes | None]) -> FlowState:
-    raw = get(b"reservations") or b""
-    reservations = []
+def _decode_reservations(raw: bytes) -> tuple[Reservation, ...]:
+    out = []
     for item in raw.split(b";") if raw else ():
         rid, micros, expires = item.split(b",")
-        reservations.append(Reservation(rid.decode(), int(micros), int(expires)))
-    return FlowState(
-        tuple(reservations),
-        _s(get(b"explicit_model") or b""),
-        _s(get(b"fallback_from") or b""),
-        int(get(b"fallback_at") or 0),
-        int(get(b"sticky_ttl_ms") or 0),
-        _s(get(b"failed_fingerprint") or b""),
-    )
+        out.append(Reservation(rid.decode(), int(micros), int(expires)))
+    return tuple(out)
 
 
 def encode_entry(session_id: str, entry: Entry) -> list[bytes]:
@@ -207,7 +218,6 @@ def encode_entry(session_id: str, entry: Entry) -> list[bytes]:
     flow = entry.flow
     if flow != EMPTY_FLOW:
         out += (
-            b"flow", b"1",
             b"reservations", b";".join(
                 b"%s,%d,%d" % (r.id.encode(), r.micros, r.expires_at) for r in flow.reservations
             ),
@@ -254,11 +264,15 @@ class RedisOps:
             (self._now_arg(), self._timeout_arg, _b(session_id), *args),
         )
 
-    def _live(self, session_id: str, fields: Mapping[bytes, bytes], now: int) -> Entry | None:
-        """The session in `fields` as a reader sees it at `now`, or None."""
-        if fields.get(b"id") != _b(session_id):
+    def _read(self, session_id: str) -> Eval:
+        """The session's record and the time: ``[now_ms, [values in FIELDS order]]``."""
+        return Eval("read_session", self.key(session_id), (self._now_arg(),), read=True)
+
+    def _live(self, session_id: str, values: list[bytes | None], now: int) -> Entry | None:
+        """The session in a record's `values` as a reader sees it at `now`, or None."""
+        if values[0] != _b(session_id):
             return None  # no key, or (never in practice) another id with the same digest
-        entry = decode_entry(fields)
+        entry = decode_entry(values)
         if rules.is_expired(entry, now, self._timeout):
             return None
         return rules.snapshot(list(entry), now) if entry.flow.reservations else entry
@@ -275,8 +289,8 @@ class RedisOps:
     def _get(self, session_id: str) -> Generator[Command, Any, Entry | None]:
         if self._off(session_id):
             return None
-        fields, now = yield Read(self.key(session_id))
-        return self._live(session_id, fields, now)
+        now, values = yield self._read(session_id)
+        return self._live(session_id, values, now)
 
     def get_session_cost_micros(self, session_id: str) -> Op[int]:
         check_id(session_id)
@@ -293,8 +307,8 @@ class RedisOps:
         def steps() -> Generator[Command, Any, bool]:
             if self._off(session_id):
                 return False
-            fields, now = yield Read(self.key(session_id))
-            return rules.is_cache_sticky(self._live(session_id, fields, now), now, self.config)
+            now, values = yield self._read(session_id)
+            return rules.is_cache_sticky(self._live(session_id, values, now), now, self.config)
 
         return Op(steps(), lambda: False, False)
 
@@ -440,9 +454,9 @@ class RedisOps:
             if self._off(session_id):
                 return default()
             key = self.key(session_id)
-            fields, now = yield Read(key)
+            now, values = yield self._read(session_id)
             for _ in range(MAX_CAS_ATTEMPTS):
-                old = self._live(session_id, fields, now)
+                old = self._live(session_id, values, now)
                 new, result = fn(old, now)
                 if new is old:
                     return result
@@ -454,14 +468,13 @@ class RedisOps:
                         self._now_arg(),
                         self._timeout_arg,
                         _b(session_id),
-                        fields.get(b"v", b""),
+                        values[-1] or b"",
                         *record,
                     ),
                 )
                 if reply[0] == 1:
                     return result
-                now, flat = int(reply[1]), reply[2]
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                now, values = int(reply[1]), reply[2]
             raise RuntimeError(f"session changed {MAX_CAS_ATTEMPTS} times during one transact")
 
         return Op(steps(), default, True)

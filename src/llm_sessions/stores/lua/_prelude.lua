@@ -1,7 +1,9 @@
--- Shared by every write script (prepended when the scripts are loaded).
+-- Shared by every script (prepended when the scripts are loaded).
 -- KEYS[1]: the session's key.  ARGV[1]: now in unix ms, or '' for the server's TIME;
 -- ARGV[2]: the session timeout in ms;  ARGV[3]: the session id (kept in field 'id').
 local key = KEYS[1]
+-- The record's fields in the order readers decode them (filled in from redis_core.FIELDS).
+local FIELDS = {__FIELDS__}
 local timeout = tonumber(ARGV[2])
 local sid = ARGV[3]
 
@@ -26,6 +28,11 @@ end
 local function fresh_version()
   local t = redis.call('TIME')
   return t[1] .. string.format('%06d', tonumber(t[2]))
+end
+
+-- The whole record, in FIELDS order (false for a missing field).
+local function record()
+  return redis.call('HMGET', key, unpack(FIELDS))
 end
 
 local function bump()

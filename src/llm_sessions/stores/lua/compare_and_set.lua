@@ -1,10 +1,10 @@
 -- The write half of `transact`: replace the whole record if nobody wrote since it was
 -- read. ARGV[4]: the version that was read ('' when there was no key); ARGV[5..]: the
 -- new record's field/value pairs (none: delete the session).
--- Returns {1} on success, or {0, now, current fields} so the caller can retry at once.
+-- Returns {1} on success, or {0, now, current record} so the caller can retry at once.
 local current = redis.call('HGET', key, 'v')
 if (current or '') ~= ARGV[4] then
-  return {0, now, redis.call('HGETALL', key)}
+  return {0, now, record()}
 end
 redis.call('DEL', key)
 if #ARGV < 5 then
