@@ -26,10 +26,10 @@ import redis
 import redis.asyncio as aredis
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from redis_server import RedisServer
-
 from llm_sessions import AsyncRedisSessionStore, Config, RedisSessionStore, Tier
 from llm_sessions.stores.redis_core import SCRIPTS
+
+from redis_server import RedisServer
 
 CFG = Config(cleanup_interval_ms=0)
 
@@ -67,32 +67,48 @@ async def arate(
     return best
 
 
-def operations(
-    store: Any, ids: list[str]
-) -> dict[str, tuple[Callable[[int], Any], str, Callable[[int], list[Any]]]]:
-    """name -> (call, raw kind, raw args for that call)."""
-    key = store.key
-    now = b""
-    timeout = b"%d" % CFG.timeout_ms
+HASH = b"0123456789abcdef0123456789abcdef"
+MODEL = "anthropic/claude-sonnet-4.6"
 
-    def script_args(i: int, *extra: bytes) -> list[Any]:
-        return [key(ids[i]), now, timeout, ids[i].encode(), *extra]
+# method -> (store call, the raw command of the same round trip, that command's extra args)
+OPS: dict[str, tuple[Callable[[Any, str], Any], str, tuple[bytes, ...]]] = {
+    "get_session": (lambda s, sid: s.get_session(sid), "hgetall", ()),
+    "is_cache_sticky": (lambda s, sid: s.is_cache_sticky(sid), "hgetall", ()),
+    "get_session_cost_micros": (lambda s, sid: s.get_session_cost_micros(sid), "hgetall", ()),
+    "set_session": (
+        lambda s, sid: s.set_session(sid, MODEL, Tier.MEDIUM),
+        "set_session",
+        (MODEL.encode(), b"MEDIUM", b"0"),
+    ),
+    "touch_session": (lambda s, sid: s.touch_session(sid), "touch_session", ()),
+    "record_request_hash": (
+        lambda s, sid: s.record_request_hash(sid, HASH.decode()),
+        "record_request_hash",
+        (HASH,),
+    ),
+    "add_session_cost": (
+        lambda s, sid: s.add_session_cost(sid, 125),
+        "add_session_cost",
+        (b"125",),
+    ),
+    "set_cache_sticky": (
+        lambda s, sid: s.set_cache_sticky(sid, "anthropic"),
+        "set_cache_sticky",
+        (b"anthropic",),
+    ),
+    "escalate_session": (
+        lambda s, sid: s.escalate_session(sid),
+        "escalate_session",
+        (b"0", b"", b"0", b"", b"0", b""),
+    ),
+}
 
-    return {
-        "get_session": (lambda i: store.get_session(ids[i]), "hgetall", lambda i: [key(ids[i])]),
-        "is_cache_sticky": (lambda i: store.is_cache_sticky(ids[i]), "hgetall", lambda i: [key(ids[i])]),
-        "get_session_cost_micros": (lambda i: store.get_session_cost_micros(ids[i]), "hgetall", lambda i: [key(ids[i])]),
-        "set_session": (lambda i: store.set_session(ids[i], "anthropic/claude-sonnet-4.6", Tier.MEDIUM), "set_session",
-                        lambda i: script_args(i, b"anthropic/claude-sonnet-4.6", b"MEDIUM", b"0")),
-        "touch_session": (lambda i: store.touch_session(ids[i]), "touch_session", lambda i: script_args(i)),
-        "record_request_hash": (lambda i: store.record_request_hash(ids[i], "0123456789abcdef0123456789abcdef"),
-                                "record_request_hash", lambda i: script_args(i, b"0123456789abcdef0123456789abcdef")),
-        "add_session_cost": (lambda i: store.add_session_cost(ids[i], 125), "add_session_cost", lambda i: script_args(i, b"125")),
-        "set_cache_sticky": (lambda i: store.set_cache_sticky(ids[i], "anthropic"), "set_cache_sticky",
-                             lambda i: script_args(i, b"anthropic")),
-        "escalate_session": (lambda i: store.escalate_session(ids[i]), "escalate_session",
-                             lambda i: script_args(i, b"0", b"", b"0", b"", b"0", b"")),
-    }  # fmt: skip
+
+def raw_args(store: Any, sid: str, kind: str, extra: tuple[bytes, ...]) -> tuple[Any, ...]:
+    """Arguments of the raw call: the key, and for scripts the store's own argument list."""
+    if kind == "hgetall":
+        return (store.key(sid),)
+    return (store.key(sid), b"", b"%d" % CFG.timeout_ms, sid.encode(), *extra)
 
 
 def sync_bench(server: RedisServer, n: int) -> list[tuple[str, int, float, float]]:
@@ -102,17 +118,18 @@ def sync_bench(server: RedisServer, n: int) -> list[tuple[str, int, float, float
     shas = {name: raw.script_load(src) for name, src in SCRIPTS.items()}
     ids = [f"session-{i:06d}" for i in range(n)]
     rows = []
-    for name, (call, kind, raw_args) in operations(store, ids).items():
-        for i in range(n):
-            store.set_session(ids[i], "anthropic/claude-sonnet-4.6", Tier.SIMPLE)
+    for name, (call, kind, extra) in OPS.items():
+        for sid in ids:
+            store.set_session(sid, MODEL, Tier.SIMPLE)
+        args = [raw_args(store, sid, kind, extra) for sid in ids]
         before = Counting.sends
-        call(0)
+        call(store, ids[0])
         trips = Counting.sends - before
-        ours = rate(call, n)
+        ours = rate(lambda i, call=call: call(store, ids[i]), n)
         if kind == "hgetall":
-            base = rate(lambda i: raw.hgetall(raw_args(i)[0]), n)
+            base = rate(lambda i, args=args: raw.hgetall(*args[i]), n)
         else:
-            base = rate(lambda i, kind=kind: raw.evalsha(shas[kind], 1, *raw_args(i)), n)
+            base = rate(lambda i, args=args, sha=shas[kind]: raw.evalsha(sha, 1, *args[i]), n)
         rows.append((name, trips, ours, base))
     store.close()
     raw.close()
@@ -125,14 +142,17 @@ async def async_bench(server: RedisServer, n: int) -> list[tuple[str, float, flo
     shas = {name: await raw.script_load(src) for name, src in SCRIPTS.items()}
     ids = [f"session-{i:06d}" for i in range(n)]
     rows = []
-    for name, (call, kind, raw_args) in operations(store, ids).items():
-        for i in range(n):
-            await store.set_session(ids[i], "anthropic/claude-sonnet-4.6", Tier.SIMPLE)
-        ours = await arate(call, n)
+    for name, (call, kind, extra) in OPS.items():
+        for sid in ids:
+            await store.set_session(sid, MODEL, Tier.SIMPLE)
+        args = [raw_args(store, sid, kind, extra) for sid in ids]
+        ours = await arate(lambda i, call=call: call(store, ids[i]), n)
         if kind == "hgetall":
-            base = await arate(lambda i: raw.hgetall(raw_args(i)[0]), n)
+            base = await arate(lambda i, args=args: raw.hgetall(*args[i]), n)
         else:
-            base = await arate(lambda i, kind=kind: raw.evalsha(shas[kind], 1, *raw_args(i)), n)
+            base = await arate(
+                lambda i, args=args, sha=shas[kind]: raw.evalsha(sha, 1, *args[i]), n
+            )
         rows.append((name, ours, base))
     await store.aclose()
     await raw.aclose()
