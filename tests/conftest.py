@@ -94,3 +94,30 @@ def make_store(
 @pytest.fixture
 def store(make_store: StoreFactory) -> Any:
     return make_store()
+
+
+@pytest.fixture
+def make_policy(make_store: StoreFactory) -> Callable[..., tuple[Any, Any]]:
+    """make_policy(tiers=TIERS, config=None, **policy kwargs) -> (policy, store): a
+    `SessionPolicy` over this test's store kind; async kinds run abegin/afinish."""
+    from llm_sessions import SessionPolicy
+
+    from helpers import PolicyFacade
+
+    def make(tiers: Any = None, config: Config | None = None, **kw: Any) -> tuple[Any, Any]:
+        store = make_store(config)
+        inner = getattr(store, "store", store)
+        policy = SessionPolicy(inner, TIERS if tiers is None else tiers, **kw)
+        if inner is not store:
+            return PolicyFacade(policy, store.loop), store
+        return policy, store
+
+    return make
+
+
+TIERS = {
+    "SIMPLE": {"primary": "openai/s1", "fallback": ["groq/s2"]},
+    "MEDIUM": {"primary": "anthropic/m1", "fallback": ["openai/m2"]},
+    "COMPLEX": {"primary": "anthropic/c1", "fallback": ["openai/c2", "google/c3"]},
+    "REASONING": {"primary": "openai/r1", "fallback": ["anthropic/r2"]},
+}

@@ -47,3 +47,21 @@ class SyncFacade:
 
 def run_async(factory: Callable[[], Any]) -> Any:
     return asyncio.new_event_loop().run_until_complete(factory())
+
+
+class PolicyFacade:
+    """Drives an async `SessionPolicy` (abegin/afinish) with sync calls, on the loop of
+    the `SyncFacade` of its store."""
+
+    def __init__(self, policy: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.policy = policy
+        self.loop = loop
+
+    def begin(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loop.run_until_complete(self.policy.abegin(*args, **kwargs))
+
+    def finish(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loop.run_until_complete(self.policy.afinish(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.policy, name)

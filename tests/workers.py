@@ -42,3 +42,41 @@ def pin_session(url: str, session_id: str, model: str, now: int) -> None:
     store = RedisSessionStore(url, Config(cleanup_interval_ms=0), clock=lambda: now)
     store.set_session(session_id, model, "MEDIUM")
     store.close()
+
+
+POLICY_TIERS = {"SIMPLE": {"primary": "p/simple", "fallback": ["p/backup"]}}
+
+
+def budget_edge(url: str, session_id: str, pairs: int, cap_usd: str, worst: int) -> tuple[int, int]:
+    """`pairs` concurrent begin/finish pairs (threads) on one session over Redis; each
+    reserves `worst` micros and spends at most that. Returns (admitted, refused)."""
+    from llm_sessions import BudgetExceeded, Pricing, SessionPolicy
+
+    store = RedisSessionStore(url, Config(cleanup_interval_ms=0), socket_timeout=5)
+    prices = {"p/simple": Pricing(0, 1), "p/backup": Pricing(0, 1)}
+    policy = SessionPolicy(store, POLICY_TIERS, pricing=prices, max_session_cost_usd=cap_usd)
+    admitted = refused = 0
+    lock = threading.Lock()
+    barrier = threading.Barrier(pairs)
+
+    def one(i: int) -> None:
+        nonlocal admitted, refused
+        body = {"messages": [{"role": "user", "content": f"turn {i}"}], "max_tokens": worst}
+        barrier.wait()
+        try:
+            d = policy.begin({"x-session-id": session_id}, body)
+        except BudgetExceeded:
+            with lock:
+                refused += 1
+            return
+        policy.finish(d, served_model=d.model, cost_micros=worst - (i % 3))
+        with lock:
+            admitted += 1
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(pairs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+    return admitted, refused

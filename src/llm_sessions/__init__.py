@@ -12,14 +12,22 @@ from .clock import Clock, monotonic_wall_clock
 from .config import DEFAULT_CACHE_TTL_MS, Config, cache_ttl_for_provider, default_config
 from .errors import (
     BudgetExceeded,
+    InvalidRequest,
     InvalidSessionId,
     LLMSessionsError,
     MissingDependency,
     StoreUnavailable,
 )
-from .fingerprint import hash_request_content, provider_from_model, should_cache_sticky
+from .fingerprint import (
+    hash_request_content,
+    provider_from_model,
+    should_cache_sticky,
+    turn_fingerprint,
+)
 from .ids import derive_session_id, derive_session_id_from_messages, get_session_id
+from .policy import REASONS, Decision, SessionPolicy
 from .records import Entry, FlowState, MessageInfo, Reservation, SessionInfo, Stats
+from .routing import Classifier, Pricing, TierModels, default_classify, routing_table
 from .rules import STRIKE_LIMIT
 from .stores import AsyncSessionStore, AsyncStore, SessionStore, Store
 from .stores.urls import open_async_store, open_store
@@ -49,26 +57,34 @@ __all__ = [
     "AsyncSessionStore",
     "AsyncStore",
     "BudgetExceeded",
+    "Classifier",
     "Clock",
     "Config",
     "DEFAULT_CACHE_TTL_MS",
+    "Decision",
     "Entry",
     "FlowState",
+    "InvalidRequest",
     "InvalidSessionId",
     "LLMSessionsError",
     "MessageInfo",
     "MissingDependency",
+    "Pricing",
+    "REASONS",
     "RedisSessionStore",
     "Reservation",
     "STRIKE_LIMIT",
     "SessionInfo",
+    "SessionPolicy",
     "SessionStore",
     "Stats",
     "Store",
     "StoreUnavailable",
     "Tier",
+    "TierModels",
     "__version__",
     "cache_ttl_for_provider",
+    "default_classify",
     "default_config",
     "derive_session_id",
     "derive_session_id_from_messages",
@@ -78,6 +94,8 @@ __all__ = [
     "open_async_store",
     "open_store",
     "provider_from_model",
+    "routing_table",
     "should_cache_sticky",
     "tier_rank",
+    "turn_fingerprint",
 ]

@@ -5,6 +5,7 @@
     Exception
     └── LLMSessionsError              every error of this package
         ├── InvalidSessionId          (also ValueError) a session id header that must be refused
+        ├── InvalidRequest            (also ValueError) a chat request the routing flow can't route
         ├── StoreUnavailable          Redis can't be reached, timed out or refused a write
         ├── BudgetExceeded            a request would take its session over its cost cap
         └── MissingDependency         (also ImportError) an optional extra is not installed
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "BudgetExceeded",
+    "InvalidRequest",
     "InvalidSessionId",
     "LLMSessionsError",
     "MissingDependency",
@@ -30,6 +32,10 @@ class LLMSessionsError(Exception):
 
 class InvalidSessionId(LLMSessionsError, ValueError):
     """A session id header is present but unusable (too long, or not printable ASCII)."""
+
+
+class InvalidRequest(LLMSessionsError, ValueError):
+    """A chat-completions body the routing flow can't route; the message names the field."""
 
 
 class StoreUnavailable(LLMSessionsError):
@@ -50,13 +56,20 @@ class BudgetExceeded(LLMSessionsError):
     """
 
     def __init__(
-        self, session_id: str | None, spent_micros: int, reserved_micros: int, cap_micros: int
+        self,
+        session_id: str | None,
+        spent_micros: int,
+        reserved_micros: int,
+        cap_micros: int,
+        requested_micros: int = 0,
     ) -> None:
         self.session_id = session_id
-        self.spent_micros = spent_micros
-        self.reserved_micros = reserved_micros
+        self.spent_micros = spent_micros  # already spent by the session
+        self.reserved_micros = reserved_micros  # held by the session's requests in flight
         self.cap_micros = cap_micros
+        self.requested_micros = requested_micros  # this request's worst case
         super().__init__(
             f"session budget exceeded: spent {spent_micros} + reserved {reserved_micros} "
-            f"micro-USD would pass the cap of {cap_micros} micro-USD"
+            f"+ this request's worst case {requested_micros} micro-USD would pass the cap "
+            f"of {cap_micros} micro-USD"
         )

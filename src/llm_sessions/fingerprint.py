@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .messages import message_text, utf8
+from .messages import message_role, message_text, utf8
 
 __all__ = [
     "CACHE_STICKY_MESSAGE_TOKENS",
@@ -16,7 +16,11 @@ __all__ = [
     "normalized_head",
     "normalized_tail",
     "provider_from_model",
+    "fingerprint_turn",
     "should_cache_sticky",
+    "sticky_by_size",
+    "tool_call_names",
+    "turn_fingerprint",
     "utf8_len",
 ]
 
@@ -99,10 +103,59 @@ def should_cache_sticky(messages: Iterable[Any]) -> bool:
     Tokens are estimated as UTF-8 bytes // 3: one message of 3000 tokens, or all of them
     together reaching 5000, is enough.
     """
-    total = 0
-    for message in messages:
-        size = utf8_len(message_text(message))
-        if size // _BYTES_PER_TOKEN >= CACHE_STICKY_MESSAGE_TOKENS:
-            return True
-        total += size
-    return total // _BYTES_PER_TOKEN >= CACHE_STICKY_TOTAL_TOKENS
+    return sticky_by_size([utf8_len(message_text(m)) for m in messages])
+
+
+def sticky_by_size(sizes: Sequence[int]) -> bool:
+    """`should_cache_sticky` from the messages' UTF-8 sizes."""
+    if not sizes:
+        return False
+    return (
+        max(sizes) // _BYTES_PER_TOKEN >= CACHE_STICKY_MESSAGE_TOKENS
+        or sum(sizes) // _BYTES_PER_TOKEN >= CACHE_STICKY_TOTAL_TOKENS
+    )
+
+
+def tool_call_names(message: Any) -> list[str]:
+    """Names of the tool calls an (OpenAI-style) assistant message makes."""
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    names = []
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str):
+            names.append(name)
+    return names
+
+
+def turn_fingerprint(messages: Sequence[Any]) -> str:
+    """32-hex fingerprint of the latest turn, for loop detection (see `fingerprint_turn`)."""
+    roles = [message_role(m) for m in messages]
+    return fingerprint_turn(messages, roles, [message_text(m) for m in messages])
+
+
+def fingerprint_turn(messages: Sequence[Any], roles: Sequence[str], texts: Sequence[str]) -> str:
+    """32-hex fingerprint of the latest turn, for loop detection.
+
+    Hashes every message after the last assistant message (all of them when there is
+    none): its role and the first and last 500 characters of its whitespace-normalized
+    text, so two long build logs that differ only at the end do not match; plus the
+    names of the tool calls in that assistant message. Tool call ids are left out: they
+    differ on every call of a looping agent.
+    """
+    last_assistant = -1
+    for i in range(len(roles) - 1, -1, -1):
+        if roles[i] == "assistant":
+            last_assistant = i
+            break
+    digest = hashlib.sha256()
+    for i in range(last_assistant + 1, len(roles)):
+        text = texts[i]
+        for part in (roles[i], normalized_head(text), normalized_tail(text)):
+            digest.update(utf8(part))
+            digest.update(b"\x1f")
+        digest.update(b"\x1e")
+    if last_assistant >= 0:
+        names = sorted(tool_call_names(messages[last_assistant]))
+        digest.update(b"|tools:" + utf8(",".join(names)))
+    return digest.hexdigest()[:32]

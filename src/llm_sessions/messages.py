@@ -19,19 +19,22 @@ def utf8(text: str) -> bytes:
 
 
 def message_role(message: Any) -> str:
-    role = message.get("role") if isinstance(message, Mapping) else getattr(message, "role", "")
+    if type(message) is dict or isinstance(message, Mapping):
+        role = message.get("role")
+    else:
+        role = getattr(message, "role", "")
     return role if isinstance(role, str) else ""
 
 
 def message_content(message: Any) -> Any:
-    if isinstance(message, Mapping):
+    if type(message) is dict or isinstance(message, Mapping):
         return message.get("content")
     return getattr(message, "content", None)
 
 
 def content_text(content: Any) -> str:
     """Text of a message content: a string, or the text parts of a list joined with "\\n"."""
-    if isinstance(content, str):
+    if type(content) is str or isinstance(content, str):
         return content
     if isinstance(content, list | tuple):
         return "\n".join(_part_texts(content))
@@ -42,7 +45,7 @@ def _part_texts(parts: Iterable[Any]) -> Iterable[str]:
     for part in parts:
         if isinstance(part, str):
             yield part
-        elif isinstance(part, Mapping):
+        elif type(part) is dict or isinstance(part, Mapping):
             text = part.get("text")
             if isinstance(text, str) and part.get("type", "text") in ("text", "input_text"):
                 yield text

@@ -1,0 +1,630 @@
+"""The routing flow: `SessionPolicy.begin` before an LLM call, `finish` after it.
+
+`begin` reads the request, then applies the rules below to the session in one atomic
+step of the store (`transact`), and returns a `Decision`: the model to call, its
+fallbacks, why, and the headers to send back. `finish` records what happened, in one
+more atomic step. The rules, in order (README, "The routing flow"):
+
+1. Session id from the store's header, else derived from the first user message with
+   the caller's scope; none (or a disabled store) routes without a session.
+2. A model that is not a routing profile is an explicit choice, pinned for good.
+3. A profile request on a session: the explicit pin; a stale fallback pin goes back to
+   what it replaced; an active cache-sticky pin; else upgrade-only re-classification.
+4. A profile request without a session: classify.
+5. Loop detection on the turn's fingerprint: at `STRIKE_LIMIT` strikes, one tier up.
+6. Pin the outcome, cache-sticky when the context is large or declares a cache breakpoint.
+7. Budget: the request's worst case is reserved against the cap before anything changes.
+8. `finish`: the real cost replaces the reservation; a fallback that served is re-pinned.
+
+Everything here but the two store calls is pure, so the sync and async forms share it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from . import rules
+from .errors import BudgetExceeded, InvalidRequest
+from .fingerprint import fingerprint_turn, provider_from_model, sticky_by_size, utf8_len
+from .ids import derive_session_id, get_session_id
+from .messages import message_text
+from .records import EMPTY_FLOW, Entry, FlowState, Reservation, format_usd
+from .routing import (
+    Classifier,
+    Pricing,
+    TierModels,
+    classify_by_text,
+    default_classify,
+    prompt_tokens_by_size,
+    routing_table,
+    usd_to_micros,
+)
+from .rules import COST, FLOW, MODEL, STRIKE_LIMIT, STRIKES, TIER, USER_EXPLICIT, Record
+from .stores.base import AsyncStore, Store, Transition
+from .tiers import Tier, coerce_tier, tier_rank
+
+__all__ = ["REASONS", "Decision", "SessionPolicy"]
+
+#: Every `Decision.reason`.
+REASONS = (
+    "new",
+    "pinned",
+    "upgraded",
+    "explicit",
+    "cache_sticky",
+    "escalated",
+    "primary_retry",
+    "budget_downgrade",
+    "no_session",
+)
+
+# Reservation ids: unique per process (a random prefix) and per request (a counter).
+_RESERVATION_PREFIX = secrets.token_hex(4)
+_reservation_counter = itertools.count()
+_TTL = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
+_TTL_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000}
+_new_tuple = tuple.__new__
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What `begin` decided for one request. Pass it back to `finish`."""
+
+    session_id: str | None
+    model: str
+    tier: Tier
+    fallbacks: list[str]  # the tier's [primary, *fallback] without `model`, in order
+    reason: str  # one of REASONS
+    strikes: int  # the strike count recorded this turn
+    session_cost_usd: float  # spent by the session before this request
+    reserved_micros: int  # this request's budget reservation
+    headers: dict[str, str]  # the X-Session-* response headers
+    key: str | None = None  # the store key: the session id, namespaced by the scope
+    fingerprint: str = ""
+    reservation_id: str = ""
+    session_cost_micros: int = 0
+
+    @property
+    def models(self) -> list[str]:
+        """The models to try, in order: `model`, then `fallbacks`."""
+        return [self.model, *self.fallbacks]
+
+
+class _Request(NamedTuple):
+    """A request as the rules see it, read once before the store is touched."""
+
+    session_id: str | None
+    key: str | None
+    explicit_model: str | None  # the requested model, when it is not a profile
+    tier: Tier  # classified, resolved to a tier of the table
+    fingerprint: str
+    sticky: bool
+    declared_ttl_ms: int
+    prompt_tokens: int
+    max_output_tokens: int
+    reservation_id: str
+
+
+class _Begun(NamedTuple):
+    """The outcome of the begin step."""
+
+    model: str
+    tier: Tier
+    reason: str
+    strikes: int
+    spent: int
+    held: int  # reservations of other requests in flight
+    reserved: int  # this request's reservation
+    refused_worst: int | None  # set when the budget refused the request
+    fallbacks: list[str]
+
+
+def _entry(record: Record, flow: FlowState) -> Entry:
+    return _new_tuple(Entry, (*record[:FLOW], flow))
+
+
+class SessionPolicy:
+    """The routing flow over any store (memory or Redis, sync or async).
+
+    `tiers` is ``{Tier: TierModels}`` or the plain dict `routing_table` reads. `pricing`
+    maps model ids to `Pricing`. A requested model named in `profiles` (or none) lets the
+    flow route; any other model is the user's explicit choice. With
+    `max_session_cost_usd`, each request reserves its worst-case cost against the cap
+    before it is routed; `budget_mode` is ``"strict"`` (refuse) or ``"downgrade"`` (send
+    an auto session's request to the SIMPLE tier when that fits). Use `begin`/`finish`
+    with a sync store and `abegin`/`afinish` with an async one.
+    """
+
+    def __init__(
+        self,
+        store: Store | AsyncStore,
+        tiers: Mapping[Any, Any],
+        *,
+        classify: Classifier | None = None,
+        pricing: Mapping[str, Pricing] | None = None,
+        profiles: Sequence[str] = ("auto",),
+        max_session_cost_usd: float | int | str | Decimal | None = None,
+        budget_mode: str = "strict",
+        default_max_tokens: int = 4096,
+        reservation_ttl_ms: int = 600_000,
+        fallback_pin_ms: int = 300_000,
+    ) -> None:
+        if not hasattr(store, "transact") or not hasattr(store, "config"):
+            raise TypeError(f"store must be a session store, got {type(store).__name__}")
+        self.store = store
+        self._sync_store: Store | None = None
+        self._async_store: AsyncStore | None = None
+        if inspect.iscoroutinefunction(store.transact):
+            self._async_store = store  # type: ignore[assignment]
+        else:
+            self._sync_store = store  # type: ignore[assignment]
+        self.config = store.config
+        self.tiers = routing_table(tiers)
+        self.classify: Classifier = default_classify if classify is None else classify
+        if not callable(self.classify):
+            raise TypeError("classify must be a callable (messages, tools) -> Tier")
+        self.pricing = dict(pricing or {})
+        for model, price in self.pricing.items():
+            if not isinstance(price, Pricing):
+                raise TypeError(f"pricing[{model!r}] must be a Pricing, got {type(price).__name__}")
+        if (
+            isinstance(profiles, str)
+            or not profiles
+            or not all(isinstance(p, str) and p for p in profiles)
+        ):
+            raise ValueError(f"profiles must be a non-empty list of names, got {profiles!r}")
+        self.profiles = tuple(profiles)
+        self.cap_micros: int | None = None
+        if max_session_cost_usd is not None:  # a cap rounds down: never more than it says
+            self.cap_micros = usd_to_micros(
+                max_session_cost_usd, name="max_session_cost_usd", round_up=False
+            )
+        if budget_mode not in ("strict", "downgrade"):
+            raise ValueError(f"budget_mode must be 'strict' or 'downgrade', got {budget_mode!r}")
+        self.budget_mode = budget_mode
+        for name, value, low in (
+            ("default_max_tokens", default_max_tokens, 1),
+            ("reservation_ttl_ms", reservation_ttl_ms, 1),
+            ("fallback_pin_ms", fallback_pin_ms, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        self.default_max_tokens = default_max_tokens
+        self.reservation_ttl_ms = reservation_ttl_ms
+        self.fallback_pin_ms = fallback_pin_ms
+        # Each tier resolved to a tier of the table: the nearest above, else below.
+        self._resolved: dict[Tier, Tier] = {}
+        for tier in Tier:
+            above = [t for t in Tier if t >= tier and t in self.tiers]
+            below = [t for t in Tier if t < tier and t in self.tiers]
+            self._resolved[tier] = above[0] if above else below[-1]
+        self._primaries = {t: self.tiers[self._resolved[t]].primary for t in Tier}
+
+    # -- the public flow --------------------------------------------------------------------
+
+    def begin(self, headers: Any, body: Mapping[str, Any], *, scope: str = "") -> Decision:
+        """Decide the model for one chat-completions request (rules 1-7).
+
+        Raises `InvalidSessionId` for a bad session header, `InvalidRequest` for a body it
+        can't route, and `BudgetExceeded` when the session's budget refuses the request
+        (nothing in the session changed then).
+        """
+        if self._sync_store is None:
+            raise TypeError("this policy has an async store: use abegin()")
+        request = self._read_request(headers, body, scope)
+        if request.key is None:
+            return self._without_session(request)
+        begun = self._sync_store.transact(request.key, self._begin_step(request))
+        return self._decision(request, begun)
+
+    async def abegin(self, headers: Any, body: Mapping[str, Any], *, scope: str = "") -> Decision:
+        """`begin` for an async store."""
+        if self._async_store is None:
+            raise TypeError("this policy has a sync store: use begin()")
+        request = self._read_request(headers, body, scope)
+        if request.key is None:
+            return self._without_session(request)
+        begun = await self._async_store.transact(request.key, self._begin_step(request))
+        return self._decision(request, begun)
+
+    def finish(
+        self,
+        decision: Decision,
+        *,
+        served_model: str | None,
+        usage: Any = None,
+        cost_micros: int | None = None,
+    ) -> int:
+        """Record the outcome of a decided request; returns the session's total in micros.
+
+        `served_model` is the model that answered, or None when every attempt failed (the
+        reservation is released, nothing is charged, and retrying the same turn is not a
+        strike). The cost is `cost_micros` if given, else ``usage["cost"]`` (USD, as
+        OpenRouter reports it), else `usage`'s token counts priced by the table.
+        """
+        if self._sync_store is None:
+            raise TypeError("this policy has an async store: use afinish()")
+        cost = self.cost_micros(served_model, usage, cost_micros)
+        if decision.key is None:
+            return 0
+        return self._sync_store.transact(
+            decision.key, self._finish_step(decision, served_model, cost)
+        )
+
+    async def afinish(
+        self,
+        decision: Decision,
+        *,
+        served_model: str | None,
+        usage: Any = None,
+        cost_micros: int | None = None,
+    ) -> int:
+        """`finish` for an async store."""
+        if self._async_store is None:
+            raise TypeError("this policy has a sync store: use finish()")
+        cost = self.cost_micros(served_model, usage, cost_micros)
+        if decision.key is None:
+            return 0
+        step = self._finish_step(decision, served_model, cost)
+        return await self._async_store.transact(decision.key, step)
+
+    def cost_micros(
+        self, served_model: str | None, usage: Any = None, cost_micros: int | None = None
+    ) -> int:
+        """What a call cost, in micro-USD: explicit, else usage's ``cost``, else priced usage."""
+        if served_model is None:
+            return 0
+        if cost_micros is not None:
+            if isinstance(cost_micros, bool) or not isinstance(cost_micros, int) or cost_micros < 0:
+                raise ValueError(f"cost_micros must be an int >= 0, got {cost_micros!r}")
+            return cost_micros
+        if usage is None:
+            return 0
+        reported = _usage_field(usage, "cost")
+        if reported is not None:
+            return usd_to_micros(reported, name="usage.cost")
+        price = self.pricing.get(served_model)
+        if price is None:
+            return 0
+        prompt = _usage_int(usage, "prompt_tokens")
+        completion = _usage_int(usage, "completion_tokens")
+        return price.cost_micros(prompt, completion)
+
+    def worst_case_micros(self, models: Sequence[str], prompt_tokens: int, max_output: int) -> int:
+        """The most a request could cost on any of `models` (unpriced models cost 0)."""
+        worst = 0
+        for model in models:
+            price = self.pricing.get(model)
+            if price is not None:
+                worst = max(worst, price.cost_micros(prompt_tokens, max_output))
+        return worst
+
+    def chain(self, tier: Tier) -> TierModels:
+        """The models of `tier`, or of the nearest tier the table has."""
+        return self.tiers[self._resolved[tier]]
+
+    # -- reading the request ----------------------------------------------------------------
+
+    def _read_request(self, headers: Any, body: Mapping[str, Any], scope: str) -> _Request:
+        if not isinstance(scope, str):
+            raise TypeError(f"scope must be a str, got {type(scope).__name__}")
+        if not isinstance(body, Mapping):
+            raise InvalidRequest("the request body must be a JSON object")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("'messages' must be a non-empty array")
+        roles: list[str] = []
+        texts: list[str] = []
+        for i, message in enumerate(messages):  # one pass: every rule reads these
+            role = message.get("role") if isinstance(message, dict) else None
+            if not isinstance(role, str):
+                raise InvalidRequest(f"'messages[{i}]' must be an object with a string 'role'")
+            roles.append(role)
+            texts.append(message_text(message))
+        sizes = [utf8_len(t) for t in texts]
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise InvalidRequest("'model' must be a string")
+        tools = body.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise InvalidRequest("'tools' must be an array")
+        max_output = self.default_max_tokens
+        given = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
+        for name, value in zip(("max_tokens", "max_completion_tokens"), given, strict=True):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise InvalidRequest(f"'{name}' must be a positive integer")
+        if any(v is not None for v in given):
+            max_output = max(v for v in given if v is not None)
+
+        explicit = model if model and model not in self.profiles else None
+        if self.classify is default_classify:
+            classified: Tier | None = classify_by_text(roles, texts, sizes, tools)
+        else:
+            classified = coerce_tier(self.classify(messages, tools))
+        if classified is None:
+            raise ValueError("classify returned None; it must return a Tier")
+        session_id = None
+        if self.config.enabled:
+            if headers is not None:
+                session_id = get_session_id(headers, self.config.header_name)
+            if session_id is None:
+                first = next(
+                    (t for r, t in zip(roles, texts, strict=True) if r == "user" and t), None
+                )
+                session_id = None if first is None else derive_session_id(first, scope=scope)
+        declared = _declared_cache_ttls(messages)
+        return _Request(
+            session_id=session_id,
+            key=None if session_id is None else (f"{scope}:{session_id}" if scope else session_id),
+            explicit_model=explicit,
+            tier=self._resolved[classified],
+            fingerprint=fingerprint_turn(messages, roles, texts),
+            sticky=declared is not None or sticky_by_size(sizes),
+            declared_ttl_ms=max(declared) if declared else 0,
+            prompt_tokens=prompt_tokens_by_size(sum(sizes), tools)
+            if self.cap_micros is not None
+            else 0,
+            max_output_tokens=max_output,
+            reservation_id=f"{_RESERVATION_PREFIX}{next(_reservation_counter):x}",
+        )
+
+    def _without_session(self, request: _Request) -> Decision:
+        chain = self.chain(request.tier).chain
+        model = request.explicit_model or chain[0]
+        return Decision(
+            session_id=None,
+            model=model,
+            tier=request.tier,
+            fallbacks=[m for m in chain if m != model],
+            reason="no_session",
+            strikes=0,
+            session_cost_usd=0.0,
+            reserved_micros=0,
+            headers=_headers(None, model, request.tier, "no_session", 0),
+            fingerprint=request.fingerprint,
+        )
+
+    def _decision(self, request: _Request, begun: _Begun) -> Decision:
+        if begun.refused_worst is not None:
+            raise BudgetExceeded(
+                request.session_id,
+                begun.spent,
+                begun.held,
+                self.cap_micros or 0,
+                begun.refused_worst,
+            )
+        return Decision(
+            session_id=request.session_id,
+            model=begun.model,
+            tier=begun.tier,
+            fallbacks=begun.fallbacks,
+            reason=begun.reason,
+            strikes=begun.strikes,
+            session_cost_usd=begun.spent / 1_000_000,
+            reserved_micros=begun.reserved,
+            headers=_headers(
+                request.session_id, begun.model, begun.tier, begun.reason, begun.spent
+            ),
+            key=request.key,
+            fingerprint=request.fingerprint,
+            reservation_id=request.reservation_id if begun.reserved else "",
+            session_cost_micros=begun.spent,
+        )
+
+    # -- the begin step: rules 2-7, applied to one session atomically ---------------------
+
+    def _begin_step(self, request: _Request) -> Transition[_Begun]:
+        def step(entry: Entry | None, now: int) -> tuple[Entry | None, _Begun]:
+            return self._begin_rules(request, entry, now)
+
+        return step
+
+    def _begin_rules(
+        self, req: _Request, entry: Entry | None, now: int
+    ) -> tuple[Entry | None, _Begun]:
+        pinned = entry is not None and entry.model != ""  # a cost-only entry has no pin
+        flow = entry.flow if entry is not None else EMPTY_FLOW
+        spent = entry.session_cost_micros if entry is not None else 0
+        held = sum(r.micros for r in flow.reservations)
+        explicit_session = req.explicit_model is not None or (
+            entry is not None and entry.user_explicit
+        )
+        on_fallback = (
+            pinned
+            and bool(flow.fallback_from)
+            and (req.explicit_model is None or req.explicit_model == flow.explicit_model)
+        )
+        stale_fallback = on_fallback and now - flow.fallback_at > self.fallback_pin_ms
+        explicit_model = flow.explicit_model
+        fallback_from, fallback_at = flow.fallback_from, flow.fallback_at
+
+        # rules 2-4: the decision
+        if req.explicit_model is not None and not on_fallback:
+            model, tier, reason = req.explicit_model, req.tier, "explicit"
+            explicit_model, fallback_from, fallback_at = model, "", 0
+        elif entry is None or not pinned:
+            tier = req.tier
+            model, reason = self.tiers[tier].primary, "new"
+        elif stale_fallback:
+            model, reason = fallback_from, "primary_retry"
+            tier = req.tier if explicit_session else self._resolved[entry.tier or req.tier]
+            fallback_from, fallback_at = "", 0
+        elif explicit_session:
+            model, tier, reason = entry.model, req.tier, "explicit"
+        elif rules.is_cache_sticky(entry, now, self.config):
+            model, tier, reason = (
+                entry.model,
+                self._resolved[entry.tier or req.tier],
+                "cache_sticky",
+            )
+        elif tier_rank(req.tier) > tier_rank(entry.tier):
+            tier = req.tier
+            model, reason = self.tiers[tier].primary, "upgraded"
+            fallback_from, fallback_at = "", 0
+        else:
+            model, tier, reason = entry.model, self._resolved[entry.tier or req.tier], "pinned"
+
+        record = rules.set_session(
+            None if entry is None else list(entry), now, model, tier, req.explicit_model is not None
+        )
+        if not explicit_session:
+            record[TIER] = tier
+
+        # rule 5: loop detection (a retry of a failed attempt is not a strike)
+        retry = bool(flow.failed_fingerprint) and flow.failed_fingerprint == req.fingerprint
+        strikes = record[STRIKES] if retry else rules.record_request_hash(record, req.fingerprint)
+        before_escalation = list(record)
+        if strikes >= STRIKE_LIMIT and not record[USER_EXPLICIT] and self._escalate(record):
+            model, tier, reason = record[MODEL], record[TIER], "escalated"
+            fallback_from, fallback_at = "", 0
+
+        # rule 6: cache stickiness
+        sticky_ttl = req.declared_ttl_ms or flow.sticky_ttl_ms
+        if req.sticky:
+            rules.set_cache_sticky(record, now, provider_from_model(model))
+
+        # rule 7: the budget, checked on the final decision before anything is kept
+        fallbacks = [m for m in self.tiers[tier].chain if m != model]
+        reserved = 0
+        if self.cap_micros is not None:
+            reserved = self.worst_case_micros(
+                [model, *fallbacks], req.prompt_tokens, req.max_output_tokens
+            )
+            if spent + held + reserved > self.cap_micros:
+                downgrade = self._downgrade(req, explicit_session, spent + held)
+                if downgrade is None:
+                    refused = _Begun(model, tier, reason, strikes, spent, held, 0, reserved, [])
+                    return entry, refused
+                # the pin is not moved and nothing escalates; the request goes to SIMPLE
+                model, fallbacks, reserved = downgrade
+                tier, reason = Tier.SIMPLE, "budget_downgrade"
+                record = before_escalation
+                if entry is not None:
+                    record[MODEL], record[TIER] = entry.model, entry.tier
+                fallback_from, fallback_at = flow.fallback_from, flow.fallback_at
+                sticky_ttl = flow.sticky_ttl_ms
+
+        reservations = flow.reservations
+        if reserved:
+            expires = now + self.reservation_ttl_ms
+            reservations = (*reservations, Reservation(req.reservation_id, reserved, expires))
+        new_flow = FlowState(
+            reservations, explicit_model, fallback_from, fallback_at, sticky_ttl, ""
+        )
+        begun = _Begun(model, tier, reason, strikes, spent, held, reserved, None, fallbacks)
+        return _entry(record, new_flow), begun
+
+    def _escalate(self, record: Record) -> bool:
+        """Rule 5's escalation, to the next tier the table has (rules.escalate_session, as
+        many steps as it takes to skip tiers the table lacks). False at the top."""
+        rank = tier_rank(record[TIER])
+        target = next((t for t in Tier if t.rank > rank and t in self.tiers), None)
+        if target is None:
+            return False
+        while rules.escalate_session(record, self._primaries) not in (target, None):
+            pass
+        return True
+
+    def _downgrade(
+        self, req: _Request, explicit_session: bool, committed: int
+    ) -> tuple[str, list[str], int] | None:
+        """Rule 7's downgrade: SIMPLE's primary and fallbacks, if their worst case fits."""
+        if self.budget_mode != "downgrade" or explicit_session or Tier.SIMPLE not in self.tiers:
+            return None
+        simple = self.tiers[Tier.SIMPLE]
+        worst = self.worst_case_micros(simple.chain, req.prompt_tokens, req.max_output_tokens)
+        if self.cap_micros is None or committed + worst > self.cap_micros:
+            return None
+        return simple.primary, list(simple.fallback), worst
+
+    # -- the finish step: rule 8 -----------------------------------------------------------
+
+    def _finish_step(
+        self, decision: Decision, served_model: str | None, cost: int
+    ) -> Transition[int]:
+        def step(entry: Entry | None, now: int) -> tuple[Entry | None, int]:
+            if entry is None:
+                if cost == 0:
+                    return None, 0
+                record = rules.add_session_cost(None, now, cost)
+                return _entry(record, EMPTY_FLOW), cost
+            record = list(entry)
+            flow = entry.flow
+            kept = tuple(r for r in flow.reservations if r.id != decision.reservation_id)
+            if served_model is None:
+                new_flow = flow._replace(reservations=kept, failed_fingerprint=decision.fingerprint)
+                return _entry(record, new_flow), entry.session_cost_micros
+            record[COST] += cost
+            fallback_from, fallback_at = flow.fallback_from, flow.fallback_at
+            repin = (
+                served_model != decision.model
+                and decision.reason != "budget_downgrade"
+                and record[MODEL] == decision.model  # nobody moved the pin meanwhile
+            )
+            if repin:
+                record[MODEL] = served_model
+                fallback_from, fallback_at = fallback_from or decision.model, now
+            new_flow = flow._replace(
+                reservations=kept,
+                fallback_from=fallback_from,
+                fallback_at=fallback_at,
+                failed_fingerprint="",
+            )
+            return _entry(record, new_flow), int(record[COST])
+
+        return step
+
+
+def _headers(
+    session_id: str | None, model: str, tier: Tier, reason: str, spent: int
+) -> dict[str, str]:
+    headers = {} if session_id is None else {"X-Session-ID": session_id}
+    headers.update(
+        {
+            "X-Session-Model": model,
+            "X-Session-Tier": tier.value,
+            "X-Session-Reason": reason,
+            "X-Session-Cost-USD": format_usd(spent),
+        }
+    )
+    return headers
+
+
+def _declared_cache_ttls(messages: Sequence[Any]) -> list[int] | None:
+    """TTLs (ms) of the prompt-cache breakpoints a request declares (Anthropic-style
+    ``cache_control: {"type": "ephemeral", "ttl": "5m" | "1h"}`` on a message or a
+    content part); 0 for a breakpoint without a TTL. None when there is no breakpoint."""
+    found: list[int] | None = None
+    for message in messages:
+        parts = message.get("content")
+        holders = [message, *parts] if type(parts) is list else (message,)
+        for holder in holders:
+            control = holder.get("cache_control") if type(holder) is dict else None
+            if type(control) is dict and control.get("type") == "ephemeral":
+                found = found if found is not None else []
+                ttl = control.get("ttl")
+                match = _TTL.match(ttl) if isinstance(ttl, str) else None
+                found.append(int(match[1]) * _TTL_UNIT_MS[match[2]] if match else 0)
+    return found
+
+
+def _usage_field(usage: Any, name: str) -> Any:
+    return usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
+
+
+def _usage_int(usage: Any, name: str) -> int:
+    value = _usage_field(usage, name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"usage.{name} must be an int >= 0, got {value!r}")
+    return value

@@ -1,0 +1,220 @@
+"""What the routing flow routes with: the tier table, prices, and the default classifier."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from typing import Any
+
+from .fingerprint import utf8_len
+from .messages import message_role, message_text
+from .tiers import Tier, coerce_tier
+
+__all__ = [
+    "Classifier",
+    "Pricing",
+    "TierModels",
+    "classify_by_text",
+    "default_classify",
+    "estimate_prompt_tokens",
+    "prompt_tokens_by_size",
+    "tools_json_size",
+    "routing_table",
+    "usd_to_micros",
+]
+
+#: ``classify(messages, tools) -> Tier``
+Classifier = Callable[[Sequence[Any], Sequence[Any] | None], Tier]
+
+_MICROS = Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class TierModels:
+    """The models of one tier: the primary, then fallbacks in the order to try them."""
+
+    primary: str
+    fallback: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.primary, str) or not self.primary:
+            raise ValueError(f"primary must be a non-empty model id, got {self.primary!r}")
+        if isinstance(self.fallback, str) or not isinstance(self.fallback, Iterable):
+            raise ValueError(f"fallback must be a list of model ids, got {self.fallback!r}")
+        fallback = tuple(self.fallback)
+        for i, model in enumerate(fallback):
+            if not isinstance(model, str) or not model:
+                raise ValueError(f"fallback[{i}] must be a non-empty model id, got {model!r}")
+        object.__setattr__(self, "fallback", fallback)
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """``(primary, *fallback)``."""
+        return (self.primary, *self.fallback)
+
+
+def routing_table(table: Mapping[str, Any]) -> dict[Tier, TierModels]:
+    """``{"SIMPLE": {"primary": "...", "fallback": ["..."]}, ...}`` -> ``{Tier: TierModels}``.
+
+    Errors name the bad key (``routing table: COMPLEX.fallback[1] ...``).
+    """
+    if not isinstance(table, Mapping) or not table:
+        raise ValueError("routing table must be a non-empty mapping of tier -> models")
+    out: dict[Tier, TierModels] = {}
+    for name, spec in table.items():
+        try:
+            tier = coerce_tier(name)
+        except ValueError:
+            tier = None
+        if tier is None:
+            raise ValueError(
+                f"routing table: unknown tier {name!r} (use SIMPLE, MEDIUM, COMPLEX, REASONING)"
+            )
+        if isinstance(spec, TierModels):
+            out[tier] = spec
+            continue
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"routing table: {tier.value} must be a table with a primary model")
+        unknown = set(spec) - {"primary", "fallback"}
+        if unknown:
+            raise ValueError(
+                f"routing table: {tier.value}.{sorted(map(str, unknown))[0]} is not a known key"
+            )
+        if "primary" not in spec:
+            raise ValueError(f"routing table: {tier.value}.primary is missing")
+        try:
+            out[tier] = TierModels(spec["primary"], spec.get("fallback", ()))
+        except ValueError as exc:
+            raise ValueError(f"routing table: {tier.value}.{exc}") from None
+    return out
+
+
+def _decimal(name: str, value: object) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        d = Decimal(str(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not d.is_finite() or d < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return d
+
+
+def usd_to_micros(usd: object, *, name: str = "cost", round_up: bool = True) -> int:
+    """USD (a number or a decimal string) to whole micro-USD, rounded up (or down)."""
+    rounding = ROUND_CEILING if round_up else ROUND_FLOOR
+    return int((_decimal(name, usd) * _MICROS).to_integral_value(rounding))
+
+
+Number = int | float | str | Decimal
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Pricing:
+    """Prices of one model in USD per million tokens (that is, micro-USD per token).
+
+    Floats are read through their decimal repr, so ``0.15`` is exactly 0.15. Costs are
+    computed exactly and rounded up once, to whole micro-USD.
+    """
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    _ratios: tuple[int, int, int, int] = field(repr=False, compare=False)
+
+    def __init__(self, input_per_mtok: Number, output_per_mtok: Number) -> None:
+        price_in = _decimal("input_per_mtok", input_per_mtok)
+        price_out = _decimal("output_per_mtok", output_per_mtok)
+        object.__setattr__(self, "input_per_mtok", price_in)
+        object.__setattr__(self, "output_per_mtok", price_out)
+        # exact integer ratios, so a cost is two multiplications and one division
+        object.__setattr__(
+            self, "_ratios", (*price_in.as_integer_ratio(), *price_out.as_integer_ratio())
+        )
+
+    def cost_micros(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """Exact cost of a call, rounded up to whole micro-USD."""
+        a, b, c, d = self._ratios  # input = a/b, output = c/d micro-USD per token
+        return -(-(a * prompt_tokens * d + c * completion_tokens * b) // (b * d))
+
+
+def estimate_prompt_tokens(messages: Sequence[Any], tools: Sequence[Any] | None) -> int:
+    """ceil(UTF-8 bytes of every message's text and of the tools' JSON / 3)."""
+    return prompt_tokens_by_size(sum(utf8_len(message_text(m)) for m in messages), tools)
+
+
+def prompt_tokens_by_size(text_bytes: int, tools: Sequence[Any] | None) -> int:
+    """`estimate_prompt_tokens` from the messages' total UTF-8 size."""
+    if tools:
+        text_bytes += tools_json_size(tools)
+    return math.ceil(text_bytes / 3)
+
+
+_last_tools: tuple[Any, int] = ((), 0)
+
+
+def tools_json_size(tools: Sequence[Any]) -> int:
+    """UTF-8 size of ``json.dumps(tools)``. Agents send the same tools on every turn, so
+    the last answer is kept: comparing two equal lists costs a fraction of encoding one."""
+    global _last_tools
+    last, size = _last_tools
+    if tools != last:
+        size = utf8_len(json.dumps(tools))
+        _last_tools = (tools, size)
+    return size
+
+
+# -- the default classifier -----------------------------------------------------------------
+
+_REASONING_CUES = re.compile(
+    r"\b(prove|proof|step[- ]by[- ]step|derive|derivation|theorem|lemma|rigorous(ly)?|"
+    r"think (hard|carefully)|reason (about|through)|formal(ly)? verif\w*|optimal strategy)\b",
+    re.IGNORECASE,
+)
+_ANALYSIS_CUES = re.compile(
+    r"\b(explain|why|compare|analy[sz]e|design|architecture|refactor|debug|trade-?offs?|"
+    r"review|plan)\b",
+    re.IGNORECASE,
+)
+_CODE = re.compile(r"```|\bdef |\bclass |\bfunction |#include|=>|\bSELECT\b")
+
+
+def default_classify(messages: Sequence[Any], tools: Sequence[Any] | None = None) -> Tier:
+    """A small heuristic tier classifier. **Replace it with a real classifier.**
+
+    Looks at the latest user message and the size of the whole request:
+
+    - REASONING: the latest user message asks for a proof, a derivation, step-by-step or
+      careful reasoning;
+    - COMPLEX: it contains code, the request offers tools, or the request is over ~2000
+      tokens (UTF-8 bytes / 3);
+    - MEDIUM: it asks to explain, compare, analyse, design, debug..., or the request is
+      over ~300 tokens;
+    - SIMPLE: anything else.
+    """
+    roles = [message_role(m) for m in messages]
+    texts = [message_text(m) for m in messages]
+    return classify_by_text(roles, texts, [utf8_len(t) for t in texts], tools)
+
+
+def classify_by_text(
+    roles: Sequence[str], texts: Sequence[str], sizes: Sequence[int], tools: Sequence[Any] | None
+) -> Tier:
+    """`default_classify` on messages already read: their roles, texts and UTF-8 sizes."""
+    latest = ""
+    for i in range(len(roles) - 1, -1, -1):
+        if roles[i] == "user":
+            latest = texts[i]
+            break
+    tokens = math.ceil(sum(sizes) / 3)
+    if _REASONING_CUES.search(latest):
+        return Tier.REASONING
+    if tools or tokens > 2000 or _CODE.search(latest):
+        return Tier.COMPLEX
+    if tokens > 300 or _ANALYSIS_CUES.search(latest):
+        return Tier.MEDIUM
+    return Tier.SIMPLE

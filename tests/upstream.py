@@ -1,0 +1,125 @@
+"""A stand-in OpenAI-compatible upstream for the tests: it records what it receives and
+can be told, per model, to fail, to stall or to refuse."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Behaviour:
+    status: int = 200  # answer with this status (and an OpenAI-style error when >= 400)
+    error_type: str = "server_error"
+    stall_s: float = 0.0  # wait this long before answering
+    chunk_delay_s: float = 0.0  # between streamed chunks
+    chunks: int = 3  # streamed content chunks
+    text: str = "Hello from the stand-in."
+    cost: float | None = None  # report usage.cost (USD), as OpenRouter does
+    usage: bool = True  # include usage (in the final chunk when streaming)
+
+
+@dataclass
+class StandIn:
+    received: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    behaviour: dict[str, Behaviour] = field(default_factory=dict)
+    default: Behaviour = field(default_factory=Behaviour)
+    disconnects: int = 0
+
+    def set(self, model: str, **kw: Any) -> None:
+        self.behaviour[model] = Behaviour(**kw)
+
+    @property
+    def models(self) -> list[str]:
+        return [r.get("model", "") for r in self.received]
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+
+    async def chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.received.append(body)
+        self.headers.append(dict(request.headers))
+        model = body.get("model", "")
+        b = self.behaviour.get(model, self.default)
+        if b.stall_s:
+            await asyncio.sleep(b.stall_s)
+        if b.status >= 400:
+            return JSONResponse(
+                {"error": {"message": f"stand-in {b.status}", "type": b.error_type}},
+                status_code=b.status,
+            )
+        prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 1
+        words = b.text.split(" ")
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": len(words),
+            "total_tokens": prompt + len(words),
+        }
+        if b.cost is not None:
+            usage["cost"] = b.cost
+        created = int(time.time())
+        if not body.get("stream"):
+            payload: dict[str, Any] = {
+                "id": "chatcmpl-standin",
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": b.text},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+            if b.usage:
+                payload["usage"] = usage
+            return JSONResponse(payload)
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events() -> Any:
+            def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+                data = {
+                    "id": "chatcmpl-standin",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+                return f"data: {json.dumps(data)}\n\n"
+
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                per = max(1, len(words) // max(1, b.chunks))
+                for i in range(0, len(words), per):
+                    if b.chunk_delay_s:
+                        await asyncio.sleep(b.chunk_delay_s)
+                    yield chunk({"content": " ".join(words[i : i + per]) + " "})
+                yield chunk({}, "stop")
+                if include_usage and b.usage:
+                    final = {
+                        "id": "chatcmpl-standin",
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                    yield f"data: {json.dumps(final)}\n\n"
+                yield "data: [DONE]\n\n"
+            except asyncio.CancelledError:
+                self.disconnects += 1
+                raise
+
+        return StreamingResponse(events(), media_type="text/event-stream")
