@@ -569,3 +569,35 @@ def test_transact_sees_live_entries_and_writes_what_it_returns(
     assert store.transact("s", read_only) == 1
     clock.advance(TIMEOUT + 1)
     assert store.transact("s", lambda e, now: (e, e)) is None
+
+
+def test_flow_state_round_trips_and_reservations_expire(store: Any, clock: FakeClock) -> None:
+    from llm_sessions import FlowState, Reservation
+
+    flow = FlowState(
+        reservations=(
+            Reservation("r1", 500, clock.now + 1_000),
+            Reservation("r2", 7, clock.now + 5),
+        ),
+        explicit_model="mine/model ü",
+        fallback_from="a/primary",
+        fallback_at=clock.now - 3,
+        sticky_ttl_ms=3_600_000,
+        failed_fingerprint="f" * 32,
+    )
+    written = Entry(
+        "m", Tier.COMPLEX, clock.now, clock.now, 2, ("h1", "h2"), 1, True, True, True,
+        clock.now, "anthropic", 99, flow,
+    )  # fmt: skip
+    assert store.transact("s", lambda e, now: (written, "ok")) == "ok"
+    assert store.get_session("s") == written
+    assert store.get_session("s").reserved_micros == 507
+    clock.advance(5)  # r2 expires: readers never see it
+    assert store.get_session("s").flow.reservations == (flow.reservations[0],)
+    assert store.get_session("s").reserved_micros == 500
+    seen: list[Any] = []
+    store.transact("s", lambda e, now: (e, seen.append(e)))
+    assert seen[0].reserved_micros == 500
+    store.add_session_cost("s", 1)  # core writes keep the flow state
+    store.touch_session("s")
+    assert store.get_session("s").flow.explicit_model == "mine/model ü"
