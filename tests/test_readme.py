@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from llm_sessions.server.standin import StandIn
 from servers import serve
-from upstream import StandIn
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

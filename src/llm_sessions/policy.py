@@ -46,7 +46,17 @@ from .routing import (
     routing_table,
     usd_to_micros,
 )
-from .rules import COST, FLOW, MODEL, STRIKE_LIMIT, STRIKES, TIER, USER_EXPLICIT, Record
+from .rules import (
+    CACHE_STICKY,
+    COST,
+    FLOW,
+    MODEL,
+    STRIKE_LIMIT,
+    STRIKES,
+    TIER,
+    USER_EXPLICIT,
+    Record,
+)
 from .stores.base import AsyncStore, Store, Transition
 from .tiers import Tier, coerce_tier, tier_rank
 
@@ -90,6 +100,7 @@ class Decision:
     fingerprint: str = ""
     reservation_id: str = ""
     session_cost_micros: int = 0
+    sticky_activated: bool = False  # the session turned cache-sticky with this request
 
     @property
     def models(self) -> list[str]:
@@ -124,6 +135,7 @@ class _Begun(NamedTuple):
     reserved: int  # this request's reservation
     refused_worst: int | None  # set when the budget refused the request
     fallbacks: list[str]
+    sticky_activated: bool = False
 
 
 def _entry(record: Record, flow: FlowState) -> Entry:
@@ -306,6 +318,11 @@ class SessionPolicy:
                 worst = max(worst, price.cost_micros(prompt_tokens, max_output))
         return worst
 
+    @staticmethod
+    def session_key(session_id: str, scope: str = "") -> str:
+        """The store key of a session: its id, namespaced by the caller's scope."""
+        return f"{scope}:{session_id}" if scope else session_id
+
     def chain(self, tier: Tier) -> TierModels:
         """The models of `tier`, or of the nearest tier the table has."""
         return self.tiers[self._resolved[tier]]
@@ -364,7 +381,7 @@ class SessionPolicy:
         declared = _declared_cache_ttls(messages)
         return _Request(
             session_id=session_id,
-            key=None if session_id is None else (f"{scope}:{session_id}" if scope else session_id),
+            key=None if session_id is None else self.session_key(session_id, scope),
             explicit_model=explicit,
             tier=self._resolved[classified],
             fingerprint=fingerprint_turn(messages, roles, texts),
@@ -418,6 +435,7 @@ class SessionPolicy:
             fingerprint=request.fingerprint,
             reservation_id=request.reservation_id if begun.reserved else "",
             session_cost_micros=begun.spent,
+            sticky_activated=begun.sticky_activated,
         )
 
     # -- the begin step: rules 2-7, applied to one session atomically ---------------------
@@ -520,7 +538,10 @@ class SessionPolicy:
         new_flow = FlowState(
             reservations, explicit_model, fallback_from, fallback_at, sticky_ttl, ""
         )
-        begun = _Begun(model, tier, reason, strikes, spent, held, reserved, None, fallbacks)
+        activated = bool(record[CACHE_STICKY]) and not (entry is not None and entry.cache_sticky)
+        begun = _Begun(
+            model, tier, reason, strikes, spent, held, reserved, None, fallbacks, activated
+        )
         return _entry(record, new_flow), begun
 
     def _escalate(self, record: Record) -> bool:

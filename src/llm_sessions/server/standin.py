@@ -1,11 +1,13 @@
-"""A stand-in OpenAI-compatible upstream for the tests: it records what it receives and
-can be told, per model, to fail, to stall or to refuse."""
+"""A stand-in OpenAI-compatible upstream, for the demo and the tests: it answers chat
+completions (streamed or not, with usage), records what it receives, and can be told,
+per model, to fail with a status, to stall, or to stream slowly."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +15,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+__all__ = ["Behaviour", "StandIn"]
 
 
 @dataclass
@@ -29,6 +33,9 @@ class Behaviour:
 
 @dataclass
 class StandIn:
+    """``StandIn().app()`` is the ASGI app; `set(model, ...)` changes one model's
+    `Behaviour`; `received` holds every request body, in order."""
+
     received: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     behaviour: dict[str, Behaviour] = field(default_factory=dict)
@@ -88,7 +95,7 @@ class StandIn:
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        async def events() -> Any:
+        async def events() -> AsyncIterator[str]:
             def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
                 data = {
                     "id": "chatcmpl-standin",

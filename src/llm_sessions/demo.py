@@ -1,0 +1,128 @@
+"""``llm-sessions demo``: the gateway and a stand-in upstream on loopback, and a scripted
+agent conversation through them with the official ``openai`` client, one table row per
+turn."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .routing import Pricing, routing_table
+from .server.app import create_app
+from .server.run import running
+from .server.settings import Settings, UpstreamSettings
+from .server.standin import StandIn
+
+__all__ = ["run_demo"]
+
+TIERS = routing_table(
+    {
+        "SIMPLE": {"primary": "openai/gpt-4o-mini", "fallback": ["groq/llama-3.1-8b"]},
+        "MEDIUM": {"primary": "anthropic/claude-haiku-4.5", "fallback": ["openai/gpt-4o-mini"]},
+        "COMPLEX": {"primary": "anthropic/claude-sonnet-4.6", "fallback": ["openai/gpt-4o"]},
+        "REASONING": {"primary": "openai/o3", "fallback": ["anthropic/claude-opus-4.1"]},
+    }
+)
+PRICES = {
+    "openai/gpt-4o-mini": Pricing(0.15, 0.6),
+    "groq/llama-3.1-8b": Pricing(0.05, 0.08),
+    "anthropic/claude-haiku-4.5": Pricing(1, 5),
+    "anthropic/claude-sonnet-4.6": Pricing(3, 15),
+    "openai/gpt-4o": Pricing(2.5, 10),
+    "openai/o3": Pricing(2, 8),
+    "anthropic/claude-opus-4.1": Pricing(15, 75),
+}
+LOG = "".join(
+    f"2026-11-24T10:{i // 60:02d}:{i % 60:02d} DEBUG auth.refresh token={i:08x}\n"
+    for i in range(260)
+)
+
+
+def run_demo(out: Callable[[str], None] = print) -> None:
+    import openai  # a dev dependency: the demo drives the gateway as any client would
+
+    logging.getLogger("llm_sessions.access").setLevel(logging.WARNING)
+    standin = StandIn()
+    with running(standin.app()) as upstream_url:
+        settings = Settings(
+            upstream=UpstreamSettings(
+                base_url=f"{upstream_url}/v1", api_key_env="DEMO_UPSTREAM_KEY"
+            ),
+            tiers=TIERS,
+            pricing=PRICES,
+            max_session_cost_usd=0.50,
+        )
+        with running(create_app(settings)) as gateway_url:
+            client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="demo-key")
+            _conversation(client, standin, out)
+
+
+def _conversation(client: Any, standin: StandIn, out: Callable[[str], None]) -> None:
+    import openai
+
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "You are a coding agent working in a git repository."}
+    ]
+    header = (
+        f"{'turn':>4}  {'reason':<16} {'model':<28} {'tier':<9} {'strikes':>7} "
+        f"{'cost USD':>10}  what happened"
+    )
+    out(header)
+    out("-" * len(header))
+    turn = 0
+
+    def ask(note: str, **extra: Any) -> None:
+        nonlocal turn
+        turn += 1
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model="auto", messages=messages, **extra
+            )
+        except openai.APIStatusError as exc:
+            body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+            error = body.get("error", body)
+            out(f"{turn:>4}  {'(refused)':<16} {'-':<28} {'-':<9} {'-':>7} "
+                f"{error.get('spent_usd', '-'):>10}  HTTP {exc.status_code} {error.get('type')}: "
+                f"over the ${error.get('cap_usd')} cap, final")  # fmt: skip
+            return
+        h = raw.headers
+        reply = raw.parse().choices[0].message.content
+        messages.append({"role": "assistant", "content": reply})
+        served = h["x-session-served-model"]
+        model = served if served == h["x-session-model"] else f"{served}*"
+        cost = client.get(f"/sessions/{h['x-session-id']}", cast_to=dict)["session_cost_usd"]
+        out(f"{turn:>4}  {h['x-session-reason']:<16} {model:<28} {h['x-session-tier']:<9} "
+            f"{h['x-session-strikes']:>7} {cost:>10}  {note}")  # fmt: skip
+
+    def user(text: str) -> None:
+        messages.append({"role": "user", "content": text})
+
+    def tool_result(text: str, call: int) -> None:
+        function = {"name": "run_tests", "arguments": "{}"}
+        tool_call = {"id": f"call_{call}", "type": "function", "function": function}
+        messages.append({"role": "assistant", "content": None, "tool_calls": [tool_call]})
+        messages.append({"role": "tool", "tool_call_id": f"call_{call}", "content": text})
+
+    user("The login test fails on main. Find the cause.")
+    ask("a new session, classified SIMPLE and pinned")
+    user("Show me the failing assertion.")
+    ask("same session: the pinned model")
+    user("Explain the race between token refresh and logout.")
+    ask("classified MEDIUM: upgraded (never down)")
+    for call in range(3):
+        tool_result("FAILED tests/test_login.py::test_refresh - AssertionError: 401 != 200", call)
+        ask(["the agent runs the tests", "the same tool result again: strike 1",
+             "third identical turn: escalated one tier"][call])  # fmt: skip
+    user("Here is the full debug log:\n" + LOG)
+    ask("a large paste: the session turns cache-sticky")
+    user("Prove the fix cannot deadlock.")
+    ask("classified REASONING, but the prompt cache is warm")
+    standin.set("anthropic/claude-sonnet-4.6", status=503)
+    user("Apply the patch and rerun the suite.")
+    ask("upstream 503 on the primary: a fallback served (*)")
+    user("Commit it.")
+    ask("the fallback is pinned for now")
+    user("Now write an exhaustive property-based test suite for the auth module.")
+    ask("", max_tokens=100_000)  # its worst case alone is over the session's $0.50 cap
+    out("\n* served by a fallback. Every row went through the gateway with the openai client.")

@@ -1,0 +1,59 @@
+"""Prometheus metrics of one gateway (a registry of its own, so apps never collide)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self, store_errors: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "llm_sessions_requests",
+            "Chat requests routed, by decision reason",
+            ["reason"],
+            registry=r,
+        )
+        self.responses = Counter(
+            "llm_sessions_responses", "Chat responses, by HTTP status", ["status"], registry=r
+        )
+        self.escalations = Counter(
+            "llm_sessions_escalations", "Looping sessions moved one tier up", registry=r
+        )
+        self.cache_sticky = Counter(
+            "llm_sessions_cache_sticky_activations", "Sessions that turned cache-sticky", registry=r
+        )
+        self.budget_rejections = Counter(
+            "llm_sessions_budget_rejections", "Requests refused by a session budget", registry=r
+        )
+        self.upstream_errors = Counter(
+            "llm_sessions_upstream_errors",
+            "Failed upstream attempts, by kind (status code, connect, timeout)",
+            ["kind"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "llm_sessions_fallbacks", "Requests served by a fallback model", registry=r
+        )
+        self.cost = Counter(
+            "llm_sessions_session_cost_usd", "Cost charged to sessions, in USD", registry=r
+        )
+        self.store_errors = Gauge(
+            "llm_sessions_store_errors", "Times the session store could not be reached", registry=r
+        )
+        self.store_errors.set_function(store_errors)
+        self.latency = Histogram(
+            "llm_sessions_request_seconds",
+            "Time to the response's first byte, by whether it streams",
+            ["stream"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

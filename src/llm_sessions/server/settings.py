@@ -1,0 +1,282 @@
+"""The gateway's configuration: a TOML file read once at start-up into frozen objects.
+
+Every key is checked; an error names the key (``config: budget.mode must be ...``). The
+upstream API key is never in the file: the file names the environment variable that
+holds it. See ``examples/gateway.toml`` for every key with its default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..routing import Pricing, TierModels, routing_table
+from ..tiers import Tier
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+DEFAULT_TIERS = {
+    "SIMPLE": {"primary": "gpt-4o-mini"},
+    "MEDIUM": {"primary": "gpt-4o-mini", "fallback": ["gpt-4o"]},
+    "COMPLEX": {"primary": "gpt-4o", "fallback": ["gpt-4o-mini"]},
+    "REASONING": {"primary": "o3-mini", "fallback": ["gpt-4o"]},
+}
+
+
+class ConfigError(ValueError):
+    """The gateway's configuration is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    connect_timeout_s: float = 5.0
+    timeout_s: float = 300.0  # read/write timeout of one attempt (between bytes when streaming)
+    max_attempts: int = 3  # bounded walk of the fallback chain
+    max_connections: int = 200
+
+    @property
+    def api_key(self) -> str | None:
+        """The key, read from the environment (never from the file)."""
+        return os.environ.get(self.api_key_env) or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 10 * 1024 * 1024
+    api_keys_file: str | None = None
+    store_url: str = "memory://"
+    store_on_error: str = "fail_open"
+    store_key_prefix: str = "llm-sessions:"
+    sessions: Config = field(default_factory=Config)
+    tiers: Mapping[Tier, TierModels] = field(default_factory=lambda: routing_table(DEFAULT_TIERS))
+    profiles: tuple[str, ...] = ("auto",)
+    default_max_tokens: int = 4096
+    fallback_pin_ms: int = 300_000
+    pricing: Mapping[str, Pricing] = field(default_factory=dict)
+    max_session_cost_usd: float | None = None
+    budget_mode: str = "strict"
+    reservation_ttl_ms: int = 600_000
+    stats_limit: int = 100
+
+    @property
+    def models(self) -> list[str]:
+        """Every model of the routing table, in tier order, without repeats."""
+        seen: dict[str, None] = {}
+        for tier in Tier:
+            if tier in self.tiers:
+                seen.update(dict.fromkeys(self.tiers[tier].chain))
+        return list(seen)
+
+
+class _Reader:
+    """Reads one TOML table, naming every key it complains about."""
+
+    def __init__(self, table: Mapping[str, Any], path: str) -> None:
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"config: {path} must be a table")
+        self.table = table
+        self.path = path
+        self.used: set[str] = set()
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ConfigError(
+                f"config: {self.name(key)} must be {_kind_name(kinds)}, got {value!r}"
+            )
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            raise ConfigError(
+                f"config: {self.name(key)} must be {_kind_name(kinds)}, got {value!r}"
+            )
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float, integer: bool = False) -> Any:
+        value = self.get(key, int if integer else float, default)
+        if value < minimum:
+            raise ConfigError(f"config: {self.name(key)} must be >= {minimum}, got {value!r}")
+        return value
+
+    def table_of(self, key: str) -> _Reader:
+        self.used.add(key)
+        return _Reader(self.table.get(key, {}), self.name(key))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise ConfigError(f"config: {self.name(unknown[0])} is not a known key")
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a table"}  # fmt: skip
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Settings from a TOML file (or the defaults), then `overrides` (from the command
+    line: host, port, store_url, upstream_url, api_keys_file)."""
+    data: Mapping[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config: can't read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    settings = _parse(_Reader(data, ""))
+    upstream_url = overrides.pop("upstream_url", None)
+    if upstream_url:
+        settings = replace(settings, upstream=replace(settings.upstream, base_url=upstream_url))
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    _check(settings)
+    return settings
+
+
+def _parse(root: _Reader) -> Settings:
+    up = root.table_of("upstream")
+    upstream = UpstreamSettings(
+        base_url=up.get("base_url", str, UpstreamSettings.base_url),
+        api_key_env=up.get("api_key_env", str, UpstreamSettings.api_key_env),
+        connect_timeout_s=up.number("connect_timeout_s", 5.0, minimum=0.001),
+        timeout_s=up.number("timeout_s", 300.0, minimum=0.001),
+        max_attempts=up.number("max_attempts", 3, minimum=1, integer=True),
+        max_connections=up.number("max_connections", 200, minimum=1, integer=True),
+    )
+    up.done()
+
+    server = root.table_of("server")
+    host = server.get("host", str, "127.0.0.1")
+    port = server.number("port", 8080, minimum=1, integer=True)
+    max_body = server.number("max_body_bytes", 10 * 1024 * 1024, minimum=1024, integer=True)
+    api_keys_file = server.get("api_keys_file", str, None) or None
+    stats_limit = server.number("stats_limit", 100, minimum=0, integer=True)
+    server.done()
+
+    store = root.table_of("store")
+    store_url = store.get("url", str, "memory://")
+    on_error = store.get("on_error", str, "fail_open")
+    if on_error not in ("raise", "fail_open"):
+        raise ConfigError(
+            f"config: store.on_error must be 'raise' or 'fail_open', got {on_error!r}"
+        )
+    key_prefix = store.get("key_prefix", str, "llm-sessions:")
+    store.done()
+
+    sess = root.table_of("sessions")
+    ttl_table = root.table_of("cache_ttl_ms")
+    cache_ttls = {key: ttl_table.number(key, 0, minimum=0, integer=True) for key in ttl_table.table}
+    ttl_table.done()
+    try:
+        sessions = Config(
+            enabled=sess.get("enabled", bool, True),
+            timeout_ms=sess.number("timeout_ms", 30 * 60 * 1000, minimum=1, integer=True),
+            header_name=sess.get("header_name", str, "x-session-id"),
+            max_sessions=sess.number("max_sessions", 100_000, minimum=1, integer=True),
+            cleanup_interval_ms=sess.number(
+                "cleanup_interval_ms", 300_000, minimum=0, integer=True
+            ),
+            cache_ttl_ms=cache_ttls,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"config: sessions: {exc}") from None
+    sess.done()
+
+    routing = root.table_of("routing")
+    profiles = routing.get("profiles", list, ["auto"])
+    if not profiles or not all(isinstance(p, str) and p for p in profiles):
+        raise ConfigError("config: routing.profiles must be a non-empty list of names")
+    default_max_tokens = routing.number("default_max_tokens", 4096, minimum=1, integer=True)
+    fallback_pin_ms = routing.number("fallback_pin_ms", 300_000, minimum=0, integer=True)
+    tiers_table = routing.get("tiers", dict, DEFAULT_TIERS)
+    try:
+        tiers = routing_table(tiers_table)
+    except ValueError as exc:
+        raise ConfigError(f"config: routing.tiers: {exc}") from None
+    routing.done()
+
+    prices = root.table_of("pricing")
+    pricing: dict[str, Pricing] = {}
+    for model in prices.table:
+        entry = prices.table_of(model)
+        try:
+            pricing[model] = Pricing(
+                entry.get("input_per_mtok", (int, float, str), None),
+                entry.get("output_per_mtok", (int, float, str), None),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"config: pricing.{model}: {exc}") from None
+        entry.done()
+    prices.done()
+
+    budget = root.table_of("budget")
+    cap = budget.get("max_session_cost_usd", float, None)
+    if cap is not None and cap < 0:
+        raise ConfigError(f"config: budget.max_session_cost_usd must be >= 0, got {cap!r}")
+    mode = budget.get("mode", str, "strict")
+    if mode not in ("strict", "downgrade"):
+        raise ConfigError(f"config: budget.mode must be 'strict' or 'downgrade', got {mode!r}")
+    reservation_ttl_ms = budget.number("reservation_ttl_ms", 600_000, minimum=1, integer=True)
+    budget.done()
+    root.done()
+    return Settings(
+        upstream=upstream,
+        host=host,
+        port=port,
+        max_body_bytes=max_body,
+        api_keys_file=api_keys_file,
+        store_url=store_url,
+        store_on_error=on_error,
+        store_key_prefix=key_prefix,
+        sessions=sessions,
+        tiers=tiers,
+        profiles=tuple(profiles),
+        default_max_tokens=default_max_tokens,
+        fallback_pin_ms=fallback_pin_ms,
+        pricing=pricing,
+        max_session_cost_usd=cap,
+        budget_mode=mode,
+        reservation_ttl_ms=reservation_ttl_ms,
+        stats_limit=stats_limit,
+    )
+
+
+def _check(settings: Settings) -> None:
+    if not settings.upstream.base_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"config: upstream.base_url must be an http(s) URL, got {settings.upstream.base_url!r}"
+        )
+    if not (0 < settings.port < 65536):
+        raise ConfigError(f"config: server.port must be 1-65535, got {settings.port}")
+    limit_ms = settings.upstream.timeout_s * 1000 + settings.upstream.connect_timeout_s * 1000
+    if settings.reservation_ttl_ms <= limit_ms:
+        raise ConfigError(
+            "config: budget.reservation_ttl_ms must exceed the upstream timeout "
+            f"(upstream.timeout_s + upstream.connect_timeout_s = {limit_ms:.0f} ms), "
+            f"got {settings.reservation_ttl_ms}"
+        )
+    if settings.api_keys_file is not None and not Path(settings.api_keys_file).is_file():
+        raise ConfigError(f"config: server.api_keys_file {settings.api_keys_file!r} is not a file")

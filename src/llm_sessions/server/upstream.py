@@ -1,0 +1,203 @@
+"""Talking to the upstream: attempts along the fallback chain, and relaying a stream.
+
+One shared `httpx.AsyncClient` (pooled keep-alive connections, timeouts) serves every
+request. `Upstream.attempt` opens one attempt and classifies its outcome before a byte
+reaches the client; `RelayResponse` passes a stream through chunk by chunk, watches for
+the client going away, and reports what was generated exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from .settings import UpstreamSettings
+
+__all__ = ["Attempt", "RelayResponse", "StreamMeter", "Upstream"]
+
+# Upstream refusals that no other model will fix: don't walk the fallback chain for them.
+_TERMINAL_CODES = ("insufficient_quota", "budget_exceeded", "billing_hard_limit_reached")
+
+
+@dataclass
+class Attempt:
+    """One upstream attempt: `response` (still open) when it should be passed on to the
+    client, else `failure` says why the next model should be tried."""
+
+    model: str
+    response: httpx.Response | None = None
+    failure: str = ""  # "connect error", "timeout", "HTTP 503"...
+    error_kind: str = ""  # metrics label: "connect", "timeout" or the status code
+    terminal: bool = False  # a refusal that ends the request (quota, budget)
+
+
+class Upstream:
+    def __init__(
+        self, settings: UpstreamSettings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        headers = {"accept-encoding": "identity"}  # relay bytes as they are; parse them too
+        key = settings.api_key
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        self.client = httpx.AsyncClient(
+            base_url=settings.base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_connections,
+            ),
+            transport=transport,
+        )
+        self.max_attempts = settings.max_attempts
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def attempt(self, model: str, payload: dict[str, Any]) -> Attempt:
+        """Send one request; return it open when it should reach the client."""
+        request = self.client.build_request("POST", "/chat/completions", json=payload)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException:
+            return Attempt(model, failure="timeout", error_kind="timeout")
+        except httpx.TransportError as exc:
+            return Attempt(
+                model, failure=f"connect error ({type(exc).__name__})", error_kind="connect"
+            )
+        status = response.status_code
+        if status == 429 or status >= 500 or status == 402:
+            body = await _read_quietly(response)
+            terminal = status == 402 or _error_code(body) in _TERMINAL_CODES
+            if terminal:  # passed on as it is: the client must see the refusal
+                return Attempt(model, response=response, terminal=True, error_kind=str(status))
+            return Attempt(model, failure=f"HTTP {status}", error_kind=str(status))
+        return Attempt(model, response=response)
+
+
+async def _read_quietly(response: httpx.Response) -> bytes:
+    try:
+        return await response.aread()
+    except httpx.HTTPError:
+        return b""
+    finally:
+        await response.aclose()
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        error = json.loads(body).get("error") or {}
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(error, dict):
+        return ""
+    for key in ("code", "type"):
+        value = error.get(key)
+        if isinstance(value, str) and value in _TERMINAL_CODES:
+            return value
+    return ""
+
+
+@dataclass
+class StreamMeter:
+    """Watches a chat-completions event stream go by: its usage chunk, if one comes, and
+    how many bytes of text were generated (to estimate the cost when none comes)."""
+
+    usage: dict[str, Any] | None = None
+    text_bytes: int = 0
+    _pending: bytes = b""
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._pending + chunk
+        *lines, self._pending = data.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                self._event(line[5:].strip())
+
+    def _event(self, payload: bytes) -> None:
+        if not payload or payload == b"[DONE]":
+            return
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        for choice in event.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    self.text_bytes += len(content.encode("utf-8", "surrogatepass"))
+                for call in delta.get("tool_calls") or ():
+                    arguments = (
+                        (call.get("function") or {}).get("arguments")
+                        if isinstance(call, dict)
+                        else None
+                    )
+                    if isinstance(arguments, str):
+                        self.text_bytes += len(arguments.encode("utf-8", "surrogatepass"))
+
+
+class RelayResponse(Response):
+    """Streams an open upstream response to the client chunk by chunk, as it arrives.
+
+    The client going away cancels the upstream request. Whatever happens — the stream
+    ends, the upstream breaks, the client leaves — `on_done(meter, complete)` is called
+    exactly once, shielded from cancellation, after the upstream connection is closed.
+    """
+
+    def __init__(
+        self,
+        upstream: httpx.Response,
+        on_done: Callable[[StreamMeter, bool], Awaitable[None]],
+        headers: dict[str, str],
+    ) -> None:
+        self.upstream = upstream
+        self.on_done = on_done
+        self.status_code = upstream.status_code
+        self.background = None
+        self.media_type = upstream.headers.get("content-type", "text/event-stream")
+        self.init_headers({"cache-control": "no-cache", **headers})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        meter = StreamMeter()
+        complete = False
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def watch_for_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    group.cancel_scope.cancel()  # the client left: stop relaying
+
+                group.start_soon(watch_for_disconnect)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": self.status_code,
+                        "headers": self.raw_headers,
+                    }
+                )
+                async for chunk in self.upstream.aiter_raw():
+                    meter.feed(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                complete = True
+                group.cancel_scope.cancel()
+        except (OSError, httpx.HTTPError):
+            pass  # the client's socket or the upstream broke: bill what was streamed
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.upstream.aclose()
+                await self.on_done(meter, complete)
