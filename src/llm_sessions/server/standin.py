@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class Behaviour:
     text: str = "Hello from the stand-in."
     cost: float | None = None  # report usage.cost (USD), as OpenRouter does
     usage: bool = True  # include usage (in the final chunk when streaming)
+    gate: threading.Event | None = None  # when streaming, hold after the first chunk until set
 
 
 @dataclass
@@ -113,6 +115,8 @@ class StandIn:
                     if b.chunk_delay_s:
                         await asyncio.sleep(b.chunk_delay_s)
                     yield chunk({"content": " ".join(words[i : i + per]) + " "})
+                    while b.gate is not None and not b.gate.is_set():
+                        await asyncio.sleep(0.005)
                 yield chunk({}, "stop")
                 if include_usage and b.usage:
                     final = {
