@@ -391,10 +391,13 @@ def test_bad_requests_get_clear_errors_and_leave_nothing(gw: Running) -> None:
             assert r.json()["error"]["type"] == "invalid_request_error", body
             assert r.json()["error"]["message"], body
         good = json.dumps(chat("hi")).encode()
-        for header in (b"bad\x7fid", b"x" * 300, "café".encode()):
+        for header in (b"x" * 300, "café".encode(), b"tab\tinside"):
             r = http.post("/v1/chat/completions", content=good, headers={"x-session-id": header})
             assert r.status_code == 400
             assert "x-session-id" in r.json()["error"]["message"]
+        # a control character: refused by the HTTP parser itself, before the app sees it
+        r = http.post("/v1/chat/completions", content=good, headers={"x-session-id": b"bad\x7fid"})
+        assert r.status_code == 400
         big = b'{"messages": [{"role": "user", "content": "' + b"x" * (10 * 1024 * 1024) + b'"}]}'
         assert http.post("/v1/chat/completions", content=big).status_code == 413
         assert http.get("/v1/nothing-here").status_code == 404

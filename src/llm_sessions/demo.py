@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .errors import MissingDependency
 from .routing import Pricing, routing_table
 from .server.app import create_app
 from .server.run import running
@@ -40,7 +41,10 @@ LOG = "".join(
 
 
 def run_demo(out: Callable[[str], None] = print) -> None:
-    import openai  # a dev dependency: the demo drives the gateway as any client would
+    try:
+        import openai  # the demo drives the gateway as any client would
+    except ImportError as exc:
+        raise MissingDependency("the demo needs the openai client: pip install openai") from exc
 
     logging.getLogger("llm_sessions.access").setLevel(logging.WARNING)
     standin = StandIn()

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -46,32 +47,41 @@ class Upstream:
         key = settings.api_key
         if key:
             headers["authorization"] = f"Bearer {key}"
+        limits = httpx.Limits(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_connections,
+        )
+        # httpx's default pool (httpcore) checks every pooled connection with socket
+        # syscalls on every request, which caps a busy gateway at a few hundred requests
+        # a second; the aiohttp transport keeps httpx's interface on aiohttp's pool.
         self.client = httpx.AsyncClient(
             base_url=settings.base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_connections,
-            ),
-            transport=transport,
+            transport=transport if transport is not None else AiohttpTransport(limits=limits),
         )
         self.max_attempts = settings.max_attempts
+        self._url = httpx.URL(settings.base_url.rstrip("/") + "/chat/completions")
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     async def attempt(self, model: str, payload: dict[str, Any]) -> Attempt:
         """Send one request; return it open when it should reach the client."""
-        request = self.client.build_request("POST", "/chat/completions", json=payload)
+        request = self.client.build_request("POST", self._url, json=payload)
         try:
             response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException:
-            return Attempt(model, failure="timeout", error_kind="timeout")
         except httpx.TransportError as exc:
-            return Attempt(
-                model, failure=f"connect error ({type(exc).__name__})", error_kind="connect"
+            # The aiohttp transport reports a refused connection as a ConnectTimeout:
+            # what it wraps tells a timeout from a connection that could not be made.
+            cause = exc.__cause__ or exc
+            timed_out = isinstance(cause, TimeoutError) or (
+                cause is exc and isinstance(exc, httpx.TimeoutException)
             )
+            if timed_out:
+                return Attempt(model, failure="timeout", error_kind="timeout")
+            kind = type(cause).__name__
+            return Attempt(model, failure=f"connect error ({kind})", error_kind="connect")
         status = response.status_code
         if status == 429 or status >= 500 or status == 402:
             body = await _read_quietly(response)
