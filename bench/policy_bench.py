@@ -24,26 +24,12 @@ from typing import Any
 import redis
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from llm_sessions import Config, Pricing, RedisSessionStore, SessionPolicy, SessionStore
+from llm_sessions import Config, RedisSessionStore, SessionPolicy, SessionStore
+from llm_sessions.demo import PRICES, TIERS
 from llm_sessions.stores.redis_core import SCRIPTS, RedisOps, encode_entry
 
-from redis_server import RedisServer
+from redis_server import CountingConnection, RedisServer
 
-TIERS = {
-    "SIMPLE": {"primary": "openai/gpt-4o-mini", "fallback": ["groq/llama-3.1-8b"]},
-    "MEDIUM": {"primary": "anthropic/claude-haiku-4.5", "fallback": ["openai/gpt-4o-mini"]},
-    "COMPLEX": {"primary": "anthropic/claude-sonnet-4.6", "fallback": ["openai/gpt-4o"]},
-    "REASONING": {"primary": "openai/o3", "fallback": ["anthropic/claude-opus-4.1"]},
-}
-PRICES = {
-    "openai/gpt-4o-mini": Pricing(0.15, 0.6),
-    "groq/llama-3.1-8b": Pricing(0.05, 0.08),
-    "anthropic/claude-haiku-4.5": Pricing(1, 5),
-    "anthropic/claude-sonnet-4.6": Pricing(3, 15),
-    "openai/gpt-4o": Pricing(2.5, 10),
-    "openai/o3": Pricing(2, 8),
-    "anthropic/claude-opus-4.1": Pricing(15, 75),
-}
 TOOLS = [
     {"type": "function", "function": {"name": "run_tests", "description": "Run the test suite",
      "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}},
@@ -107,20 +93,12 @@ def memory_bench(n: int) -> None:
     )
 
 
-class Counting(redis.Connection):
-    sends = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).sends += 1
-        super().send_packed_command(command, check_health)
-
-
 def redis_bench(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp)).start()
         try:
             pool = redis.ConnectionPool(
-                port=server.port, connection_class=Counting, max_connections=1
+                port=server.port, connection_class=CountingConnection, max_connections=1
             )
             store = RedisSessionStore(
                 redis.Redis(connection_pool=pool), Config(cleanup_interval_ms=0)
@@ -136,9 +114,9 @@ def redis_bench(n: int) -> None:
                 )
 
             flow(0)
-            before = Counting.sends
+            before = CountingConnection.sends
             flow(1)
-            trips = Counting.sends - before
+            trips = CountingConnection.sends - before
             ours = n / (per_call_us(flow, n, repeats=3) * n / 1e6)
 
             raw = redis.Redis(port=server.port)

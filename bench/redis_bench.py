@@ -29,17 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from llm_sessions import AsyncRedisSessionStore, Config, RedisSessionStore, Tier
 from llm_sessions.stores.redis_core import SCRIPTS
 
-from redis_server import RedisServer
+from redis_server import CountingConnection, RedisServer
 
 CFG = Config(cleanup_interval_ms=0)
-
-
-class Counting(redis.Connection):
-    sends = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).sends += 1
-        super().send_packed_command(command, check_health)
 
 
 def rate(fn: Callable[[int], object], n: int, repeats: int = 3) -> float:
@@ -112,7 +104,9 @@ def raw_args(store: Any, sid: str, kind: str, extra: tuple[bytes, ...]) -> tuple
 
 
 def sync_bench(server: RedisServer, n: int) -> list[tuple[str, int, float, float]]:
-    pool = redis.ConnectionPool(port=server.port, connection_class=Counting, max_connections=1)
+    pool = redis.ConnectionPool(
+        port=server.port, connection_class=CountingConnection, max_connections=1
+    )
     store = RedisSessionStore(redis.Redis(connection_pool=pool), CFG)
     raw = redis.Redis(port=server.port)
     shas = {name: raw.script_load(src) for name, src in SCRIPTS.items()}
@@ -122,9 +116,9 @@ def sync_bench(server: RedisServer, n: int) -> list[tuple[str, int, float, float
         for sid in ids:
             store.set_session(sid, MODEL, Tier.SIMPLE)
         args = [raw_args(store, sid, kind, extra) for sid in ids]
-        before = Counting.sends
+        before = CountingConnection.sends
         call(store, ids[0])
-        trips = Counting.sends - before
+        trips = CountingConnection.sends - before
         ours = rate(lambda i, call=call: call(store, ids[i]), n)
         if kind == "hgetall":
             base = rate(lambda i, args=args: raw.hgetall(*args[i]), n)

@@ -7,8 +7,19 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
+
+
+class CountingConnection(redis.Connection):
+    """Counts socket writes: one per round trip (a pipeline is sent in one write)."""
+
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sends += 1
+        super().send_packed_command(command, check_health)
 
 
 def free_port() -> int:

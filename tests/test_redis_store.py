@@ -29,19 +29,9 @@ from llm_sessions.stores.redis_core import SCRIPTS
 
 import workers
 from helpers import FakeClock
-from redis_server import RedisServer
+from redis_server import CountingConnection, RedisServer
 
 CFG = Config(cleanup_interval_ms=0)
-
-
-class CountingConnection(redis.Connection):
-    """Counts socket writes: one per round trip (a pipeline is sent in one write)."""
-
-    sends = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).sends += 1
-        super().send_packed_command(command, check_health)
 
 
 @pytest.fixture

@@ -112,38 +112,19 @@ def _pool_kwargs(pool: Any) -> dict[str, Any]:
     return kwargs
 
 
-def _sync_client(target: Any, socket_timeout: float, connect_timeout: float) -> Any:
+def _client(module: Any, target: Any, socket_timeout: float, connect_timeout: float) -> Any:
+    """A client of `module` (``redis`` or ``redis.asyncio``) for a URL or a client of it:
+    the same server and settings, on a pool of the store's own with retries off."""
     if isinstance(target, str):
-        return redis_sync.Redis.from_url(
+        return module.Redis.from_url(
             target,
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
             retry=_no_retry(),
         )
-    if isinstance(target, redis_sync.Redis):
-        # Same server and settings, but a pool of our own without automatic retries.
+    if isinstance(target, module.Redis):
         pool = target.connection_pool
-        return redis_sync.Redis(
-            connection_pool=type(pool)(
-                connection_class=pool.connection_class,
-                max_connections=pool.max_connections,
-                **_pool_kwargs(pool),
-            )
-        )
-    raise TypeError(f"expected a redis URL or a redis.Redis client, got {type(target).__name__}")
-
-
-def _async_client(target: Any, socket_timeout: float, connect_timeout: float) -> Any:
-    if isinstance(target, str):
-        return redis_async.Redis.from_url(
-            target,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=_no_retry(),
-        )
-    if isinstance(target, redis_async.Redis):
-        pool = target.connection_pool
-        return redis_async.Redis(
+        return module.Redis(
             connection_pool=type(pool)(
                 connection_class=pool.connection_class,
                 max_connections=pool.max_connections,
@@ -151,7 +132,7 @@ def _async_client(target: Any, socket_timeout: float, connect_timeout: float) ->
             )
         )
     raise TypeError(
-        f"expected a redis URL or a redis.asyncio.Redis client, got {type(target).__name__}"
+        f"expected a redis URL or a {module.__name__}.Redis client, got {type(target).__name__}"
     )
 
 
@@ -219,7 +200,7 @@ class RedisSessionStore(_RedisStoreBase):
         socket_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         super().__init__(config, key_prefix, clock, on_error)
-        self._client = _sync_client(client_or_url, socket_timeout, socket_connect_timeout)
+        self._client = _client(redis_sync, client_or_url, socket_timeout, socket_connect_timeout)
 
     def _run(self, op: Op[R]) -> R:
         steps, client, shas = op.steps, self._client, self._shas
@@ -358,7 +339,7 @@ class AsyncRedisSessionStore(_RedisStoreBase):
         socket_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         super().__init__(config, key_prefix, clock, on_error)
-        self._client = _async_client(client_or_url, socket_timeout, socket_connect_timeout)
+        self._client = _client(redis_async, client_or_url, socket_timeout, socket_connect_timeout)
 
     async def _run(self, op: Op[R]) -> R:
         steps, client, shas = op.steps, self._client, self._shas
