@@ -22,20 +22,28 @@ Everything here but the two store calls is pure, so the sync and async forms sha
 from __future__ import annotations
 
 import inspect
-import itertools
-import re
-import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import rules
 from .errors import BudgetExceeded, InvalidRequest
 from .fingerprint import fingerprint_turn, provider_from_model, sticky_by_size, utf8_len
+from .flow import (
+    REASONS,
+    Decision,
+    _Begun,
+    _Request,
+    declared_cache_ttls,
+    entry_of,
+    new_reservation_id,
+    response_headers,
+    usage_field,
+    usage_int,
+)
 from .ids import derive_session_id, get_session_id
 from .messages import message_text
-from .records import EMPTY_FLOW, Entry, FlowState, Reservation, format_usd
+from .records import EMPTY_FLOW, Entry, FlowState, Reservation
 from .routing import (
     Classifier,
     Pricing,
@@ -49,7 +57,6 @@ from .routing import (
 from .rules import (
     CACHE_STICKY,
     COST,
-    FLOW,
     MODEL,
     STRIKE_LIMIT,
     STRIKES,
@@ -61,85 +68,6 @@ from .stores.base import AsyncStore, Store, Transition
 from .tiers import Tier, coerce_tier, tier_rank
 
 __all__ = ["REASONS", "Decision", "SessionPolicy"]
-
-#: Every `Decision.reason`.
-REASONS = (
-    "new",
-    "pinned",
-    "upgraded",
-    "explicit",
-    "cache_sticky",
-    "escalated",
-    "primary_retry",
-    "budget_downgrade",
-    "no_session",
-)
-
-# Reservation ids: unique per process (a random prefix) and per request (a counter).
-_RESERVATION_PREFIX = secrets.token_hex(4)
-_reservation_counter = itertools.count()
-_TTL = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
-_TTL_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000}
-_new_tuple = tuple.__new__
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What `begin` decided for one request. Pass it back to `finish`."""
-
-    session_id: str | None
-    model: str
-    tier: Tier
-    fallbacks: list[str]  # the tier's [primary, *fallback] without `model`, in order
-    reason: str  # one of REASONS
-    strikes: int  # the strike count recorded this turn
-    session_cost_usd: float  # spent by the session before this request
-    reserved_micros: int  # this request's budget reservation
-    headers: dict[str, str]  # the X-Session-* response headers
-    key: str | None = None  # the store key: the session id, namespaced by the scope
-    fingerprint: str = ""
-    reservation_id: str = ""
-    session_cost_micros: int = 0
-    sticky_activated: bool = False  # the session turned cache-sticky with this request
-
-    @property
-    def models(self) -> list[str]:
-        """The models to try, in order: `model`, then `fallbacks`."""
-        return [self.model, *self.fallbacks]
-
-
-class _Request(NamedTuple):
-    """A request as the rules see it, read once before the store is touched."""
-
-    session_id: str | None
-    key: str | None
-    explicit_model: str | None  # the requested model, when it is not a profile
-    tier: Tier  # classified, resolved to a tier of the table
-    fingerprint: str
-    sticky: bool
-    declared_ttl_ms: int
-    prompt_tokens: int
-    max_output_tokens: int
-    reservation_id: str
-
-
-class _Begun(NamedTuple):
-    """The outcome of the begin step."""
-
-    model: str
-    tier: Tier
-    reason: str
-    strikes: int
-    spent: int
-    held: int  # reservations of other requests in flight
-    reserved: int  # this request's reservation
-    refused_worst: int | None  # set when the budget refused the request
-    fallbacks: list[str]
-    sticky_activated: bool = False
-
-
-def _entry(record: Record, flow: FlowState) -> Entry:
-    return _new_tuple(Entry, (*record[:FLOW], flow))
 
 
 class SessionPolicy:
@@ -299,14 +227,14 @@ class SessionPolicy:
             return cost_micros
         if usage is None:
             return 0
-        reported = _usage_field(usage, "cost")
+        reported = usage_field(usage, "cost")
         if reported is not None:
             return usd_to_micros(reported, name="usage.cost")
         price = self.pricing.get(served_model)
         if price is None:
             return 0
-        prompt = _usage_int(usage, "prompt_tokens")
-        completion = _usage_int(usage, "completion_tokens")
+        prompt = usage_int(usage, "prompt_tokens")
+        completion = usage_int(usage, "completion_tokens")
         return price.cost_micros(prompt, completion)
 
     def worst_case_micros(self, models: Sequence[str], prompt_tokens: int, max_output: int) -> int:
@@ -378,7 +306,7 @@ class SessionPolicy:
                     (t for r, t in zip(roles, texts, strict=True) if r == "user" and t), None
                 )
                 session_id = None if first is None else derive_session_id(first, scope=scope)
-        declared = _declared_cache_ttls(messages)
+        declared = declared_cache_ttls(messages)
         return _Request(
             session_id=session_id,
             key=None if session_id is None else self.session_key(session_id, scope),
@@ -391,7 +319,7 @@ class SessionPolicy:
             if self.cap_micros is not None
             else 0,
             max_output_tokens=max_output,
-            reservation_id=f"{_RESERVATION_PREFIX}{next(_reservation_counter):x}",
+            reservation_id=new_reservation_id(),
         )
 
     def _without_session(self, request: _Request) -> Decision:
@@ -406,7 +334,7 @@ class SessionPolicy:
             strikes=0,
             session_cost_usd=0.0,
             reserved_micros=0,
-            headers=_headers(None, model, request.tier, "no_session", 0),
+            headers=response_headers(None, model, request.tier, "no_session", 0),
             fingerprint=request.fingerprint,
         )
 
@@ -428,7 +356,7 @@ class SessionPolicy:
             strikes=begun.strikes,
             session_cost_usd=begun.spent / 1_000_000,
             reserved_micros=begun.reserved,
-            headers=_headers(
+            headers=response_headers(
                 request.session_id, begun.model, begun.tier, begun.reason, begun.spent
             ),
             key=request.key,
@@ -542,7 +470,7 @@ class SessionPolicy:
         begun = _Begun(
             model, tier, reason, strikes, spent, held, reserved, None, fallbacks, activated
         )
-        return _entry(record, new_flow), begun
+        return entry_of(record, new_flow), begun
 
     def _escalate(self, record: Record) -> bool:
         """Rule 5's escalation, to the next tier the table has (rules.escalate_session, as
@@ -577,13 +505,13 @@ class SessionPolicy:
                 if cost == 0:
                     return None, 0
                 record = rules.add_session_cost(None, now, cost)
-                return _entry(record, EMPTY_FLOW), cost
+                return entry_of(record, EMPTY_FLOW), cost
             record = list(entry)
             flow = entry.flow
             kept = tuple(r for r in flow.reservations if r.id != decision.reservation_id)
             if served_model is None:
                 new_flow = flow._replace(reservations=kept, failed_fingerprint=decision.fingerprint)
-                return _entry(record, new_flow), entry.session_cost_micros
+                return entry_of(record, new_flow), entry.session_cost_micros
             record[COST] += cost
             fallback_from, fallback_at = flow.fallback_from, flow.fallback_at
             repin = (
@@ -600,52 +528,6 @@ class SessionPolicy:
                 fallback_at=fallback_at,
                 failed_fingerprint="",
             )
-            return _entry(record, new_flow), int(record[COST])
+            return entry_of(record, new_flow), int(record[COST])
 
         return step
-
-
-def _headers(
-    session_id: str | None, model: str, tier: Tier, reason: str, spent: int
-) -> dict[str, str]:
-    headers = {} if session_id is None else {"X-Session-ID": session_id}
-    headers.update(
-        {
-            "X-Session-Model": model,
-            "X-Session-Tier": tier.value,
-            "X-Session-Reason": reason,
-            "X-Session-Cost-USD": format_usd(spent),
-        }
-    )
-    return headers
-
-
-def _declared_cache_ttls(messages: Sequence[Any]) -> list[int] | None:
-    """TTLs (ms) of the prompt-cache breakpoints a request declares (Anthropic-style
-    ``cache_control: {"type": "ephemeral", "ttl": "5m" | "1h"}`` on a message or a
-    content part); 0 for a breakpoint without a TTL. None when there is no breakpoint."""
-    found: list[int] | None = None
-    for message in messages:
-        parts = message.get("content")
-        holders = [message, *parts] if type(parts) is list else (message,)
-        for holder in holders:
-            control = holder.get("cache_control") if type(holder) is dict else None
-            if type(control) is dict and control.get("type") == "ephemeral":
-                found = found if found is not None else []
-                ttl = control.get("ttl")
-                match = _TTL.match(ttl) if isinstance(ttl, str) else None
-                found.append(int(match[1]) * _TTL_UNIT_MS[match[2]] if match else 0)
-    return found
-
-
-def _usage_field(usage: Any, name: str) -> Any:
-    return usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
-
-
-def _usage_int(usage: Any, name: str) -> int:
-    value = _usage_field(usage, name)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"usage.{name} must be an int >= 0, got {value!r}")
-    return value

@@ -1,0 +1,156 @@
+"""The routing flow's records: what `SessionPolicy.begin` decides (`Decision`), how it
+sees a request, and the small readers of request and response fields it uses."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .records import Entry, FlowState, format_usd
+from .rules import FLOW, Record
+from .tiers import Tier
+
+__all__ = [
+    "REASONS",
+    "Decision",
+    "declared_cache_ttls",
+    "entry_of",
+    "new_reservation_id",
+    "response_headers",
+    "usage_field",
+    "usage_int",
+]
+
+#: Every `Decision.reason`.
+REASONS = (
+    "new",
+    "pinned",
+    "upgraded",
+    "explicit",
+    "cache_sticky",
+    "escalated",
+    "primary_retry",
+    "budget_downgrade",
+    "no_session",
+)
+
+# Reservation ids: unique per process (a random prefix) and per request (a counter).
+_RESERVATION_PREFIX = secrets.token_hex(4)
+_reservation_counter = itertools.count()
+_TTL = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
+_TTL_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000}
+_new_tuple = tuple.__new__
+
+
+def new_reservation_id() -> str:
+    """An id unique to this process (a random prefix) and to this request (a counter)."""
+    return f"{_RESERVATION_PREFIX}{next(_reservation_counter):x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What `begin` decided for one request. Pass it back to `finish`."""
+
+    session_id: str | None
+    model: str
+    tier: Tier
+    fallbacks: list[str]  # the tier's [primary, *fallback] without `model`, in order
+    reason: str  # one of REASONS
+    strikes: int  # the strike count recorded this turn
+    session_cost_usd: float  # spent by the session before this request
+    reserved_micros: int  # this request's budget reservation
+    headers: dict[str, str]  # the X-Session-* response headers
+    key: str | None = None  # the store key: the session id, namespaced by the scope
+    fingerprint: str = ""
+    reservation_id: str = ""
+    session_cost_micros: int = 0
+    sticky_activated: bool = False  # the session turned cache-sticky with this request
+
+    @property
+    def models(self) -> list[str]:
+        """The models to try, in order: `model`, then `fallbacks`."""
+        return [self.model, *self.fallbacks]
+
+
+class _Request(NamedTuple):
+    """A request as the rules see it, read once before the store is touched."""
+
+    session_id: str | None
+    key: str | None
+    explicit_model: str | None  # the requested model, when it is not a profile
+    tier: Tier  # classified, resolved to a tier of the table
+    fingerprint: str
+    sticky: bool
+    declared_ttl_ms: int
+    prompt_tokens: int
+    max_output_tokens: int
+    reservation_id: str
+
+
+class _Begun(NamedTuple):
+    """The outcome of the begin step."""
+
+    model: str
+    tier: Tier
+    reason: str
+    strikes: int
+    spent: int
+    held: int  # reservations of other requests in flight
+    reserved: int  # this request's reservation
+    refused_worst: int | None  # set when the budget refused the request
+    fallbacks: list[str]
+    sticky_activated: bool = False
+
+
+def entry_of(record: Record, flow: FlowState) -> Entry:
+    return _new_tuple(Entry, (*record[:FLOW], flow))
+
+
+def response_headers(
+    session_id: str | None, model: str, tier: Tier, reason: str, spent: int
+) -> dict[str, str]:
+    headers = {} if session_id is None else {"X-Session-ID": session_id}
+    headers.update(
+        {
+            "X-Session-Model": model,
+            "X-Session-Tier": tier.value,
+            "X-Session-Reason": reason,
+            "X-Session-Cost-USD": format_usd(spent),
+        }
+    )
+    return headers
+
+
+def declared_cache_ttls(messages: Sequence[Any]) -> list[int] | None:
+    """TTLs (ms) of the prompt-cache breakpoints a request declares (Anthropic-style
+    ``cache_control: {"type": "ephemeral", "ttl": "5m" | "1h"}`` on a message or a
+    content part); 0 for a breakpoint without a TTL. None when there is no breakpoint."""
+    found: list[int] | None = None
+    for message in messages:
+        parts = message.get("content")
+        holders = [message, *parts] if type(parts) is list else (message,)
+        for holder in holders:
+            control = holder.get("cache_control") if type(holder) is dict else None
+            if type(control) is dict and control.get("type") == "ephemeral":
+                found = found if found is not None else []
+                ttl = control.get("ttl")
+                match = _TTL.match(ttl) if isinstance(ttl, str) else None
+                found.append(int(match[1]) * _TTL_UNIT_MS[match[2]] if match else 0)
+    return found
+
+
+def usage_field(usage: Any, name: str) -> Any:
+    return usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
+
+
+def usage_int(usage: Any, name: str) -> int:
+    value = usage_field(usage, name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"usage.{name} must be an int >= 0, got {value!r}")
+    return value
