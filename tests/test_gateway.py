@@ -155,6 +155,30 @@ def test_client_disconnect_cancels_upstream_and_bills_once(store_url: str) -> No
         gate.set()
 
 
+def test_upstream_breaking_mid_stream_bills_what_came(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with gateway_with_standin(store_url=store_url, max_session_cost_usd=1.0) as gw:
+        gw.standin.set("openai/s1", chunks=3, text="one two three", break_stream=True)
+        with (
+            gw.http() as http,
+            http.stream("POST", "/v1/chat/completions", json=chat("go on", stream=True)) as r,
+        ):
+            sid = r.headers["x-session-id"]
+            lines = []
+            with pytest.raises(httpx.HTTPError):  # the stream ends abruptly, as upstream's did
+                lines.extend(r.iter_lines())
+        wait_for(lambda: (gw.session(sid) or {}).get("reserved_micros", 1) == 0, "the release")
+        session = gw.session(sid)
+        assert session is not None
+        assert session["session_cost_micros"] == -(-len("go on") // 3) + -(-len("one ") // 3) * 2
+    assert not [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name.startswith("llm_sessions")
+    ]
+
+
 # -- fallbacks -------------------------------------------------------------------------------
 
 

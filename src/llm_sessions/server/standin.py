@@ -31,6 +31,7 @@ class Behaviour:
     cost: float | None = None  # report usage.cost (USD), as OpenRouter does
     usage: bool = True  # include usage (in the final chunk when streaming)
     gate: threading.Event | None = None  # when streaming, hold after the first chunk until set
+    break_stream: bool = False  # when streaming, drop the connection after the first chunk
 
 
 @dataclass
@@ -117,6 +118,8 @@ class StandIn:
                     yield chunk({"content": " ".join(words[i : i + per]) + " "})
                     while b.gate is not None and not b.gate.is_set():
                         await asyncio.sleep(0.005)
+                    if b.break_stream:
+                        raise ConnectionAbortedError("the stand-in drops the stream")
                 yield chunk({}, "stop")
                 if include_usage and b.usage:
                     final = {

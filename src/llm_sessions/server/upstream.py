@@ -205,9 +205,20 @@ class RelayResponse(Response):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 complete = True
                 group.cancel_scope.cancel()
-        except (OSError, httpx.HTTPError):
-            pass  # the client's socket or the upstream broke: bill what was streamed
+        except Exception as exc:
+            # anyio wraps what the task group's body raised in an exception group
+            if not _only(exc, (OSError, httpx.HTTPError)):
+                raise
+            # the client's socket or the upstream broke: bill what was streamed
         finally:
             with anyio.CancelScope(shield=True):
                 await self.upstream.aclose()
                 await self.on_done(meter, complete)
+
+
+def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """`exc` is one of `kinds`, or a group of nothing else."""
+    if isinstance(exc, kinds):
+        return True
+    inner = getattr(exc, "exceptions", None) or ()
+    return bool(inner) and all(_only(e, kinds) for e in inner)
