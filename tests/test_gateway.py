@@ -502,6 +502,35 @@ def test_store_outage_fails_open_and_health_says_degraded(tmp_path: Path) -> Non
         server.kill()
 
 
+def test_a_store_lost_during_a_request_still_answers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = RedisServer(tmp_path / "redis").start()
+    gate = threading.Event()
+    try:
+        with (
+            gateway_with_standin(store_url=server.url, store_on_error="raise") as gw,
+            gw.http() as http,
+        ):
+            gw.standin.set("openai/s1", chunks=2, text="held answer", gate=gate)
+            with ThreadPoolExecutor(1) as pool:
+                reply = pool.submit(http.post, "/v1/chat/completions", json=chat("hi", stream=True))
+                wait_for(lambda: len(gw.standin.received) == 1, "the upstream call")
+                server.kill()  # the store goes away while the answer streams
+                gate.set()
+                r = reply.result(timeout=30)
+            assert r.status_code == 200
+            assert '"content": "held ' in r.text  # the relayed stream
+            assert http.post("/v1/chat/completions", json=chat("hi")).status_code == 503
+            assert http.get("/health").json() == {"status": "unavailable", "store": "unreachable"}
+            assert http.get("/health").status_code == 503
+        assert any("could not record" in rec.getMessage() for rec in caplog.records)
+    finally:
+        server.kill()
+
+
 def test_two_gateway_processes_share_sessions_over_redis(redis_url: str, tmp_path: Path) -> None:
     import os
     import subprocess

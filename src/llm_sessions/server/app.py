@@ -262,7 +262,7 @@ class Gateway:
             tried.append(f"{model} (broken response)")
             self.metrics.upstream_errors.labels("read").inc()
 
-        await self.policy.afinish(decision, served_model=None)
+        await self._finish(decision, None, 0)
         raise _Reject(
             502,
             f"every upstream attempt failed: {', '.join(tried)}",
@@ -299,7 +299,7 @@ class Gateway:
                 ).encode()
             finally:
                 await upstream.aclose()
-            await self.policy.afinish(decision, served_model=None)
+            await self._finish(decision, None, 0)
             media = upstream.headers.get("content-type", "application/json")
             return Response(content, upstream.status_code, headers=headers, media_type=media)
 
@@ -344,9 +344,16 @@ class Gateway:
             cost = self.policy.cost_micros(model, usage)
         except ValueError:  # an upstream usage block we can't read: estimate instead
             cost = 0
-        await self.policy.afinish(decision, served_model=model, cost_micros=cost)
+        await self._finish(decision, model, cost)
         self.metrics.cost.inc(cost / 1_000_000)
         return cost
+
+    async def _finish(self, decision: Decision, model: str | None, cost: int) -> None:
+        """`afinish`; a store that fails now must not turn an answered request into an error."""
+        try:
+            await self.policy.afinish(decision, served_model=model, cost_micros=cost)
+        except StoreUnavailable as exc:
+            errors_log.warning("could not record the outcome of a request: %s", exc)
 
     def _log(self, record: dict[str, Any], status: int, started: float) -> None:
         self.metrics.responses.labels(str(status)).inc()
