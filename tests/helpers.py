@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 START_MS = 1_700_000_000_000
@@ -43,10 +42,6 @@ class SyncFacade:
 
     def close(self) -> None:
         self.loop.run_until_complete(self.store.aclose())
-
-
-def run_async(factory: Callable[[], Any]) -> Any:
-    return asyncio.new_event_loop().run_until_complete(factory())
 
 
 class PolicyFacade:

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from llm_sessions.server.run import running as serve
 from llm_sessions.server.standin import StandIn
-from servers import serve
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
