@@ -16,6 +16,7 @@ from .errors import (
     InvalidSessionId,
     LLMSessionsError,
     MissingDependency,
+    SessionBusy,
     StoreUnavailable,
 )
 from .fingerprint import (
@@ -24,9 +25,24 @@ from .fingerprint import (
     should_cache_sticky,
     turn_fingerprint,
 )
-from .ids import derive_session_id, derive_session_id_from_messages, get_session_id
+from .ids import (
+    derive_session_id,
+    derive_session_id_from_messages,
+    get_session_id,
+    session_key,
+    split_key,
+)
 from .policy import REASONS, Decision, SessionPolicy
-from .records import Entry, FlowState, MessageInfo, Reservation, SessionInfo, Stats
+from .records import (
+    Entry,
+    FlowState,
+    MessageInfo,
+    Reservation,
+    SessionInfo,
+    SessionPage,
+    SessionRow,
+    Stats,
+)
 from .routing import Classifier, Pricing, TierModels, default_classify, routing_table
 from .rules import STRIKE_LIMIT
 from .stores import AsyncSessionStore, AsyncStore, SessionStore, Store
@@ -74,8 +90,11 @@ __all__ = [
     "RedisSessionStore",
     "Reservation",
     "STRIKE_LIMIT",
+    "SessionBusy",
     "SessionInfo",
+    "SessionPage",
     "SessionPolicy",
+    "SessionRow",
     "SessionStore",
     "Stats",
     "Store",
@@ -95,7 +114,9 @@ __all__ = [
     "open_store",
     "provider_from_model",
     "routing_table",
+    "session_key",
     "should_cache_sticky",
+    "split_key",
     "tier_rank",
     "turn_fingerprint",
 ]

@@ -7,6 +7,7 @@
         ├── InvalidSessionId          (also ValueError) a session id header that must be refused
         ├── InvalidRequest            (also ValueError) a chat request the routing flow can't route
         ├── StoreUnavailable          Redis can't be reached, timed out or refused a write
+        │   └── SessionBusy           one session's writes contended past ``busy_timeout_ms``
         ├── BudgetExceeded            a request would take its session over its cost cap
         └── MissingDependency         (also ImportError) an optional extra is not installed
 
@@ -22,6 +23,7 @@ __all__ = [
     "InvalidSessionId",
     "LLMSessionsError",
     "MissingDependency",
+    "SessionBusy",
     "StoreUnavailable",
 ]
 
@@ -43,6 +45,11 @@ class StoreUnavailable(LLMSessionsError):
 
     The backend's own exception is chained as ``__cause__``.
     """
+
+
+class SessionBusy(StoreUnavailable):
+    """One session's writes stayed contended (other replicas kept writing it) for longer
+    than the store's ``busy_timeout_ms``. Nothing was changed; retrying later is safe."""
 
 
 class MissingDependency(LLMSessionsError, ImportError):

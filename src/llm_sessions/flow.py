@@ -7,7 +7,7 @@ import itertools
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .records import Entry, FlowState, format_usd
@@ -36,6 +36,7 @@ REASONS = (
     "primary_retry",
     "budget_downgrade",
     "no_session",
+    "store_unavailable",
 )
 
 # Reservation ids: unique per process (a random prefix) and per request (a counter).
@@ -69,11 +70,24 @@ class Decision:
     reservation_id: str = ""
     session_cost_micros: int = 0
     sticky_activated: bool = False  # the session turned cache-sticky with this request
+    prompt_tokens: int = 0  # the prompt's estimated size (what an unreadable usage is billed)
+    _outcome: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def models(self) -> list[str]:
         """The models to try, in order: `model`, then `fallbacks`."""
         return [self.model, *self.fallbacks]
+
+    @property
+    def settled_total(self) -> int | None:
+        """The session total `finish` returned for this decision; None before it."""
+        return self._outcome[0] if self._outcome else None
+
+    def settle(self, total: int) -> int:
+        """Remember what `finish` returned (the first answer stands); returns it."""
+        if not self._outcome:
+            self._outcome.append(total)
+        return self._outcome[0]
 
 
 class _Request(NamedTuple):
@@ -89,6 +103,7 @@ class _Request(NamedTuple):
     prompt_tokens: int
     max_output_tokens: int
     reservation_id: str
+    choices: int = 1  # `n`: the worst case is paid once per choice
 
 
 class _Begun(NamedTuple):

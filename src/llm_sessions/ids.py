@@ -16,7 +16,11 @@ __all__ = [
     "InvalidSessionId",
     "derive_session_id",
     "derive_session_id_from_messages",
+    "escape_scope",
     "get_session_id",
+    "key_scope",
+    "session_key",
+    "split_key",
 ]
 
 DEFAULT_HEADER_NAME = "x-session-id"
@@ -102,3 +106,47 @@ def _lookup(headers: Any, name: str) -> Any:
         if isinstance(key, str) and key.lower() == wanted:
             return value
     return None
+
+
+# -- store keys -------------------------------------------------------------------------
+# A store key joins a caller's scope and a session id so that no two (scope, id) pairs
+# share a key: both halves are escaped ("%" -> "%25", ":" -> "%3A") and joined by the
+# only raw ":" in the key. An id without either character and without a scope is its own
+# key, so unscoped sessions keep the reference's keys. The scope half comes first, so a
+# scope's keys are selected by their prefix (and on Redis by a SCAN MATCH on its tag).
+
+
+def _escape(text: str) -> str:
+    if "%" in text or ":" in text:
+        return text.replace("%", "%25").replace(":", "%3A")
+    return text
+
+
+def _unescape(text: str) -> str:
+    return text.replace("%3A", ":").replace("%25", "%") if "%" in text else text
+
+
+def escape_scope(scope: str) -> str:
+    """`scope` as the scope half of its keys (compare with `key_scope`)."""
+    return _escape(scope)
+
+
+def session_key(session_id: str, scope: str = "") -> str:
+    """The store key of `session_id` in `scope`; distinct (scope, id) pairs never share one."""
+    if not isinstance(session_id, str):
+        raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
+    if not isinstance(scope, str):
+        raise TypeError(f"scope must be a str, got {type(scope).__name__}")
+    return f"{_escape(scope)}:{_escape(session_id)}" if scope else _escape(session_id)
+
+
+def key_scope(key: str) -> str:
+    """The escaped scope half of a store key ("" for an unscoped key)."""
+    head, sep, _ = key.partition(":")
+    return head if sep else ""
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(scope, session_id)`` of a key made by `session_key` (its inverse)."""
+    head, sep, tail = key.partition(":")
+    return (_unescape(head), _unescape(tail)) if sep else ("", _unescape(head))

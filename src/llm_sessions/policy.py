@@ -21,13 +21,25 @@ Everything here but the two store calls is pure, so the sync and async forms sha
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
+import math
+import re
+import time
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 from . import rules
-from .errors import BudgetExceeded, InvalidRequest
+from .errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    InvalidSessionId,
+    LLMSessionsError,
+    SessionBusy,
+    StoreUnavailable,
+)
 from .fingerprint import fingerprint_turn, provider_from_model, sticky_by_size, utf8_len
 from .flow import (
     REASONS,
@@ -41,7 +53,7 @@ from .flow import (
     usage_field,
     usage_int,
 )
-from .ids import derive_session_id, get_session_id
+from .ids import derive_session_id, get_session_id, session_key
 from .messages import message_text
 from .records import EMPTY_FLOW, Entry, FlowState, Reservation
 from .routing import (
@@ -50,6 +62,7 @@ from .routing import (
     TierModels,
     classify_by_text,
     default_classify,
+    extra_prompt_bytes,
     prompt_tokens_by_size,
     routing_table,
     usd_to_micros,
@@ -57,6 +70,7 @@ from .routing import (
 from .rules import (
     CACHE_STICKY,
     COST,
+    MAX_COST_MICROS,
     MODEL,
     STRIKE_LIMIT,
     STRIKES,
@@ -67,7 +81,16 @@ from .rules import (
 from .stores.base import AsyncStore, Store, Transition
 from .tiers import Tier, coerce_tier, tier_rank
 
-__all__ = ["REASONS", "Decision", "SessionPolicy"]
+__all__ = ["MAX_MODEL_ID_LENGTH", "REASONS", "Decision", "SessionPolicy"]
+
+log = logging.getLogger("llm_sessions.policy")
+
+#: Model ids are 1 to 256 printable ASCII characters (they become response headers).
+MAX_MODEL_ID_LENGTH = 256
+_MODEL_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_MODEL_ID_LENGTH}}}")
+#: How many finished requests a session remembers, to answer a repeated `finish`.
+FINISHED_KEPT = 32
+_FINISH_PAUSE_S = (0.05, 1.0)  # first and longest pause between `finish` retries
 
 
 class SessionPolicy:
@@ -80,6 +103,12 @@ class SessionPolicy:
     before it is routed; `budget_mode` is ``"strict"`` (refuse) or ``"downgrade"`` (send
     an auto session's request to the SIMPLE tier when that fits). Use `begin`/`finish`
     with a sync store and `abegin`/`afinish` with an async one.
+
+    When the store can't be reached, `on_store_error` says what a capped request gets:
+    ``"refuse"`` (`StoreUnavailable`, nothing forwarded) or ``"allow"`` (routed without a
+    session, unbudgeted). Requests without a cap follow the store's own ``on_error``
+    (a ``fail_open`` store routes them without a session). `finish` retries a store that
+    can't be reached for up to `finish_retry_ms` before it raises `StoreUnavailable`.
     """
 
     def __init__(
@@ -95,6 +124,8 @@ class SessionPolicy:
         default_max_tokens: int = 4096,
         reservation_ttl_ms: int = 600_000,
         fallback_pin_ms: int = 300_000,
+        on_store_error: str = "refuse",
+        finish_retry_ms: int = 10_000,
     ) -> None:
         if not hasattr(store, "transact") or not hasattr(store, "config"):
             raise TypeError(f"store must be a session store, got {type(store).__name__}")
@@ -129,16 +160,22 @@ class SessionPolicy:
         if budget_mode not in ("strict", "downgrade"):
             raise ValueError(f"budget_mode must be 'strict' or 'downgrade', got {budget_mode!r}")
         self.budget_mode = budget_mode
+        if on_store_error not in ("refuse", "allow"):
+            raise ValueError(f"on_store_error must be 'refuse' or 'allow', got {on_store_error!r}")
+        self.on_store_error = on_store_error
+        self._store_fails_open = getattr(store, "on_error", "raise") == "fail_open"
         for name, value, low in (
             ("default_max_tokens", default_max_tokens, 1),
             ("reservation_ttl_ms", reservation_ttl_ms, 1),
             ("fallback_pin_ms", fallback_pin_ms, 0),
+            ("finish_retry_ms", finish_retry_ms, 0),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.default_max_tokens = default_max_tokens
         self.reservation_ttl_ms = reservation_ttl_ms
         self.fallback_pin_ms = fallback_pin_ms
+        self.finish_retry_ms = finish_retry_ms
         # Each tier resolved to a tier of the table: the nearest above, else below.
         self._resolved: dict[Tier, Tier] = {}
         for tier in Tier:
@@ -153,15 +190,24 @@ class SessionPolicy:
         """Decide the model for one chat-completions request (rules 1-7).
 
         Raises `InvalidSessionId` for a bad session header, `InvalidRequest` for a body it
-        can't route, and `BudgetExceeded` when the session's budget refuses the request
-        (nothing in the session changed then).
+        can't route, `BudgetExceeded` when the session's budget refuses the request, and
+        `StoreUnavailable` (`SessionBusy` under contention past the store's busy timeout)
+        when the store fails and the request may not go without it. Nothing changed in the
+        session whenever it raises; nothing else ever leaves it.
         """
         if self._sync_store is None:
             raise TypeError("this policy has an async store: use abegin()")
         request = self._read_request(headers, body, scope)
         if request.key is None:
             return self._without_session(request)
-        begun = self._sync_store.transact(request.key, self._begin_step(request))
+        try:
+            begun = self._sync_store.transact(request.key, self._begin_step(request))
+        except StoreUnavailable as exc:
+            return self._store_failed(request, exc)
+        except LLMSessionsError:
+            raise
+        except Exception as exc:
+            raise _store_fault(exc) from exc
         return self._decision(request, begun)
 
     async def abegin(self, headers: Any, body: Mapping[str, Any], *, scope: str = "") -> Decision:
@@ -171,7 +217,14 @@ class SessionPolicy:
         request = self._read_request(headers, body, scope)
         if request.key is None:
             return self._without_session(request)
-        begun = await self._async_store.transact(request.key, self._begin_step(request))
+        try:
+            begun = await self._async_store.transact(request.key, self._begin_step(request))
+        except StoreUnavailable as exc:
+            return self._store_failed(request, exc)
+        except LLMSessionsError:
+            raise
+        except Exception as exc:
+            raise _store_fault(exc) from exc
         return self._decision(request, begun)
 
     def finish(
@@ -181,22 +234,42 @@ class SessionPolicy:
         served_model: str | None,
         usage: Any = None,
         cost_micros: int | None = None,
+        output_bytes: int = 0,
     ) -> int:
         """Record the outcome of a decided request; returns the session's total in micros.
 
         `served_model` is the model that answered, or None when every attempt failed (the
         reservation is released, nothing is charged, and retrying the same turn is not a
         strike). The cost is `cost_micros` if given, else ``usage["cost"]`` (USD, as
-        OpenRouter reports it), else `usage`'s token counts priced by the table.
+        OpenRouter reports it), else `usage`'s token counts priced by the table; when
+        those are missing or malformed, the estimate (`estimate_micros`, with
+        `output_bytes` of generated text). Idempotent: finishing a decision again returns
+        the first result and changes nothing. A store that can't be reached is retried for
+        `finish_retry_ms`; then `StoreUnavailable` says the cost was not recorded.
         """
         if self._sync_store is None:
             raise TypeError("this policy has an async store: use afinish()")
-        cost = self.cost_micros(served_model, usage, cost_micros)
-        if decision.key is None:
-            return 0
-        return self._sync_store.transact(
-            decision.key, self._finish_step(decision, served_model, cost)
-        )
+        step = self._finish_prepare(decision, served_model, usage, cost_micros, output_bytes)
+        if step is None:
+            return decision.settled_total or 0
+        deadline = time.monotonic() + self.finish_retry_ms / 1000
+        pause = _FINISH_PAUSE_S[0]
+        while True:
+            try:
+                total = self._sync_store.transact(
+                    decision.key or "", step, busy_timeout_ms=math.inf
+                )
+                break
+            except StoreUnavailable as exc:
+                if time.monotonic() + pause > deadline:
+                    raise _unrecorded(exc) from exc
+            except LLMSessionsError:
+                raise
+            except Exception as exc:
+                raise _store_fault(exc) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, _FINISH_PAUSE_S[1])
+        return decision.settle(total)
 
     async def afinish(
         self,
@@ -205,15 +278,87 @@ class SessionPolicy:
         served_model: str | None,
         usage: Any = None,
         cost_micros: int | None = None,
+        output_bytes: int = 0,
     ) -> int:
         """`finish` for an async store."""
         if self._async_store is None:
             raise TypeError("this policy has a sync store: use finish()")
-        cost = self.cost_micros(served_model, usage, cost_micros)
+        step = self._finish_prepare(decision, served_model, usage, cost_micros, output_bytes)
+        if step is None:
+            return decision.settled_total or 0
+        deadline = time.monotonic() + self.finish_retry_ms / 1000
+        pause = _FINISH_PAUSE_S[0]
+        while True:
+            try:
+                total = await self._async_store.transact(
+                    decision.key or "", step, busy_timeout_ms=math.inf
+                )
+                break
+            except StoreUnavailable as exc:
+                if time.monotonic() + pause > deadline:
+                    raise _unrecorded(exc) from exc
+            except LLMSessionsError:
+                raise
+            except Exception as exc:
+                raise _store_fault(exc) from exc
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _FINISH_PAUSE_S[1])
+        return decision.settle(total)
+
+    def _finish_prepare(
+        self,
+        decision: Decision,
+        served_model: str | None,
+        usage: Any,
+        cost_micros: int | None,
+        output_bytes: int,
+    ) -> Transition[int] | None:
+        """The finish step to run, or None when there is nothing to write (the decision was
+        finished already, or has no session)."""
+        if not isinstance(decision, Decision):
+            raise InvalidRequest(f"decision must be a Decision, got {type(decision).__name__}")
+        if served_model is not None and not isinstance(served_model, str):
+            raise InvalidRequest(
+                f"served_model must be a str or None, got {type(served_model).__name__}"
+            )
+        if decision.settled_total is not None:
+            return None
+        cost = self.charge_micros(decision, served_model, usage, cost_micros, output_bytes)
         if decision.key is None:
+            decision.settle(0)
+            return None
+        return self._finish_step(decision, served_model, cost)
+
+    def charge_micros(
+        self,
+        decision: Decision,
+        served_model: str | None,
+        usage: Any = None,
+        cost_micros: int | None = None,
+        output_bytes: int = 0,
+    ) -> int:
+        """What `finish` charges for a request: `cost_micros`, else `usage` priced, else
+        (usage missing or malformed, logged) the estimate. Never raises."""
+        if served_model is None:
             return 0
-        step = self._finish_step(decision, served_model, cost)
-        return await self._async_store.transact(decision.key, step)
+        try:
+            if cost_micros is not None or usage is not None:
+                return min(self.cost_micros(served_model, usage, cost_micros), MAX_COST_MICROS)
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            log.warning(
+                "unreadable usage for %.256s, charging the estimate: %.256s", served_model, exc
+            )
+        if isinstance(output_bytes, bool) or not isinstance(output_bytes, int):
+            output_bytes = 0
+        return self.estimate_micros(served_model, decision.prompt_tokens, max(output_bytes, 0))
+
+    def estimate_micros(self, model: str, prompt_tokens: int, output_bytes: int) -> int:
+        """The estimated cost of a call: the prompt estimate plus ceil(output bytes / 3)
+        tokens of output, at `model`'s price (0 when unpriced)."""
+        price = self.pricing.get(model)
+        if price is None:
+            return 0
+        return min(price.cost_micros(prompt_tokens, -(-output_bytes // 3)), MAX_COST_MICROS)
 
     def cost_micros(
         self, served_model: str | None, usage: Any = None, cost_micros: int | None = None
@@ -248,8 +393,19 @@ class SessionPolicy:
 
     @staticmethod
     def session_key(session_id: str, scope: str = "") -> str:
-        """The store key of a session: its id, namespaced by the caller's scope."""
-        return f"{scope}:{session_id}" if scope else session_id
+        """The store key of a session: its id in the caller's scope (`ids.session_key`: no
+        two (scope, id) pairs share a key; an unscoped id without ':' or '%' is its key)."""
+        return session_key(session_id, scope)
+
+    def _store_failed(self, request: _Request, exc: StoreUnavailable) -> Decision:
+        """`begin` when the store failed: route without a session where that is allowed."""
+        if isinstance(exc, SessionBusy):
+            raise exc
+        capped = self.cap_micros is not None
+        if (capped and self.on_store_error == "allow") or (not capped and self._store_fails_open):
+            log.warning("session store unavailable, routing without a session: %s", exc)
+            return self._without_session(request, "store_unavailable")
+        raise exc
 
     def chain(self, tier: Tier) -> TierModels:
         """The models of `tier`, or of the nearest tier the table has."""
@@ -258,8 +414,20 @@ class SessionPolicy:
     # -- reading the request ----------------------------------------------------------------
 
     def _read_request(self, headers: Any, body: Mapping[str, Any], scope: str) -> _Request:
+        """The request as the rules see it. Anything wrong with it (or a classifier that
+        fails on it) is `InvalidRequest`, or `InvalidSessionId` for the session header."""
+        try:
+            return self._read(headers, body, scope)
+        except (InvalidRequest, InvalidSessionId):
+            raise
+        except RecursionError:
+            raise InvalidRequest("the request is nested too deeply") from None
+        except Exception as exc:
+            raise InvalidRequest(f"the request can't be routed: {exc}") from exc
+
+    def _read(self, headers: Any, body: Mapping[str, Any], scope: str) -> _Request:
         if not isinstance(scope, str):
-            raise TypeError(f"scope must be a str, got {type(scope).__name__}")
+            raise InvalidRequest(f"scope must be a str, got {type(scope).__name__}")
         if not isinstance(body, Mapping):
             raise InvalidRequest("the request body must be a JSON object")
         messages = body.get("messages")
@@ -267,16 +435,22 @@ class SessionPolicy:
             raise InvalidRequest("'messages' must be a non-empty array")
         roles: list[str] = []
         texts: list[str] = []
+        extra = 0
         for i, message in enumerate(messages):  # one pass: every rule reads these
             role = message.get("role") if isinstance(message, dict) else None
             if not isinstance(role, str):
                 raise InvalidRequest(f"'messages[{i}]' must be an object with a string 'role'")
             roles.append(role)
             texts.append(message_text(message))
+            if type(message.get("content")) is list or "tool_calls" in message:
+                extra += extra_prompt_bytes(message)
         sizes = [utf8_len(t) for t in texts]
         model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise InvalidRequest("'model' must be a string")
+        if model is not None and (type(model) is not str or not _valid_model(model)):
+            raise InvalidRequest(
+                f"'model' must be a model id of 1 to {MAX_MODEL_ID_LENGTH} printable ASCII "
+                "characters"
+            )
         tools = body.get("tools")
         if tools is not None and not isinstance(tools, list):
             raise InvalidRequest("'tools' must be an array")
@@ -289,6 +463,11 @@ class SessionPolicy:
                 raise InvalidRequest(f"'{name}' must be a positive integer")
         if any(v is not None for v in given):
             max_output = max(v for v in given if v is not None)
+        choices = body.get("n")
+        if choices is None:
+            choices = 1
+        elif isinstance(choices, bool) or not isinstance(choices, int) or choices < 1:
+            raise InvalidRequest("'n' must be a positive integer")
 
         explicit = model if model and model not in self.profiles else None
         if self.classify is default_classify:
@@ -296,11 +475,14 @@ class SessionPolicy:
         else:
             classified = coerce_tier(self.classify(messages, tools))
         if classified is None:
-            raise ValueError("classify returned None; it must return a Tier")
+            raise InvalidRequest("classify returned None; it must return a Tier")
         session_id = None
         if self.config.enabled:
             if headers is not None:
-                session_id = get_session_id(headers, self.config.header_name)
+                try:
+                    session_id = get_session_id(headers, self.config.header_name)
+                except TypeError as exc:
+                    raise InvalidSessionId(str(exc)) from None
             if session_id is None:
                 first = next(
                     (t for r, t in zip(roles, texts, strict=True) if r == "user" and t), None
@@ -309,20 +491,19 @@ class SessionPolicy:
         declared = declared_cache_ttls(messages)
         return _Request(
             session_id=session_id,
-            key=None if session_id is None else self.session_key(session_id, scope),
+            key=None if session_id is None else session_key(session_id, scope),
             explicit_model=explicit,
             tier=self._resolved[classified],
             fingerprint=fingerprint_turn(messages, roles, texts),
             sticky=declared is not None or sticky_by_size(sizes),
             declared_ttl_ms=max(declared) if declared else 0,
-            prompt_tokens=prompt_tokens_by_size(sum(sizes), tools)
-            if self.cap_micros is not None
-            else 0,
+            prompt_tokens=prompt_tokens_by_size(sum(sizes) + extra, tools),
             max_output_tokens=max_output,
             reservation_id=new_reservation_id(),
+            choices=choices,
         )
 
-    def _without_session(self, request: _Request) -> Decision:
+    def _without_session(self, request: _Request, reason: str = "no_session") -> Decision:
         chain = self.chain(request.tier).chain
         model = request.explicit_model or chain[0]
         return Decision(
@@ -330,12 +511,13 @@ class SessionPolicy:
             model=model,
             tier=request.tier,
             fallbacks=[m for m in chain if m != model],
-            reason="no_session",
+            reason=reason,
             strikes=0,
             session_cost_usd=0.0,
             reserved_micros=0,
-            headers=response_headers(None, model, request.tier, "no_session", 0),
+            headers=response_headers(None, model, request.tier, reason, 0),
             fingerprint=request.fingerprint,
+            prompt_tokens=request.prompt_tokens,
         )
 
     def _decision(self, request: _Request, begun: _Begun) -> Decision:
@@ -361,9 +543,10 @@ class SessionPolicy:
             ),
             key=request.key,
             fingerprint=request.fingerprint,
-            reservation_id=request.reservation_id if begun.reserved else "",
+            reservation_id=request.reservation_id,
             session_cost_micros=begun.spent,
             sticky_activated=begun.sticky_activated,
+            prompt_tokens=request.prompt_tokens,
         )
 
     # -- the begin step: rules 2-7, applied to one session atomically ---------------------
@@ -442,7 +625,7 @@ class SessionPolicy:
         fallbacks = [m for m in self.tiers[tier].chain if m != model]
         reserved = 0
         if self.cap_micros is not None:
-            reserved = self.worst_case_micros(
+            reserved = req.choices * self.worst_case_micros(
                 [model, *fallbacks], req.prompt_tokens, req.max_output_tokens
             )
             if spent + held + reserved > self.cap_micros:
@@ -464,7 +647,7 @@ class SessionPolicy:
             expires = now + self.reservation_ttl_ms
             reservations = (*reservations, Reservation(req.reservation_id, reserved, expires))
         new_flow = FlowState(
-            reservations, explicit_model, fallback_from, fallback_at, sticky_ttl, ""
+            reservations, explicit_model, fallback_from, fallback_at, sticky_ttl, "", flow.finished
         )
         activated = bool(record[CACHE_STICKY]) and not (entry is not None and entry.cache_sticky)
         begun = _Begun(
@@ -490,7 +673,9 @@ class SessionPolicy:
         if self.budget_mode != "downgrade" or explicit_session or Tier.SIMPLE not in self.tiers:
             return None
         simple = self.tiers[Tier.SIMPLE]
-        worst = self.worst_case_micros(simple.chain, req.prompt_tokens, req.max_output_tokens)
+        worst = req.choices * self.worst_case_micros(
+            simple.chain, req.prompt_tokens, req.max_output_tokens
+        )
         if self.cap_micros is None or committed + worst > self.cap_micros:
             return None
         return simple.primary, list(simple.fallback), worst
@@ -500,19 +685,27 @@ class SessionPolicy:
     def _finish_step(
         self, decision: Decision, served_model: str | None, cost: int
     ) -> Transition[int]:
+        rid = decision.reservation_id
+
         def step(entry: Entry | None, now: int) -> tuple[Entry | None, int]:
             if entry is None:
                 if cost == 0:
                     return None, 0
                 record = rules.add_session_cost(None, now, cost)
-                return entry_of(record, EMPTY_FLOW), cost
-            record = list(entry)
+                return entry_of(record, EMPTY_FLOW._replace(finished=((rid, cost),))), cost
             flow = entry.flow
-            kept = tuple(r for r in flow.reservations if r.id != decision.reservation_id)
+            for done, total in flow.finished:
+                if done == rid:  # finished before: the same answer, no write
+                    return entry, total
+            record = list(entry)
+            kept = tuple(r for r in flow.reservations if r.id != rid)
             if served_model is None:
-                new_flow = flow._replace(reservations=kept, failed_fingerprint=decision.fingerprint)
+                finished = (*flow.finished[1 - FINISHED_KEPT :], (rid, entry.session_cost_micros))
+                new_flow = flow._replace(
+                    reservations=kept, failed_fingerprint=decision.fingerprint, finished=finished
+                )
                 return entry_of(record, new_flow), entry.session_cost_micros
-            record[COST] += cost
+            record[COST] = min(record[COST] + cost, MAX_COST_MICROS)
             fallback_from, fallback_at = flow.fallback_from, flow.fallback_at
             repin = (
                 served_model != decision.model
@@ -522,12 +715,29 @@ class SessionPolicy:
             if repin:
                 record[MODEL] = served_model
                 fallback_from, fallback_at = fallback_from or decision.model, now
+            total = int(record[COST])
             new_flow = flow._replace(
                 reservations=kept,
                 fallback_from=fallback_from,
                 fallback_at=fallback_at,
                 failed_fingerprint="",
+                finished=(*flow.finished[1 - FINISHED_KEPT :], (rid, total)),
             )
-            return entry_of(record, new_flow), int(record[COST])
+            return entry_of(record, new_flow), total
 
         return step
+
+
+def _valid_model(model: str) -> bool:
+    """"" (no model: the first profile) or 1 to 256 printable ASCII characters."""
+    return not model or _MODEL_ID.fullmatch(model) is not None
+
+
+def _store_fault(exc: Exception) -> StoreUnavailable:
+    """What leaves `begin`/`finish` for an error of the store that is not one of ours."""
+    log.error("session store failed: %r", exc)
+    return StoreUnavailable(f"the session store failed: {type(exc).__name__}: {exc}")
+
+
+def _unrecorded(exc: StoreUnavailable) -> StoreUnavailable:
+    return StoreUnavailable(f"the request's cost could not be recorded: {exc}")

@@ -19,6 +19,8 @@ __all__ = [
     "MessageInfo",
     "Reservation",
     "SessionInfo",
+    "SessionPage",
+    "SessionRow",
     "Stats",
     "format_usd",
 ]
@@ -48,6 +50,9 @@ class FlowState(NamedTuple):
     fallback_at: int = 0  # when the fallback pin was made (unix ms)
     sticky_ttl_ms: int = 0  # declared prompt-cache TTL; 0 = the provider's
     failed_fingerprint: str = ""  # fingerprint of the last turn whose upstream call failed
+    # the latest finished requests, as (reservation id, the session's total it returned),
+    # so a repeated `finish` of one of them answers the same and changes nothing
+    finished: tuple[tuple[str, int], ...] = ()
 
 
 EMPTY_FLOW = FlowState()
@@ -133,6 +138,41 @@ class Stats:
 
     def to_dict(self) -> dict[str, Any]:
         return {"count": self.count, "sessions": [s.to_dict() for s in self.sessions]}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """One session in a `SessionPage`: its id as its caller sent it (whole), and its scope."""
+
+    id: str
+    scope: str
+    model: str
+    age: int  # whole seconds since the session was created
+    request_count: int
+    cost_micros: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "age": self.age,
+            "request_count": self.request_count,
+            "session_cost_usd": format_usd(self.cost_micros),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPage:
+    """One page of a scope's sessions; `next_cursor` fetches the next page ("" at the end)."""
+
+    sessions: list[SessionRow]
+    next_cursor: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sessions": [s.to_dict() for s in self.sessions],
+            "next_cursor": self.next_cursor or None,
+        }
 
 
 @dataclass(frozen=True, slots=True)

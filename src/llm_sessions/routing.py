@@ -15,12 +15,16 @@ from .messages import message_role, message_text
 from .tiers import Tier, coerce_tier
 
 __all__ = [
+    "AUDIO_TOKENS",
+    "FILE_TOKENS",
+    "IMAGE_TOKENS",
     "Classifier",
     "Pricing",
     "TierModels",
     "classify_by_text",
     "default_classify",
     "estimate_prompt_tokens",
+    "extra_prompt_bytes",
     "prompt_tokens_by_size",
     "tools_json_size",
     "routing_table",
@@ -142,9 +146,61 @@ class Pricing:
         return -(-(a * prompt_tokens * d + c * completion_tokens * b) // (b * d))
 
 
+#: Tokens the budget's worst case counts for each media part of a prompt, whatever its
+#: size: above what the large providers charge for one image at full detail, a few
+#: minutes of audio, or a short document.
+IMAGE_TOKENS = 2_000
+AUDIO_TOKENS = 10_000
+FILE_TOKENS = 25_000
+_MEDIA_TOKENS = {
+    "image_url": IMAGE_TOKENS,
+    "image": IMAGE_TOKENS,
+    "input_image": IMAGE_TOKENS,
+    "input_audio": AUDIO_TOKENS,
+    "audio": AUDIO_TOKENS,
+    "file": FILE_TOKENS,
+    "input_file": FILE_TOKENS,
+    "document": FILE_TOKENS,
+}
+_TEXT_PARTS = ("text", "input_text")
+_MEDIA_BYTES = 3  # a token is counted as 3 bytes everywhere here
+
+
 def estimate_prompt_tokens(messages: Sequence[Any], tools: Sequence[Any] | None) -> int:
-    """ceil(UTF-8 bytes of every message's text and of the tools' JSON / 3)."""
-    return prompt_tokens_by_size(sum(utf8_len(message_text(m)) for m in messages), tools)
+    """The prompt's size in tokens as the budget counts it: ceil(bytes / 3) of every
+    message's text, tool calls (names and arguments), tool results, other parts' JSON and
+    the tools' JSON, plus a fixed count per image, audio or file part."""
+    size = sum(utf8_len(message_text(m)) + extra_prompt_bytes(m) for m in messages)
+    return prompt_tokens_by_size(size, tools)
+
+
+def extra_prompt_bytes(message: Any) -> int:
+    """What a message adds to the prompt beyond its text (`message_text`): the JSON of its
+    tool calls and of content parts that are not text, and media parts at their fixed
+    token count (in bytes, at 3 a token)."""
+    if not isinstance(message, Mapping):
+        return 0
+    extra = 0
+    content = message.get("content")
+    if type(content) is list:
+        for part in content:
+            kind = part.get("type", "text") if isinstance(part, Mapping) else "text"
+            if kind in _TEXT_PARTS:
+                continue
+            tokens = _MEDIA_TOKENS.get(kind) if isinstance(kind, str) else None
+            extra += tokens * _MEDIA_BYTES if tokens else _json_size(part)
+    for name in ("tool_calls", "function_call"):
+        calls = message.get(name)
+        if calls:
+            extra += _json_size(calls)
+    return extra
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return utf8_len(json.dumps(value))
+    except (TypeError, ValueError):  # not JSON data: count its text form
+        return utf8_len(str(value))
 
 
 def prompt_tokens_by_size(text_bytes: int, tools: Sequence[Any] | None) -> int:
@@ -159,12 +215,14 @@ _last_tools: tuple[Any, int] = ((), 0)
 
 def tools_json_size(tools: Sequence[Any]) -> int:
     """UTF-8 size of ``json.dumps(tools)``. Agents send the same tools on every turn, so
-    the last answer is kept: comparing two equal lists costs a fraction of encoding one."""
+    the last answer is kept, against a copy of the tools it measured (comparing two equal
+    lists costs a fraction of encoding one; a caller mutating its list can't stale it)."""
     global _last_tools
     last, size = _last_tools
     if tools != last:
-        size = utf8_len(json.dumps(tools))
-        _last_tools = (tools, size)
+        encoded = json.dumps(tools)
+        size = utf8_len(encoded)
+        _last_tools = (json.loads(encoded), size)
     return size
 
 

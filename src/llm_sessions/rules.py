@@ -22,6 +22,7 @@ from .tiers import Tier, tier_rank
 
 __all__ = [
     "HASH_WINDOW",
+    "MAX_COST_MICROS",
     "STRIKE_LIMIT",
     "Record",
     "add_session_cost",
@@ -44,6 +45,9 @@ STRIKE_LIMIT = 2
 HASH_WINDOW = 3
 
 Record = list[Any]
+
+#: The largest session cost any store holds, in micro-USD (Redis' 64-bit integers).
+MAX_COST_MICROS = 2**63 - 1
 
 # Positions of Entry's fields in a record.
 (
@@ -146,6 +150,8 @@ def escalate_session(record: Record | None, models: Mapping[Tier, str] | None) -
 
 def add_session_cost(record: Record | None, now: int, micros: int) -> Record:
     """Rule 7: add to the session's cost, creating a cost-only entry if there is none."""
+    if (0 if record is None else record[COST]) + micros > MAX_COST_MICROS:
+        raise ValueError(f"the session cost would pass {MAX_COST_MICROS} micro-USD")
     if record is None:
         record = new_record(now, "", None, False, 0)
     record[COST] += micros

@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar, runtime_checkable
 
 from ..config import Config
-from ..records import Entry, Stats
+from ..records import Entry, SessionPage, Stats
+from ..rules import MAX_COST_MICROS
 from ..tiers import Tier, coerce_tier
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Transition",
     "check_bool",
     "check_id",
+    "check_cursor",
     "check_limit",
     "check_micros",
     "check_models",
@@ -62,7 +64,12 @@ class Store(Protocol):
     def get_session_cost_micros(self, session_id: str) -> int: ...
     def set_cache_sticky(self, session_id: str, provider: str) -> None: ...
     def is_cache_sticky(self, session_id: str) -> bool: ...
-    def transact(self, session_id: str, fn: Transition[T]) -> T: ...
+    def transact(
+        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+    ) -> T: ...
+    def list_sessions(
+        self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
+    ) -> SessionPage: ...
     def ping(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -94,7 +101,12 @@ class AsyncStore(Protocol):
     async def get_session_cost_micros(self, session_id: str) -> int: ...
     async def set_cache_sticky(self, session_id: str, provider: str) -> None: ...
     async def is_cache_sticky(self, session_id: str) -> bool: ...
-    async def transact(self, session_id: str, fn: Transition[T]) -> T: ...
+    async def transact(
+        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+    ) -> T: ...
+    async def list_sessions(
+        self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
+    ) -> SessionPage: ...
     async def ping(self) -> bool: ...
     async def aclose(self) -> None: ...
 
@@ -117,8 +129,8 @@ def check_bool(name: str, value: object) -> None:
 def check_micros(micros: object) -> int:
     if isinstance(micros, bool) or not isinstance(micros, int):
         raise TypeError(f"micros must be an int of micro-USD, got {type(micros).__name__}")
-    if micros < 0:
-        raise ValueError(f"micros must be >= 0, got {micros}")
+    if micros < 0 or micros > MAX_COST_MICROS:
+        raise ValueError(f"micros must be between 0 and {MAX_COST_MICROS}, got {micros}")
     return int(micros)
 
 
@@ -130,6 +142,16 @@ def check_limit(limit: object) -> int | None:
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     return int(limit)
+
+
+def check_cursor(scope: object, limit: object, cursor: object) -> int:
+    """`list_sessions`' arguments checked; returns the limit."""
+    if scope is not None:
+        check_str("scope", scope)
+    check_str("cursor", cursor)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    return limit
 
 
 def check_models(models: object) -> dict[Tier, str] | None:

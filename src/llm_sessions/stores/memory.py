@@ -9,6 +9,7 @@ them. The clock is assumed not to go backwards (the default one never does).
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import threading
 import time
@@ -21,12 +22,14 @@ from typing import TypeVar
 from .. import rules
 from ..clock import Clock, monotonic_wall_clock
 from ..config import Config
-from ..records import Entry, SessionInfo, Stats
-from ..rules import COST, CREATED_AT, FLOW, LAST_USED_AT, MODEL, Record
+from ..ids import escape_scope, key_scope, split_key
+from ..records import Entry, SessionInfo, SessionPage, SessionRow, Stats
+from ..rules import COST, CREATED_AT, FLOW, LAST_USED_AT, MODEL, REQUEST_COUNT, Record
 from ..tiers import Tier, coerce_tier
 from .base import (
     Transition,
     check_bool,
+    check_cursor,
     check_id,
     check_limit,
     check_micros,
@@ -39,6 +42,7 @@ __all__ = ["AsyncSessionStore", "SessionStore"]
 T = TypeVar("T")
 _SWEEP_BATCH = 256  # expired entries removed per lock hold
 _OPPORTUNISTIC_SWEEP = 4  # expired entries removed by each new session
+_LIST_BATCH = 4096  # keys looked at per lock hold when listing a scope
 _new_tuple = tuple.__new__
 
 
@@ -262,11 +266,14 @@ class SessionStore:
             now = self._clock()
             rules.set_cache_sticky(self._live(session_id, now), now, provider)
 
-    def transact(self, session_id: str, fn: Transition[T]) -> T:
+    def transact(
+        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+    ) -> T:
         """Apply `fn(live entry or None, now) -> (new entry, result)` atomically; return result.
 
         Returning the entry unchanged writes nothing. On a disabled store or an empty id,
-        `fn` sees None and nothing is written.
+        `fn` sees None and nothing is written. `busy_timeout_ms` is accepted for the
+        Redis stores' sake: here a transaction only ever waits for the store's lock.
         """
         check_id(session_id)
         if not self._enabled or not session_id:
@@ -287,6 +294,42 @@ class SessionStore:
                 if new.last_used_at != old.last_used_at:  # type: ignore[union-attr]
                     self._entries.move_to_end(session_id)
         return result
+
+    def list_sessions(
+        self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
+    ) -> SessionPage:
+        """One page of `scope`'s live sessions (every scope's with None), in key order
+        after `cursor`. The keys are looked at in batches, each under one short hold of
+        the lock, so a listing never holds up other callers for long."""
+        limit = check_cursor(scope, limit, cursor)
+        wanted = None if scope is None else escape_scope(scope)
+        with self._lock:
+            keys = list(self._entries)  # a C-speed copy; the scan below runs unlocked
+        chosen: list[str] = []
+        for start in range(0, len(keys), _LIST_BATCH):
+            batch = [
+                key
+                for key in keys[start : start + _LIST_BATCH]
+                if key > cursor and (wanted is None or key_scope(key) == wanted)
+            ]
+            chosen = heapq.nsmallest(limit + 1, chosen + batch)
+            time.sleep(0)  # hand the GIL over between batches
+        rows: list[SessionRow] = []
+        with self._lock:
+            now = self._clock()
+            for key in chosen[:limit]:
+                record = self._entries.get(key)
+                if record is None or now - record[LAST_USED_AT] > self._timeout:
+                    continue
+                owner, session_id = split_key(key)
+                age = (now - record[CREATED_AT]) // 1000
+                rows.append(
+                    SessionRow(
+                        session_id, owner, record[MODEL], age, record[REQUEST_COUNT], record[COST]
+                    )
+                )
+        more = len(chosen) > limit
+        return SessionPage(rows, chosen[limit - 1] if more else "")
 
     def clear_session(self, session_id: str) -> None:
         """Remove one session."""
@@ -405,8 +448,16 @@ class AsyncSessionStore:
     async def is_cache_sticky(self, session_id: str) -> bool:
         return self._sync.is_cache_sticky(session_id)
 
-    async def transact(self, session_id: str, fn: Transition[T]) -> T:
+    async def transact(
+        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+    ) -> T:
         return self._sync.transact(session_id, fn)
+
+    async def list_sessions(
+        self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
+    ) -> SessionPage:
+        """`SessionStore.list_sessions`, run in a worker thread off the event loop."""
+        return await asyncio.to_thread(self._sync.list_sessions, scope, limit=limit, cursor=cursor)
 
     async def ping(self) -> bool:
         return True

@@ -7,6 +7,7 @@ store does when Redis can't be reached (``on_error``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -16,11 +17,23 @@ from typing import Any, Literal, TypeVar
 
 from ..clock import Clock
 from ..config import Config
-from ..errors import MissingDependency, StoreUnavailable
-from ..records import Entry, Stats
+from ..errors import MissingDependency, SessionBusy, StoreUnavailable
+from ..records import Entry, SessionPage, Stats
 from ..tiers import Tier
 from .base import Transition
-from .redis_core import SCRIPTS, Eval, Fetch, Now, Op, RedisOps, Scan, Unlink
+from .keyed import AsyncKeyedLock, KeyedLock, LockTimeout
+from .redis_core import (
+    DEFAULT_BUSY_TIMEOUT_MS,
+    SCRIPTS,
+    Eval,
+    Fetch,
+    Now,
+    Op,
+    RedisOps,
+    Scan,
+    Sleep,
+    Unlink,
+)
 
 try:
     import redis as redis_sync
@@ -53,7 +66,8 @@ OnError = Literal["raise", "fail_open"]
 
 DEFAULT_SOCKET_TIMEOUT = 0.5
 DEFAULT_CONNECT_TIMEOUT = 0.25
-SCAN_COUNT = 500
+DEFAULT_MAX_CONNECTIONS = 100
+SCAN_COUNT = 1000
 _LOG_EVERY_S = 10.0
 # Errors that mean "Redis can't take this now", as opposed to a bug. Connection errors
 # include LOADING (BusyLoadingError); BUSY and NOREPLICAS arrive as plain ResponseErrors.
@@ -76,11 +90,14 @@ def _unavailable(exc: BaseException) -> bool:
 
 class _ErrorPolicy:
     """``on_error``: raise `StoreUnavailable`, or count, log at most every 10 s, and answer
-    the method's fail-open default."""
+    the method's fail-open default. No redis-py exception ever leaves a store: a reply
+    that is not an outage (a key of another type, a script error) is `StoreUnavailable`
+    too, chained, and never failed open."""
 
     def __init__(self, on_error: str) -> None:
         if on_error not in ("raise", "fail_open"):
             raise ValueError(f"on_error must be 'raise' or 'fail_open', got {on_error!r}")
+        self.on_error = on_error
         self.fail_open = on_error == "fail_open"
         self.errors = 0
         self._last_log = -_LOG_EVERY_S
@@ -89,9 +106,11 @@ class _ErrorPolicy:
         if isinstance(exc, ResponseError) and "overflow" in str(exc):
             raise ValueError("the session cost would overflow a 64-bit integer") from exc
         if not _unavailable(exc):
-            raise exc
+            raise StoreUnavailable(
+                f"Redis refused a command ({type(exc).__name__}: {exc})"
+            ) from exc
         self.errors += 1
-        if not self.fail_open:
+        if not self.fail_open or op.default is None:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}: {exc})") from exc
         now = time.monotonic()
         if now - self._last_log >= _LOG_EVERY_S:
@@ -106,30 +125,44 @@ def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
-def _pool_kwargs(pool: Any) -> dict[str, Any]:
-    kwargs = dict(pool.connection_kwargs)
-    kwargs.update(retry=_no_retry(), decode_responses=False)
-    return kwargs
-
-
-def _client(module: Any, target: Any, socket_timeout: float, connect_timeout: float) -> Any:
-    """A client of `module` (``redis`` or ``redis.asyncio``) for a URL or a client of it:
-    the same server and settings, on a pool of the store's own with retries off."""
+def _pool(
+    module: Any,
+    target: Any,
+    socket_timeout: float | None,
+    connect_timeout: float | None,
+    max_connections: int | None,
+) -> Any:
+    """A pool of `module` (``redis`` or ``redis.asyncio``) for a URL or a client of it: the
+    same server and settings, retries off, explicit timeouts applied, and blocking: past
+    `max_connections` a caller waits for a free connection (up to the socket timeout)
+    instead of failing."""
+    size = DEFAULT_MAX_CONNECTIONS if max_connections is None else max_connections
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
     if isinstance(target, str):
-        return module.Redis.from_url(
-            target,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=_no_retry(),
+        kwargs: dict[str, Any] = {
+            "socket_timeout": DEFAULT_SOCKET_TIMEOUT if socket_timeout is None else socket_timeout,
+            "socket_connect_timeout": (
+                DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+            ),
+            "retry": _no_retry(),
+        }
+        return module.BlockingConnectionPool.from_url(
+            target, max_connections=size, timeout=kwargs["socket_timeout"], **kwargs
         )
     if isinstance(target, module.Redis):
         pool = target.connection_pool
-        return module.Redis(
-            connection_pool=type(pool)(
-                connection_class=pool.connection_class,
-                max_connections=pool.max_connections,
-                **_pool_kwargs(pool),
-            )
+        kwargs = dict(pool.connection_kwargs)
+        kwargs.update(retry=_no_retry(), decode_responses=False)
+        if socket_timeout is not None:
+            kwargs["socket_timeout"] = socket_timeout
+        if connect_timeout is not None:
+            kwargs["socket_connect_timeout"] = connect_timeout
+        return module.BlockingConnectionPool(
+            connection_class=pool.connection_class,
+            max_connections=size,
+            timeout=kwargs.get("socket_timeout"),
+            **kwargs,
         )
     raise TypeError(
         f"expected a redis URL or a {module.__name__}.Redis client, got {type(target).__name__}"
@@ -148,11 +181,12 @@ class _RedisStoreBase:
         key_prefix: str,
         clock: Clock | None,
         on_error: str,
+        busy_timeout_ms: float,
     ) -> None:
         cfg = Config() if config is None else config
         if not isinstance(cfg, Config):
             raise TypeError(f"config must be a Config, got {type(cfg).__name__}")
-        self._ops = RedisOps(cfg, key_prefix, clock)
+        self._ops = RedisOps(cfg, key_prefix, clock, busy_timeout_ms)
         # Script digests, computed here (EVALSHA needs no prior SCRIPT LOAD to be tried).
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in SCRIPTS.items()}
         self._errors = _ErrorPolicy(on_error)
@@ -171,6 +205,19 @@ class _RedisStoreBase:
         """How many times Redis could not be reached (or refused a write)."""
         return self._errors.errors
 
+    @property
+    def on_error(self) -> str:
+        """``"raise"`` or ``"fail_open"``."""
+        return self._errors.on_error
+
+    @staticmethod
+    def _wait_s(op: Op[Any]) -> float | None:
+        return None if op.deadline is None else op.deadline - time.monotonic()
+
+    @staticmethod
+    def _busy(exc: LockTimeout) -> SessionBusy:
+        return SessionBusy(f"session busy: in-process writers held it past busy_timeout_ms ({exc})")
+
     def key(self, session_id: str) -> str:
         """The Redis key of a session."""
         return self._ops.key(session_id)
@@ -183,9 +230,13 @@ class RedisSessionStore(_RedisStoreBase):
     not apply (Redis' ``maxmemory`` does). Each per-session method is one round trip,
     atomic on the server. `client_or_url` is a ``redis://``, ``rediss://`` or ``unix://``
     URL or a `redis.Redis` (its settings are reused on a pool of the store's own, with
-    automatic retries off). With `clock` None the server's clock is used.
+    automatic retries off; `socket_timeout` and `socket_connect_timeout` override them when
+    given). The pool holds at most `max_connections`; past that a call waits for a free
+    connection, up to the socket timeout. With `clock` None the server's clock is used.
     ``on_error="fail_open"`` answers reads with None/0/False and drops writes while Redis
-    is unreachable, instead of raising `StoreUnavailable`.
+    is unreachable, instead of raising `StoreUnavailable` (`transact` always raises).
+    `transact` calls on one session wait for each other in this process, and retry after
+    other processes' writes for up to `busy_timeout_ms` before raising `SessionBusy`.
     """
 
     def __init__(
@@ -196,13 +247,28 @@ class RedisSessionStore(_RedisStoreBase):
         key_prefix: str = "llm-sessions:",
         clock: Clock | None = None,
         on_error: OnError = "raise",
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
-        socket_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        max_connections: int | None = None,
+        busy_timeout_ms: float = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> None:
-        super().__init__(config, key_prefix, clock, on_error)
-        self._client = _client(redis_sync, client_or_url, socket_timeout, socket_connect_timeout)
+        super().__init__(config, key_prefix, clock, on_error, busy_timeout_ms)
+        self._pool = _pool(
+            redis_sync, client_or_url, socket_timeout, socket_connect_timeout, max_connections
+        )
+        self._client = redis_sync.Redis(connection_pool=self._pool)
+        self._locks = KeyedLock()
 
     def _run(self, op: Op[R]) -> R:
+        if op.lock is None:
+            return self._steps(op)
+        try:
+            with self._locks.hold(op.lock, self._wait_s(op)):
+                return self._steps(op)
+        except LockTimeout as exc:
+            raise self._busy(exc) from None
+
+    def _steps(self, op: Op[R]) -> R:
         steps, client, shas = op.steps, self._client, self._shas
         try:
             cmd = next(steps)
@@ -213,6 +279,9 @@ class RedisSessionStore(_RedisStoreBase):
                             reply = client.evalsha(shas[cmd.script], 1, cmd.key, *cmd.args)
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = self._eval_again(cmd, exc)
+                    elif type(cmd) is Sleep:
+                        time.sleep(cmd.seconds)
+                        reply = None
                     else:
                         reply = self._keyspace(cmd)
                 except RedisError as exc:
@@ -298,8 +367,17 @@ class RedisSessionStore(_RedisStoreBase):
     def is_cache_sticky(self, session_id: str) -> bool:
         return self._run(self._ops.is_cache_sticky(session_id))
 
-    def transact(self, session_id: str, fn: Transition[T]) -> T:
-        return self._run(self._ops.transact(session_id, fn))
+    def transact(
+        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+    ) -> T:
+        return self._run(self._ops.transact(session_id, fn, busy_timeout_ms))
+
+    def list_sessions(
+        self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
+    ) -> SessionPage:
+        """One page of `scope`'s live sessions (every scope's with None): one SCAN that
+        selects only that scope's keys."""
+        return self._run(self._ops.list_sessions(scope, limit, cursor))
 
     def ping(self) -> bool:
         """True when Redis answers a PING."""
@@ -309,8 +387,9 @@ class RedisSessionStore(_RedisStoreBase):
             return False
 
     def close(self) -> None:
-        """Close the store's connection pool. Idempotent."""
+        """Close the store's connection pool and its connections. Idempotent."""
         self._client.close()
+        self._pool.disconnect()
 
     def __enter__(self) -> RedisSessionStore:
         return self
@@ -335,13 +414,28 @@ class AsyncRedisSessionStore(_RedisStoreBase):
         key_prefix: str = "llm-sessions:",
         clock: Clock | None = None,
         on_error: OnError = "raise",
-        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
-        socket_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        max_connections: int | None = None,
+        busy_timeout_ms: float = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> None:
-        super().__init__(config, key_prefix, clock, on_error)
-        self._client = _client(redis_async, client_or_url, socket_timeout, socket_connect_timeout)
+        super().__init__(config, key_prefix, clock, on_error, busy_timeout_ms)
+        self._pool = _pool(
+            redis_async, client_or_url, socket_timeout, socket_connect_timeout, max_connections
+        )
+        self._client = redis_async.Redis(connection_pool=self._pool)
+        self._locks = AsyncKeyedLock()
 
     async def _run(self, op: Op[R]) -> R:
+        if op.lock is None:
+            return await self._steps(op)
+        try:
+            async with self._locks.hold(op.lock, self._wait_s(op)):
+                return await self._steps(op)
+        except LockTimeout as exc:
+            raise self._busy(exc) from None
+
+    async def _steps(self, op: Op[R]) -> R:
         steps, client, shas = op.steps, self._client, self._shas
         try:
             cmd = next(steps)
@@ -352,6 +446,9 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                             reply = await client.evalsha(shas[cmd.script], 1, cmd.key, *cmd.args)
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = await self._eval_again(cmd, exc)
+                    elif type(cmd) is Sleep:
+                        await asyncio.sleep(cmd.seconds)
+                        reply = None
                     else:
                         reply = await self._keyspace(cmd)
                 except RedisError as exc:
@@ -439,8 +536,16 @@ class AsyncRedisSessionStore(_RedisStoreBase):
     async def is_cache_sticky(self, session_id: str) -> bool:
         return await self._run(self._ops.is_cache_sticky(session_id))
 
-    async def transact(self, session_id: str, fn: Transition[T]) -> T:
-        return await self._run(self._ops.transact(session_id, fn))
+    async def transact(
+        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+    ) -> T:
+        return await self._run(self._ops.transact(session_id, fn, busy_timeout_ms))
+
+    async def list_sessions(
+        self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
+    ) -> SessionPage:
+        """`RedisSessionStore.list_sessions`."""
+        return await self._run(self._ops.list_sessions(scope, limit, cursor))
 
     async def ping(self) -> bool:
         """True when Redis answers a PING."""
@@ -450,8 +555,9 @@ class AsyncRedisSessionStore(_RedisStoreBase):
             return False
 
     async def aclose(self) -> None:
-        """Close the store's connection pool. Idempotent."""
+        """Close the store's connection pool and its connections. Idempotent."""
         await self._client.aclose()
+        await self._pool.disconnect()
 
     async def __aenter__(self) -> AsyncRedisSessionStore:
         return self

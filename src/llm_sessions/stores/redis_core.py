@@ -5,14 +5,19 @@ read, a script, a scan step...) and receives their replies, and returns the meth
 result. `RedisSessionStore` and `AsyncRedisSessionStore` only run these generators, one
 synchronously and one with ``await``; neither holds any rule of its own.
 
-Layout: one hash per session under ``key_prefix + blake2b(id)`` (a raw id never becomes
-a key). Fields: the `Entry` fields (``cost`` for the session cost, ``h1``..``h3`` for the
-hash window), the flow state when set, ``id`` and the record version ``v``.
+Layout: one hash per session under ``key_prefix + tag + ":" + blake2b(key)``, where the
+tag is a digest of the key's scope half (see `ids.session_key`), so one SCAN MATCH selects
+a scope's sessions; a raw id never becomes a key. Fields: the `Entry` fields (``cost`` for
+the session cost, ``h1``..``h3`` for the hash window), the flow state when set, ``id`` and
+the record version ``v``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
+import random
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
@@ -22,11 +27,23 @@ from typing import Any, Generic, TypeVar
 from .. import rules
 from ..clock import Clock
 from ..config import Config
-from ..records import EMPTY_FLOW, Entry, FlowState, Reservation, SessionInfo, Stats
+from ..errors import SessionBusy
+from ..ids import escape_scope, key_scope, split_key
+from ..records import (
+    EMPTY_FLOW,
+    Entry,
+    FlowState,
+    Reservation,
+    SessionInfo,
+    SessionPage,
+    SessionRow,
+    Stats,
+)
 from ..tiers import Tier, coerce_tier
 from .base import (
     Transition,
     check_bool,
+    check_cursor,
     check_id,
     check_limit,
     check_micros,
@@ -34,7 +51,19 @@ from .base import (
     check_str,
 )
 
-__all__ = ["FIELDS", "SCRIPTS", "Eval", "Fetch", "Now", "Op", "RedisOps", "Scan", "Unlink"]
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT_MS",
+    "FIELDS",
+    "SCRIPTS",
+    "Eval",
+    "Fetch",
+    "Now",
+    "Op",
+    "RedisOps",
+    "Scan",
+    "Sleep",
+    "Unlink",
+]
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -44,7 +73,7 @@ FIELDS = (
     "id", "model", "tier", "created_at", "last_used_at", "request_count", "h1", "h2", "h3",
     "strikes", "escalated", "user_explicit", "cache_sticky", "cache_sticky_at", "provider",
     "cost", "reservations", "explicit_model", "fallback_from", "fallback_at", "sticky_ttl_ms",
-    "failed_fingerprint", "v",
+    "failed_fingerprint", "finished", "v",
 )  # fmt: skip
 
 WRITE_SCRIPTS = (
@@ -75,7 +104,9 @@ def _load_scripts() -> dict[str, str]:
 #: Script sources by name: a shebang, the shared prelude, then the script's own body.
 SCRIPTS = _load_scripts()
 
-MAX_CAS_ATTEMPTS = 64
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+_BACKOFF_BASE_S = 0.001  # the first pause after a lost compare-and-set; doubles to the cap
+_BACKOFF_CAP_S = 0.05
 
 
 # -- commands a method can yield ------------------------------------------------------------
@@ -114,23 +145,34 @@ class Fetch:
 
 
 @dataclass(frozen=True, slots=True)
+class Sleep:
+    """Pause before trying again (another process won a compare-and-set). Reply: None."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Unlink:
     """UNLINK keys. Reply: the number removed."""
 
     keys: tuple[bytes, ...]
 
 
-Command = Eval | Now | Scan | Fetch | Unlink
+Command = Eval | Now | Scan | Fetch | Unlink | Sleep
 
 
 @dataclass(slots=True)
 class Op(Generic[R]):
     """A running store method: `steps` yields commands and returns the result; `default`
-    is what a fail-open store answers when Redis can't be reached."""
+    is what a fail-open store answers when Redis can't be reached (None: it raises even
+    then). A `lock` key is held in-process while it runs, waited for until `deadline`
+    (``time.monotonic()``; None waits as long as it takes)."""
 
     steps: Generator[Command, Any, R]
-    default: Callable[[], R]
+    default: Callable[[], R] | None
     write: bool
+    lock: str | None = None
+    deadline: float | None = None
 
 
 # -- encoding -------------------------------------------------------------------------------
@@ -157,7 +199,7 @@ def decode_entry(values: list[bytes | None]) -> Entry:
     (
         _, model, tier, created, used, count, h1, h2, h3, strikes, escalated, explicit,
         sticky, sticky_at, provider, cost, reservations, explicit_model, fallback_from,
-        fallback_at, sticky_ttl, failed, _,
+        fallback_at, sticky_ttl, failed, finished, _,
     ) = values  # fmt: skip
     hashes = tuple(_s(h) for h in (h1, h2, h3) if h is not None)
     flow = EMPTY_FLOW
@@ -169,6 +211,7 @@ def decode_entry(values: list[bytes | None]) -> Entry:
             int(fallback_at or 0),
             int(sticky_ttl or 0),
             _s(failed or b""),
+            _decode_finished(finished or b""),
         )
     return Entry(
         _s(model),  # type: ignore[arg-type]
@@ -194,6 +237,13 @@ def _decode_reservations(raw: bytes) -> tuple[Reservation, ...]:
         rid, micros, expires = item.split(b",")
         out.append(Reservation(rid.decode(), int(micros), int(expires)))
     return tuple(out)
+
+
+def _decode_finished(raw: bytes) -> tuple[tuple[str, int], ...]:
+    if not raw:
+        return ()
+    pairs = (item.split(b",") for item in raw.split(b";"))
+    return tuple((rid.decode(), int(total)) for rid, total in pairs)
 
 
 def encode_entry(session_id: str, entry: Entry) -> list[bytes]:
@@ -226,8 +276,14 @@ def encode_entry(session_id: str, entry: Entry) -> list[bytes]:
             b"fallback_at", b"%d" % flow.fallback_at,
             b"sticky_ttl_ms", b"%d" % flow.sticky_ttl_ms,
             b"failed_fingerprint", _b(flow.failed_fingerprint),
+            b"finished", b";".join(b"%s,%d" % (rid.encode(), t) for rid, t in flow.finished),
         )  # fmt: skip
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _scope_tag(scope: str) -> str:
+    return hashlib.blake2b(_b(scope), digest_size=8).hexdigest()
 
 
 def _glob_escape(text: str) -> str:
@@ -240,9 +296,22 @@ def _glob_escape(text: str) -> str:
 class RedisOps:
     """Every store method as an `Op`; shared by the sync and the async Redis store."""
 
-    def __init__(self, config: Config, key_prefix: str, clock: Clock | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        key_prefix: str,
+        clock: Clock | None,
+        busy_timeout_ms: float = DEFAULT_BUSY_TIMEOUT_MS,
+    ) -> None:
         if not isinstance(key_prefix, str):
             raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        if (
+            isinstance(busy_timeout_ms, bool)
+            or not isinstance(busy_timeout_ms, int | float)
+            or not busy_timeout_ms >= 0
+        ):
+            raise ValueError(f"busy_timeout_ms must be a number >= 0, got {busy_timeout_ms!r}")
+        self.busy_timeout_ms = busy_timeout_ms
         self.config = config
         self.key_prefix = key_prefix
         self.clock = clock
@@ -251,8 +320,15 @@ class RedisOps:
         self._timeout_arg = b"%d" % config.timeout_ms
 
     def key(self, session_id: str) -> str:
-        """The session's key: the prefix and a 128-bit digest of the id."""
-        return self.key_prefix + hashlib.blake2b(_b(session_id), digest_size=16).hexdigest()
+        """The session's key: the prefix, its scope's tag and a 128-bit digest of the id."""
+        digest = hashlib.blake2b(_b(session_id), digest_size=16).hexdigest()
+        return f"{self.key_prefix}{_scope_tag(key_scope(session_id))}:{digest}"
+
+    def scope_match(self, scope: str | None) -> str:
+        """The SCAN MATCH pattern of one scope's keys (the escaped scope half of a key),
+        or of every key with None."""
+        tag = "" if scope is None else _scope_tag(scope) + ":"
+        return _glob_escape(self.key_prefix) + tag + "*"
 
     def _now_arg(self) -> bytes:
         return b"" if self.clock is None else b"%d" % self.clock()
@@ -318,7 +394,7 @@ class RedisOps:
         def steps() -> Generator[Command, Any, Stats]:
             now = yield Now()
             live: list[tuple[str, str, int]] = []
-            cursor, match = 0, _glob_escape(self.key_prefix) + "*"
+            cursor, match = 0, self.scope_match(None)
             while True:
                 cursor, keys = yield Scan(cursor, match)
                 if keys:
@@ -338,6 +414,51 @@ class RedisOps:
             return Stats(len(live), sessions)
 
         return Op(steps(), lambda: Stats(0, []), False)
+
+    def list_sessions(self, scope: str | None, limit: int, cursor: str) -> Op[SessionPage]:
+        """One page of `scope`'s live sessions (every scope's with None). The cursor is
+        ``"<SCAN cursor>-<last key returned from that SCAN batch>"``: a batch is resumed
+        after the last key it gave, in key order, so a page never exceeds `limit`."""
+        limit = check_cursor(scope, limit, cursor)
+        start_text, _, after = cursor.partition("-")
+        if cursor and not (start_text.isascii() and start_text.isdigit()):
+            raise ValueError(f"cursor is not one this store returned: {cursor!r}")
+        wanted = None if scope is None else escape_scope(scope)
+        match = self.scope_match(wanted)
+        fields = ("id", "model", "created_at", "last_used_at", "request_count", "cost")
+
+        def steps() -> Generator[Command, Any, SessionPage]:
+            now = yield Now()
+            rows: list[SessionRow] = []
+            start, skip_to = int(start_text or 0), after
+            while True:
+                following, keys = yield Scan(start, match)
+                batch: list[tuple[str, SessionRow]] = []
+                values = (yield Fetch(tuple(keys), fields)) if keys else []
+                for sid, model, created, used, count, cost in values:
+                    if sid is None or used is None or now - int(used) > self._timeout:
+                        continue
+                    key = _s(sid)
+                    if (wanted is not None and key_scope(key) != wanted) or key <= skip_to:
+                        continue  # another scope with the same tag, or already returned
+                    owner, session_id = split_key(key)
+                    row = SessionRow(
+                        session_id, owner, _s(model), (now - int(created)) // 1000,
+                        int(count), int(cost),
+                    )  # fmt: skip
+                    batch.append((key, row))
+                batch.sort(key=lambda item: item[0])
+                room = limit - len(rows)
+                rows += [row for _, row in batch[:room]]
+                if len(batch) > room:
+                    return SessionPage(rows, f"{start}-{batch[room - 1][0]}")
+                if following == 0:
+                    return SessionPage(rows, "")
+                start, skip_to = following, ""
+                if len(rows) == limit:
+                    return SessionPage(rows, f"{start}-")
+
+        return Op(steps(), lambda: SessionPage([], ""), False)
 
     # writes: one script each
 
@@ -430,7 +551,7 @@ class RedisOps:
 
     def clear_all(self) -> Op[None]:
         def steps() -> Generator[Command, Any, None]:
-            cursor, match = 0, _glob_escape(self.key_prefix) + "*"
+            cursor, match = 0, self.scope_match(None)
             while True:
                 cursor, keys = yield Scan(cursor, match)
                 if keys:
@@ -440,22 +561,27 @@ class RedisOps:
 
         return Op(steps(), lambda: None, True)
 
-    def transact(self, session_id: str, fn: Transition[T]) -> Op[T]:
+    def transact(
+        self, session_id: str, fn: Transition[T], busy_timeout_ms: float | None = None
+    ) -> Op[T]:
         """One read, then a compare-and-set of the whole record; when another write came
-        in between, the script answers with the current record and `fn` runs again."""
+        in between, the script answers with the current record and `fn` runs again at
+        once, then after pauses with jitter that double up to 50 ms. Transactions of one
+        session wait for each other in-process (the op's `lock`); past `busy_timeout_ms`
+        (the store's default when None, ``math.inf`` for no limit) it raises `SessionBusy`.
+        It never fails open: a store that can't be reached raises `StoreUnavailable`."""
         check_id(session_id)
-
-        def default() -> T:  # fail-open: as if the session did not exist
-            return fn(
-                None, self.clock() if self.clock is not None else time.time_ns() // 1_000_000
-            )[1]
+        limit_ms = self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
+        deadline = None if math.isinf(limit_ms) else time.monotonic() + limit_ms / 1000
 
         def steps() -> Generator[Command, Any, T]:
             if self._off(session_id):
-                return default()
+                now = self.clock() if self.clock is not None else time.time_ns() // 1_000_000
+                return fn(None, now)[1]
             key = self.key(session_id)
             now, values = yield self._read(session_id)
-            for _ in range(MAX_CAS_ATTEMPTS):
+            lost = 0
+            while True:
                 old = self._live(session_id, values, now)
                 new, result = fn(old, now)
                 if new is old:
@@ -474,7 +600,19 @@ class RedisOps:
                 )
                 if reply[0] == 1:
                     return result
-                now, values = int(reply[1]), reply[2]
-            raise RuntimeError(f"session changed {MAX_CAS_ATTEMPTS} times during one transact")
+                lost += 1
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise SessionBusy(
+                        f"session busy: other writers won {lost} compare-and-sets in a row "
+                        f"within busy_timeout_ms={limit_ms:g}"
+                    )
+                if lost == 1:  # the reply carries the current record: try again at once
+                    now, values = int(reply[1]), reply[2]
+                    continue
+                pause = random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (lost - 2)))
+                if deadline is not None:
+                    pause = min(pause, max(deadline - time.monotonic(), 0.0))
+                yield Sleep(pause)
+                now, values = yield self._read(session_id)
 
-        return Op(steps(), default, True)
+        return Op(steps(), None, True, self.key(session_id), deadline)

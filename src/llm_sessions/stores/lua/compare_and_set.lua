@@ -17,9 +17,11 @@ else
   redis.call('HSET', key, 'v', ARGV[4])
   bump()
 end
+-- Rule 2: live while now - last_used_at <= timeout, so at ttl == 0 it still lives for
+-- this millisecond.
 local ttl = tonumber(redis.call('HGET', key, 'last_used_at')) + timeout - now
-if ttl > 0 then
-  redis.call('PEXPIRE', key, ttl)
+if ttl >= 0 then
+  redis.call('PEXPIRE', key, math.max(ttl, 1))
 else
   redis.call('DEL', key)
 end
