@@ -37,7 +37,12 @@ class InvalidSessionId(LLMSessionsError, ValueError):
 
 
 class InvalidRequest(LLMSessionsError, ValueError):
-    """A chat-completions body the routing flow can't route; the message names the field."""
+    """A chat-completions body the routing flow can't route; the message names the field,
+    and `param` holds its name when there is one."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class StoreUnavailable(LLMSessionsError):

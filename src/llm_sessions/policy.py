@@ -342,8 +342,10 @@ class SessionPolicy:
         if served_model is None:
             return 0
         try:
-            if cost_micros is not None or usage is not None:
+            if cost_micros is not None or _readable_usage(usage):
                 return min(self.cost_micros(served_model, usage, cost_micros), MAX_COST_MICROS)
+            if usage is not None:
+                raise ValueError(f"no cost or token counts in {type(usage).__name__} usage")
         except (TypeError, ValueError, ArithmeticError) as exc:
             log.warning(
                 "unreadable usage for %.256s, charging the estimate: %.256s", served_model, exc
@@ -427,19 +429,21 @@ class SessionPolicy:
 
     def _read(self, headers: Any, body: Mapping[str, Any], scope: str) -> _Request:
         if not isinstance(scope, str):
-            raise InvalidRequest(f"scope must be a str, got {type(scope).__name__}")
+            raise InvalidRequest(f"scope must be a str, got {type(scope).__name__}", "scope")
         if not isinstance(body, Mapping):
             raise InvalidRequest("the request body must be a JSON object")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise InvalidRequest("'messages' must be a non-empty array")
+            raise InvalidRequest("'messages' must be a non-empty array", "messages")
         roles: list[str] = []
         texts: list[str] = []
         extra = 0
         for i, message in enumerate(messages):  # one pass: every rule reads these
             role = message.get("role") if isinstance(message, dict) else None
             if not isinstance(role, str):
-                raise InvalidRequest(f"'messages[{i}]' must be an object with a string 'role'")
+                raise InvalidRequest(
+                    f"'messages[{i}]' must be an object with a string 'role'", f"messages[{i}]"
+                )
             roles.append(role)
             texts.append(message_text(message))
             if type(message.get("content")) is list or "tool_calls" in message:
@@ -449,25 +453,26 @@ class SessionPolicy:
         if model is not None and (type(model) is not str or not _valid_model(model)):
             raise InvalidRequest(
                 f"'model' must be a model id of 1 to {MAX_MODEL_ID_LENGTH} printable ASCII "
-                "characters"
+                "characters",
+                "model",
             )
         tools = body.get("tools")
         if tools is not None and not isinstance(tools, list):
-            raise InvalidRequest("'tools' must be an array")
+            raise InvalidRequest("'tools' must be an array", "tools")
         max_output = self.default_max_tokens
         given = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
         for name, value in zip(("max_tokens", "max_completion_tokens"), given, strict=True):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
-                raise InvalidRequest(f"'{name}' must be a positive integer")
+                raise InvalidRequest(f"'{name}' must be a positive integer", name)
         if any(v is not None for v in given):
             max_output = max(v for v in given if v is not None)
         choices = body.get("n")
         if choices is None:
             choices = 1
         elif isinstance(choices, bool) or not isinstance(choices, int) or choices < 1:
-            raise InvalidRequest("'n' must be a positive integer")
+            raise InvalidRequest("'n' must be a positive integer", "n")
 
         explicit = model if model and model not in self.profiles else None
         if self.classify is default_classify:
@@ -728,8 +733,18 @@ class SessionPolicy:
         return step
 
 
+_USAGE_FIELDS = ("cost", "prompt_tokens", "completion_tokens")
+
+
+def _readable_usage(usage: Any) -> bool:
+    """`usage` carries a cost or token counts (a mapping, or an object with attributes)."""
+    if usage is None:
+        return False
+    return any(usage_field(usage, name) is not None for name in _USAGE_FIELDS)
+
+
 def _valid_model(model: str) -> bool:
-    """"" (no model: the first profile) or 1 to 256 printable ASCII characters."""
+    """ "" (no model: the first profile) or 1 to 256 printable ASCII characters."""
     return not model or _MODEL_ID.fullmatch(model) is not None
 
 

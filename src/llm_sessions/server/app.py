@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,10 +26,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import BudgetExceeded, InvalidRequest, InvalidSessionId, StoreUnavailable
+from ..errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    InvalidSessionId,
+    SessionBusy,
+    StoreUnavailable,
+)
 from ..policy import Decision, SessionPolicy
 from ..records import format_usd
-from ..routing import estimate_prompt_tokens
 from ..stores.base import AsyncStore
 from ..stores.urls import open_async_store
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -40,6 +45,11 @@ __all__ = ["Gateway", "create_app"]
 
 log = logging.getLogger("llm_sessions.access")
 errors_log = logging.getLogger("llm_sessions.gateway")
+
+#: The deepest nesting of arrays and objects a request body may have.
+MAX_JSON_DEPTH = 128
+MAX_LOG_FIELD = 256  # characters of any one string field of a log line
+_LONE_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
 class _Reject(Exception):
@@ -56,6 +66,53 @@ class _Reject(Exception):
 
 def error_body(message: str, kind: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None, **extra}}
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body as strict JSON: UTF-8, no NaN/Infinity, no lone surrogates, nested
+    at most `MAX_JSON_DEPTH` deep, an object. Anything else is a 400 naming the problem."""
+    try:
+        body = json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise _Reject(400, "the request body is nested too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise _Reject(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise _Reject(400, "the request body must be a JSON object")
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(body) > MAX_JSON_DEPTH:
+        raise _Reject(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
+    if _LONE_SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Reject(
+                400, "the request body has a lone UTF-16 surrogate (\\ud800-\\udfff)"
+            ) from None
+    return body
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests arrays and objects (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            return depth
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest
+
+
+def _cap(value: Any) -> Any:
+    """A log field, cut to `MAX_LOG_FIELD` characters when it is a string."""
+    if isinstance(value, str) and len(value) > MAX_LOG_FIELD:
+        return value[:MAX_LOG_FIELD] + "..."
+    return value
 
 
 def _scope_of(token: str | None) -> str:
@@ -98,6 +155,9 @@ class Gateway:
                 kwargs = {
                     "key_prefix": settings.store_key_prefix,
                     "on_error": settings.store_on_error,
+                    "busy_timeout_ms": settings.store_busy_timeout_ms,
+                    "max_connections": settings.store_max_connections
+                    or settings.upstream.max_connections,
                 }
             store = open_async_store(settings.store_url, settings.sessions, **kwargs)
         self.store = store
@@ -111,10 +171,15 @@ class Gateway:
             default_max_tokens=settings.default_max_tokens,
             reservation_ttl_ms=settings.reservation_ttl_ms,
             fallback_pin_ms=settings.fallback_pin_ms,
+            on_store_error=settings.budget_on_store_error,
+            finish_retry_ms=settings.store_finish_retry_ms,
         )
         self.upstream = Upstream(settings.upstream, transport)
         self.metrics = Metrics(lambda: float(getattr(self.store, "errors", 0)))
         self.api_keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
+        self.admin_keys = (
+            load_api_keys(settings.admin_keys_file) if settings.admin_keys_file else frozenset()
+        )
 
     # -- the app ----------------------------------------------------------------------------
 
@@ -192,26 +257,48 @@ class Gateway:
 
     async def _chat(self, request: Request, record: dict[str, Any]) -> Response:
         scope = self._authorize(request)
-        raw = await self._read_body(request)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise _Reject(400, "the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise _Reject(400, "the request body must be a JSON object")
+        body = parse_body(await self._read_body(request))
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise _Reject(400, "'stream' must be true or false", param="stream")
         options = body.get("stream_options")
         if options is not None and not isinstance(options, dict):
             raise _Reject(400, "'stream_options' must be an object", param="stream_options")
+        include_usage = (options or {}).get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise _Reject(
+                400,
+                "'stream_options.include_usage' must be true or false",
+                param="stream_options.include_usage",
+            )
         record["stream"] = stream
+        decision = await self._begin(request, body, scope, record)
+
+        headers = {**decision.headers, "X-Session-Strikes": str(decision.strikes)}
+        record.update(session=decision.session_id, reason=decision.reason, tier=decision.tier.value,
+                      model=decision.model, headers=headers)  # fmt: skip
+        self.metrics.requests.labels(decision.reason).inc()
+        if decision.reason == "escalated":
+            self.metrics.escalations.inc()
+        if decision.sticky_activated:
+            self.metrics.cache_sticky.inc()
         try:
-            decision = await self.policy.abegin(request.headers, body, scope=scope)
+            return await self._forward(decision, body, stream, include_usage, record)
+        finally:
+            if decision.settled_total is None and not record.get("relaying"):
+                # anything that ended this request before its outcome was recorded
+                await self._finish(decision, None, 0)
+
+    async def _begin(
+        self, request: Request, body: dict[str, Any], scope: str, record: dict[str, Any]
+    ) -> Decision:
+        """`abegin`, with its refusals as error responses."""
+        try:
+            return await self.policy.abegin(request.headers, body, scope=scope)
         except InvalidSessionId as exc:
             raise _Reject(400, str(exc), param=self.settings.sessions.header_name) from None
         except InvalidRequest as exc:
-            raise _Reject(400, str(exc)) from None
+            raise _Reject(400, str(exc), param=exc.param) from None
         except BudgetExceeded as exc:
             self.metrics.budget_rejections.inc()
             record["session"] = exc.session_id
@@ -231,36 +318,65 @@ class Gateway:
                 cap_usd=format_usd(exc.cap_micros),
                 retryable=False,
             ) from None
+        except SessionBusy:
+            self.metrics.store_refusals.labels("session_busy").inc()
+            record["headers"] = {"retry-after": "1", "x-should-retry": "true"}
+            raise _Reject(
+                503,
+                "this session is busy: its other requests held it longer than "
+                f"store.busy_timeout_ms ({self.settings.store_busy_timeout_ms} ms); retry",
+                "server_error",
+                code="session_busy",
+            ) from None
         except StoreUnavailable:
-            raise _Reject(503, "the session store is unavailable", "server_error") from None
+            self.metrics.store_refusals.labels("session_store_unavailable").inc()
+            record["headers"] = {"retry-after": "2", "x-should-retry": "true"}
+            capped = self.policy.cap_micros is not None
+            raise _Reject(
+                503,
+                "the session store is unavailable"
+                + (", and this session's budget can't be checked without it" if capped else ""),
+                "server_error",
+                code="session_store_unavailable",
+            ) from None
 
-        headers = {**decision.headers, "X-Session-Strikes": str(decision.strikes)}
-        record.update(session=decision.session_id, reason=decision.reason, tier=decision.tier.value,
-                      model=decision.model, headers=headers)  # fmt: skip
-        self.metrics.requests.labels(decision.reason).inc()
-        if decision.reason == "escalated":
-            self.metrics.escalations.inc()
-        if decision.sticky_activated:
-            self.metrics.cache_sticky.inc()
-
-        messages, tools = body["messages"], body.get("tools")
+    async def _forward(
+        self,
+        decision: Decision,
+        body: dict[str, Any],
+        stream: bool,
+        include_usage: bool,
+        record: dict[str, Any],
+    ) -> Response:
+        """Walk the decision's models until one answers; 502 when none did."""
+        options = body.get("stream_options")
         tried: list[str] = []
         for model in decision.models[: self.upstream.max_attempts]:
             payload = {**body, "model": model}
             if stream:
                 payload["stream_options"] = {**(options or {}), "include_usage": True}
-            attempt = await self.upstream.attempt(model, payload)
+            try:
+                attempt = await self.upstream.attempt(model, payload)
+                response = None
+                if attempt.response is not None:
+                    if model != decision.model:
+                        self.metrics.fallbacks.inc()
+                    response = await self._answer(
+                        decision, attempt, stream, include_usage, body, record
+                    )
+            except Exception as exc:  # a fault of the client, not of the upstream
+                errors_log.exception("upstream call to %.256s failed", model)
+                tried.append(f"{model} (gateway error: {type(exc).__name__})")
+                self.metrics.upstream_errors.labels("internal").inc()
+                continue
+            if response is not None:
+                return response
             if attempt.response is None:
                 tried.append(f"{model} ({attempt.failure})")
                 self.metrics.upstream_errors.labels(attempt.error_kind).inc()
-                continue
-            if model != decision.model:
-                self.metrics.fallbacks.inc()
-            response = await self._answer(decision, attempt, stream, messages, tools, record)
-            if response is not None:
-                return response
-            tried.append(f"{model} (broken response)")
-            self.metrics.upstream_errors.labels("read").inc()
+            else:
+                tried.append(f"{model} (broken response)")
+                self.metrics.upstream_errors.labels("read").inc()
 
         await self._finish(decision, None, 0)
         raise _Reject(
@@ -276,8 +392,8 @@ class Gateway:
         decision: Decision,
         attempt: Attempt,
         stream: bool,
-        messages: list[Any],
-        tools: Any,
+        include_usage: bool,
+        body: dict[str, Any],
         record: dict[str, Any],
     ) -> Response | None:
         """The client's response for an attempt that reached it; None if it broke before
@@ -307,12 +423,12 @@ class Gateway:
             started = time.perf_counter()
 
             async def done(meter: StreamMeter, complete: bool) -> None:
-                usage = meter.usage or self._estimate(messages, tools, meter.text_bytes)
-                cost = await self._charge(decision, model, usage)
+                cost = await self._charge(decision, model, meter.usage, meter.text_bytes)
                 record.update(cost=cost, complete=complete)
                 self._log(record, 200, started)
 
-            return RelayResponse(upstream, done, headers)
+            record["relaying"] = True  # from here the relay records the outcome
+            return RelayResponse(upstream, done, headers, keep_usage=include_usage)
 
         try:
             content = await upstream.aread()
@@ -325,35 +441,36 @@ class Gateway:
         except ValueError:
             data = None
         usage = data.get("usage") if isinstance(data, dict) else None
-        if not isinstance(usage, dict):
-            usage = self._estimate(
-                messages, tools, len(_answer_text(data).encode("utf-8", "surrogatepass"))
-            )
-        record["cost"] = await self._charge(decision, model, usage)
+        output = len(_answer_text(data).encode("utf-8", "surrogatepass"))
+        record["cost"] = await self._charge(decision, model, usage, output)
         return Response(content, 200, headers=headers, media_type="application/json")
 
-    def _estimate(self, messages: list[Any], tools: Any, text_bytes: int) -> dict[str, int]:
-        """Usage estimated like a budget reservation: UTF-8 bytes / 3, rounded up."""
-        return {
-            "prompt_tokens": estimate_prompt_tokens(messages, tools),
-            "completion_tokens": math.ceil(text_bytes / 3),
-        }
-
-    async def _charge(self, decision: Decision, model: str, usage: dict[str, Any]) -> int:
-        try:
-            cost = self.policy.cost_micros(model, usage)
-        except ValueError:  # an upstream usage block we can't read: estimate instead
-            cost = 0
+    async def _charge(self, decision: Decision, model: str, usage: Any, output_bytes: int) -> int:
+        """Bill a served request: its usage priced, else the estimate (never 0 for a priced
+        model, never an exception)."""
+        cost = self.policy.charge_micros(decision, model, usage, None, output_bytes)
         await self._finish(decision, model, cost)
         self.metrics.cost.inc(cost / 1_000_000)
         return cost
 
     async def _finish(self, decision: Decision, model: str | None, cost: int) -> None:
-        """`afinish`; a store that fails now must not turn an answered request into an error."""
+        """`afinish` (which retries the store for store.finish_retry_ms); a store that is
+        still down then must not turn an answered request into an error: the cost that
+        could not be recorded is counted and logged."""
+        if decision.settled_total is not None:
+            return
         try:
             await self.policy.afinish(decision, served_model=model, cost_micros=cost)
         except StoreUnavailable as exc:
-            errors_log.warning("could not record the outcome of a request: %s", exc)
+            decision.settle(-1)  # given up: never tried again for this request
+            self.metrics.unrecorded_cost.inc(cost / 1_000_000)
+            errors_log.error(
+                "could not record a request's outcome (session %s, model %s, %s USD): %s",
+                _cap(decision.session_id),
+                _cap(model),
+                format_usd(cost),
+                exc,
+            )
 
     def _log(self, record: dict[str, Any], status: int, started: float) -> None:
         self.metrics.responses.labels(str(status)).inc()
@@ -364,7 +481,7 @@ class Gateway:
             "event": "chat",
             "session": session[:8] if session else None,
             "reason": record.get("reason"),
-            "model": record.get("model"),
+            "model": _cap(record.get("model")),
             "tier": record.get("tier"),
             "status": status,
             "stream": record.get("stream", False),
@@ -391,28 +508,71 @@ class Gateway:
         return JSONResponse({"object": "list", "data": data})
 
     async def health(self, request: Request) -> Response:
-        reachable = await self.store.ping()
-        if reachable:
-            return JSONResponse({"status": "ok", "store": "reachable"})
-        fail_open = self.settings.store_on_error == "fail_open"
-        body = {"status": "degraded" if fail_open else "unavailable", "store": "unreachable"}
-        return JSONResponse(body, 200 if fail_open else 503)
+        """The store's reachability and what an outage means here: ``"degraded"`` (200)
+        while requests are still served without it, ``"unavailable"`` (503) while they
+        are refused (``store.on_error = "raise"``, or a cap with ``"refuse"``)."""
+        cap = self.policy.cap_micros
+        capped = cap is not None
+        modes = {
+            "store_on_error": self.settings.store_on_error,
+            "budget": {
+                "max_session_cost_usd": None if cap is None else format_usd(cap),
+                "mode": self.settings.budget_mode,
+                "on_store_error": self.settings.budget_on_store_error,
+            },
+        }
+        if await self.store.ping():
+            return JSONResponse({"status": "ok", "store": "reachable", **modes})
+        refused = self.settings.store_on_error == "raise" or (
+            capped and self.settings.budget_on_store_error == "refuse"
+        )
+        body = {"status": "unavailable" if refused else "degraded", "store": "unreachable"}
+        return JSONResponse({**body, **modes}, 503 if refused else 200)
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def sessions(self, request: Request) -> Response:
+        """One page of the caller's own sessions: ``?limit=&cursor=``; ``?all=true`` lists
+        every tenant's, for an admin key only."""
+        params = request.query_params
         try:
-            self._authorize(request)
-            raw = request.query_params.get("limit", str(self.settings.stats_limit))
-            if not raw.isdigit():
-                raise _Reject(400, "'limit' must be a non-negative integer", param="limit")
-            stats = await self.store.get_stats(limit=min(int(raw), self.settings.stats_limit))
+            scope = self._authorize(request)
+            raw = params.get("limit", str(self.settings.stats_limit))
+            if not (raw.isascii() and raw.isdecimal() and 0 < len(raw) <= 9):
+                raise _Reject(400, "'limit' must be a positive integer", param="limit")
+            cursor = params.get("cursor", "")
+            if len(cursor) > 1024 or not cursor.isascii() or not cursor.isprintable():
+                raise _Reject(400, "'cursor' is not one this gateway returned", param="cursor")
+            everyone = params.get("all", "false").lower() in ("1", "true")
+            if everyone and not self._is_admin(request):
+                raise _Reject(
+                    403, "listing every tenant's sessions needs an admin key",
+                    "permission_error", code="admin_key_required",
+                )  # fmt: skip
+            limit = min(int(raw), self.settings.stats_limit)
+            if limit == 0:
+                return JSONResponse({"sessions": [], "next_cursor": None})
+            page = await self.store.list_sessions(
+                None if everyone else scope, limit=limit, cursor=cursor
+            )
         except _Reject as reject:
             return JSONResponse(error_body(str(reject), reject.kind, **reject.extra), reject.status)
+        except ValueError:
+            message = "'cursor' is not one this gateway returned"
+            return JSONResponse(error_body(message, "invalid_request_error", param="cursor"), 400)
         except StoreUnavailable:
             return JSONResponse(error_body("the session store is unavailable", "server_error"), 503)
-        return JSONResponse(stats.to_dict())
+        body = page.to_dict()
+        if everyone:
+            for row, shown in zip(page.sessions, body["sessions"], strict=True):
+                shown["scope"] = row.scope[:8]
+        return JSONResponse(body)
+
+    def _is_admin(self, request: Request) -> bool:
+        token = _bearer(request)
+        digest = hashlib.sha256((token or "").encode("utf-8", "surrogatepass")).hexdigest()
+        return token is not None and digest in self.admin_keys
 
     async def session(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]
@@ -447,10 +607,19 @@ def _answer_text(data: Any) -> str:
     if not isinstance(data, dict):
         return ""
     parts = []
-    for choice in data.get("choices") or ():
+    choices = data.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
         message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
+        if not isinstance(message, dict):
+            continue
+        if isinstance(message.get("content"), str):
             parts.append(message["content"])
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            if isinstance(arguments, str):
+                parts.append(arguments)
     return "".join(parts)
 
 

@@ -44,6 +44,17 @@ class Metrics:
         self.cost = Counter(
             "llm_sessions_session_cost_usd", "Cost charged to sessions, in USD", registry=r
         )
+        self.unrecorded_cost = Counter(
+            "llm_sessions_unrecorded_cost_usd",
+            "Cost of served requests that could not be recorded (the store stayed down)",
+            registry=r,
+        )
+        self.store_refusals = Counter(
+            "llm_sessions_store_refusals",
+            "Requests answered 503 because of the store, by code",
+            ["code"],
+            registry=r,
+        )
         self.store_errors = Gauge(
             "llm_sessions_store_errors", "Times the session store could not be reached", registry=r
         )

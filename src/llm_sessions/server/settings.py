@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..config import Config
 from ..routing import Pricing, TierModels, routing_table
@@ -59,9 +60,13 @@ class Settings:
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
     api_keys_file: str | None = None
+    admin_keys_file: str | None = None
     store_url: str = "memory://"
     store_on_error: str = "fail_open"
     store_key_prefix: str = "llm-sessions:"
+    store_busy_timeout_ms: int = 5000
+    store_max_connections: int | None = None  # None: upstream.max_connections
+    store_finish_retry_ms: int = 10_000
     sessions: Config = field(default_factory=Config)
     tiers: Mapping[Tier, TierModels] = field(default_factory=lambda: routing_table(DEFAULT_TIERS))
     profiles: tuple[str, ...] = ("auto",)
@@ -70,6 +75,7 @@ class Settings:
     pricing: Mapping[str, Pricing] = field(default_factory=dict)
     max_session_cost_usd: float | None = None
     budget_mode: str = "strict"
+    budget_on_store_error: str = "refuse"
     reservation_ttl_ms: int = 600_000
     stats_limit: int = 100
 
@@ -173,6 +179,7 @@ def _parse(root: _Reader) -> Settings:
     port = server.number("port", 8080, minimum=1, integer=True)
     max_body = server.number("max_body_bytes", 10 * 1024 * 1024, minimum=1024, integer=True)
     api_keys_file = server.get("api_keys_file", str, None) or None
+    admin_keys_file = server.get("admin_keys_file", str, None) or None
     stats_limit = server.number("stats_limit", 100, minimum=0, integer=True)
     server.done()
 
@@ -184,6 +191,13 @@ def _parse(root: _Reader) -> Settings:
             f"config: store.on_error must be 'raise' or 'fail_open', got {on_error!r}"
         )
     key_prefix = store.get("key_prefix", str, "llm-sessions:")
+    busy_timeout_ms = store.number("busy_timeout_ms", 5000, minimum=0, integer=True)
+    store_max_connections = store.get("max_connections", int, None)
+    if store_max_connections is not None and store_max_connections < 1:
+        raise ConfigError(
+            f"config: store.max_connections must be >= 1, got {store_max_connections!r}"
+        )
+    finish_retry_ms = store.number("finish_retry_ms", 10_000, minimum=0, integer=True)
     store.done()
 
     sess = root.table_of("sessions")
@@ -240,6 +254,11 @@ def _parse(root: _Reader) -> Settings:
     if mode not in ("strict", "downgrade"):
         raise ConfigError(f"config: budget.mode must be 'strict' or 'downgrade', got {mode!r}")
     reservation_ttl_ms = budget.number("reservation_ttl_ms", 600_000, minimum=1, integer=True)
+    on_store_error = budget.get("on_store_error", str, "refuse")
+    if on_store_error not in ("refuse", "allow"):
+        raise ConfigError(
+            f"config: budget.on_store_error must be 'refuse' or 'allow', got {on_store_error!r}"
+        )
     budget.done()
     root.done()
     return Settings(
@@ -248,9 +267,13 @@ def _parse(root: _Reader) -> Settings:
         port=port,
         max_body_bytes=max_body,
         api_keys_file=api_keys_file,
+        admin_keys_file=admin_keys_file,
         store_url=store_url,
         store_on_error=on_error,
         store_key_prefix=key_prefix,
+        store_busy_timeout_ms=busy_timeout_ms,
+        store_max_connections=store_max_connections,
+        store_finish_retry_ms=finish_retry_ms,
         sessions=sessions,
         tiers=tiers,
         profiles=tuple(profiles),
@@ -259,16 +282,28 @@ def _parse(root: _Reader) -> Settings:
         pricing=pricing,
         max_session_cost_usd=cap,
         budget_mode=mode,
+        budget_on_store_error=on_store_error,
         reservation_ttl_ms=reservation_ttl_ms,
         stats_limit=stats_limit,
     )
 
 
 def _check(settings: Settings) -> None:
-    if not settings.upstream.base_url.startswith(("http://", "https://")):
+    base_url = settings.upstream.base_url
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"config: upstream.base_url must be an http(s) URL, got {base_url!r}")
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"config: upstream.base_url is not a valid URL: {exc}") from None
+    if parts.username is not None or parts.password is not None:
         raise ConfigError(
-            f"config: upstream.base_url must be an http(s) URL, got {settings.upstream.base_url!r}"
+            "config: upstream.base_url must not carry credentials (user:password@); put the "
+            "key in the environment variable named by upstream.api_key_env"
         )
+    if not parts.hostname:
+        raise ConfigError(f"config: upstream.base_url has no host, got {base_url!r}")
     if not (0 < settings.port < 65536):
         raise ConfigError(f"config: server.port must be 1-65535, got {settings.port}")
     limit_ms = settings.upstream.timeout_s * 1000 + settings.upstream.connect_timeout_s * 1000
@@ -278,5 +313,9 @@ def _check(settings: Settings) -> None:
             f"(upstream.timeout_s + upstream.connect_timeout_s = {limit_ms:.0f} ms), "
             f"got {settings.reservation_ttl_ms}"
         )
-    if settings.api_keys_file is not None and not Path(settings.api_keys_file).is_file():
-        raise ConfigError(f"config: server.api_keys_file {settings.api_keys_file!r} is not a file")
+    for key, path in (
+        ("api_keys_file", settings.api_keys_file),
+        ("admin_keys_file", settings.admin_keys_file),
+    ):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"config: server.{key} {path!r} is not a file")

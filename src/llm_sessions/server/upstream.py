@@ -8,7 +8,9 @@ the client going away, and reports what was generated exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from .settings import UpstreamSettings
 
-__all__ = ["Attempt", "RelayResponse", "StreamMeter", "Upstream"]
+__all__ = ["DONE_EVENT", "Attempt", "RelayResponse", "StreamMeter", "Upstream"]
 
 # Upstream refusals that no other model will fix: don't walk the fallback chain for them.
 _TERMINAL_CODES = ("insufficient_quota", "budget_exceeded", "billing_hard_limit_reached")
@@ -115,35 +117,65 @@ def _error_code(body: bytes) -> str:
     return ""
 
 
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
 @dataclass
 class StreamMeter:
-    """Watches a chat-completions event stream go by: its usage chunk, if one comes, and
-    how many bytes of text were generated (to estimate the cost when none comes)."""
+    """Watches a chat-completions event stream go by, one whole event at a time: its usage
+    chunk, if one comes, and how many bytes of text were generated (to estimate the cost
+    when none comes). `feed` returns what to pass on now: whole events, without the usage
+    chunk when `keep_usage` is false (the gateway asked for it; the client did not), and
+    without the final ``[DONE]``, which the relay sends once the cost is recorded."""
 
+    keep_usage: bool = True
     usage: dict[str, Any] | None = None
     text_bytes: int = 0
+    done: bool = False  # the stream's [DONE] came (and was held back)
     _pending: bytes = b""
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk
-        *lines, self._pending = data.split(b"\n")
-        for line in lines:
-            if line.startswith(b"data:"):
-                self._event(line[5:].strip())
+        events = _EVENT_END.split(data)
+        self._pending = events.pop()
+        if len(events) == 0:
+            return b""
+        out = []
+        for event in events:
+            if self._event(event):
+                out.append(event)
+                out.append(b"\n\n")
+        return b"".join(out)
 
-    def _event(self, payload: bytes) -> None:
-        if not payload or payload == b"[DONE]":
-            return
+    def rest(self) -> bytes:
+        """What is left of a stream that ended without a final blank line."""
+        rest, self._pending = self._pending, b""
+        return rest if rest.strip() and self._event(rest) else b""
+
+    def _event(self, event: bytes) -> bool:
+        """Meter one event; False when it is not to be passed on now."""
+        payload = b"\n".join(
+            line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")
+        )
+        if not payload:
+            return True
+        if payload == b"[DONE]":
+            self.done = True
+            return False
         try:
-            event = json.loads(payload)
+            data = json.loads(payload)
         except ValueError:
-            return
-        if not isinstance(event, dict):
-            return
-        usage = event.get("usage")
+            return True
+        if not isinstance(data, dict):
+            return True
+        usage = data.get("usage")
+        choices = data.get("choices")
         if isinstance(usage, dict):
             self.usage = usage
-        for choice in event.get("choices") or ():
+            if not self.keep_usage and not choices:
+                return False  # the usage-only chunk the client did not ask for
+        for choice in choices if isinstance(choices, list) else ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if isinstance(delta, dict):
                 content = delta.get("content")
@@ -157,14 +189,17 @@ class StreamMeter:
                     )
                     if isinstance(arguments, str):
                         self.text_bytes += len(arguments.encode("utf-8", "surrogatepass"))
+        return True
 
 
 class RelayResponse(Response):
-    """Streams an open upstream response to the client chunk by chunk, as it arrives.
+    """Streams an open upstream response to the client event by event, as it arrives.
 
     The client going away cancels the upstream request. Whatever happens — the stream
     ends, the upstream breaks, the client leaves — `on_done(meter, complete)` is called
-    exactly once, shielded from cancellation, after the upstream connection is closed.
+    exactly once, shielded from cancellation, after the upstream connection is closed;
+    only then does a complete stream's ``data: [DONE]`` reach the client, so a client that
+    asks right after it sees the cost recorded.
     """
 
     def __init__(
@@ -172,16 +207,19 @@ class RelayResponse(Response):
         upstream: httpx.Response,
         on_done: Callable[[StreamMeter, bool], Awaitable[None]],
         headers: dict[str, str],
+        *,
+        keep_usage: bool = True,
     ) -> None:
         self.upstream = upstream
         self.on_done = on_done
+        self.keep_usage = keep_usage
         self.status_code = upstream.status_code
         self.background = None
         self.media_type = upstream.headers.get("content-type", "text/event-stream")
         self.init_headers({"cache-control": "no-cache", **headers})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        meter = StreamMeter()
+        meter = StreamMeter(self.keep_usage)
         complete = False
         try:
             async with anyio.create_task_group() as group:
@@ -200,9 +238,12 @@ class RelayResponse(Response):
                     }
                 )
                 async for chunk in self.upstream.aiter_raw():
-                    meter.feed(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    out = meter.feed(chunk)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                rest = meter.rest()
+                if rest:
+                    await send({"type": "http.response.body", "body": rest, "more_body": True})
                 complete = True
                 group.cancel_scope.cancel()
         except Exception as exc:
@@ -214,6 +255,10 @@ class RelayResponse(Response):
             with anyio.CancelScope(shield=True):
                 await self.upstream.aclose()
                 await self.on_done(meter, complete)
+        if complete:  # the cost is recorded: now the stream may end
+            tail = DONE_EVENT if meter.done else b""
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
 def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
