@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -69,3 +74,74 @@ def gateway_with_standin(**overrides: Any) -> Iterator[Running]:
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": "auto", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def gateway_processes(directory: Path, toml: str, count: int = 2) -> Iterator[list[int]]:
+    """`count` `llm-sessions serve` processes with the configuration `toml`, on free
+    loopback ports; yields the ports once every one answers /health."""
+    from redis_server import free_port
+
+    config = directory / "gateway.toml"
+    config.write_text(toml)
+    ports = [free_port() for _ in range(count)]
+    command = [sys.executable, "-m", "llm_sessions", "serve", "--config", str(config)]
+    with ExitStack() as stack:
+        procs = []
+        for port in ports:
+            log = stack.enter_context(open(directory / f"gateway-{port}.log", "wb"))
+            proc = subprocess.Popen(
+                [*command, "--port", str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "OPENAI_API_KEY": "sk-x"},
+            )
+            procs.append(proc)
+        try:
+            deadline = time.monotonic() + 30
+            for port in ports:
+                while not healthy(port):
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"gateway on {port} did not start")
+                    time.sleep(0.05)
+            yield ports
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(15)
+
+
+@contextmanager
+def standin_process() -> Iterator[str]:
+    """The stand-in upstream in a process of its own (for load that must not share this
+    process's GIL); yields its base URL."""
+    from redis_server import free_port
+
+    port = free_port()
+    code = (
+        "import uvicorn; from llm_sessions.server.standin import StandIn; "
+        f"uvicorn.run(StandIn().app(), host='127.0.0.1', port={port}, log_level='warning')"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError("the stand-in did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)

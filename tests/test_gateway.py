@@ -539,40 +539,20 @@ def test_a_store_lost_during_a_request_still_answers(
 
 
 def test_two_gateway_processes_share_sessions_over_redis(redis_url: str, tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
+    from gateway_helpers import gateway_processes
     from llm_sessions.server.run import running
     from llm_sessions.server.standin import StandIn
 
-    from redis_server import free_port
-
     standin = StandIn()
     with running(standin.app()) as upstream_url:
-        config = tmp_path / "gateway.toml"
         pricing = "\n".join(
             f'[pricing."{m}"]\ninput_per_mtok = 1\noutput_per_mtok = 2\n'
             for m in ("gpt-4o-mini", "gpt-4o")
         )
-        config.write_text(
+        toml = (
             f'[upstream]\nbase_url = "{upstream_url}/v1"\n[store]\nurl = "{redis_url}"\n{pricing}'
         )
-        ports = [free_port(), free_port()]
-        logs = [open(tmp_path / f"gateway-{p}.log", "wb") for p in ports]  # noqa: SIM115
-        command = [sys.executable, "-m", "llm_sessions", "serve", "--config", str(config)]
-        procs = [
-            subprocess.Popen(
-                [*command, "--port", str(port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "OPENAI_API_KEY": "sk-x"},
-            )
-            for port, out in zip(ports, logs, strict=True)
-        ]
-        try:
-            for port in ports:
-                wait_for(lambda port=port: _healthy(port), f"gateway on {port}", timeout=30)
+        with gateway_processes(tmp_path, toml) as ports:
             body = chat("explain the plan")
             one = httpx.post(
                 f"http://127.0.0.1:{ports[0]}/v1/chat/completions", json=body, timeout=30
@@ -595,17 +575,5 @@ def test_two_gateway_processes_share_sessions_over_redis(redis_url: str, tmp_pat
                 f"http://127.0.0.1:{ports[0]}/v1/sessions/{one.headers['x-session-id']}"
             ).json()
             assert status["session_cost_micros"] == sum(costs)
-        finally:
-            for proc, log in zip(procs, logs, strict=True):
-                proc.terminate()
-                proc.wait(15)
-                log.close()
         lines = (tmp_path / f"gateway-{ports[1]}.log").read_text()
         assert '"reason": "pinned"' in lines  # its one access line
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -80,3 +80,36 @@ def budget_edge(url: str, session_id: str, pairs: int, cap_usd: str, worst: int)
         t.join()
     store.close()
     return admitted, refused
+
+
+def hot_session(
+    url: str, session_id: str, threads: int, calls: int, cap_usd: int
+) -> tuple[int, int]:
+    """`threads` threads each run `calls` begin/finish pairs on one session over Redis, a
+    cap admitting all; returns (cost this process charged, exceptions seen)."""
+    from llm_sessions import Pricing, SessionPolicy
+
+    store = RedisSessionStore(url, Config(cleanup_interval_ms=0), socket_timeout=5)
+    prices = {"p/simple": Pricing(0, 1), "p/backup": Pricing(0, 1)}
+    policy = SessionPolicy(store, POLICY_TIERS, pricing=prices, max_session_cost_usd=cap_usd)
+    charged, errors = [0] * threads, [0] * threads
+    barrier = threading.Barrier(threads)
+
+    def work(t: int) -> None:
+        barrier.wait()
+        for i in range(calls):
+            body = {"messages": [{"role": "user", "content": f"{t}/{i}"}], "max_tokens": 10}
+            try:
+                d = policy.begin({"x-session-id": session_id}, body)
+                policy.finish(d, served_model=d.model, cost_micros=1 + (t + i) % 5)
+                charged[t] += 1 + (t + i) % 5
+            except Exception:
+                errors[t] += 1
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    store.close()
+    return sum(charged), sum(errors)

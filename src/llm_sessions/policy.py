@@ -261,13 +261,13 @@ class SessionPolicy:
                 )
                 break
             except StoreUnavailable as exc:
-                if time.monotonic() + pause > deadline:
+                if time.monotonic() >= deadline:
                     raise _unrecorded(exc) from exc
             except LLMSessionsError:
                 raise
             except Exception as exc:
                 raise _store_fault(exc) from exc
-            time.sleep(pause)
+            time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
             pause = min(pause * 2, _FINISH_PAUSE_S[1])
         return decision.settle(total)
 
@@ -295,13 +295,13 @@ class SessionPolicy:
                 )
                 break
             except StoreUnavailable as exc:
-                if time.monotonic() + pause > deadline:
+                if time.monotonic() >= deadline:
                     raise _unrecorded(exc) from exc
             except LLMSessionsError:
                 raise
             except Exception as exc:
                 raise _store_fault(exc) from exc
-            await asyncio.sleep(pause)
+            await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
             pause = min(pause * 2, _FINISH_PAUSE_S[1])
         return decision.settle(total)
 

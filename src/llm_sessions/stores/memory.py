@@ -24,7 +24,16 @@ from ..clock import Clock, monotonic_wall_clock
 from ..config import Config
 from ..ids import escape_scope, key_scope, split_key
 from ..records import Entry, SessionInfo, SessionPage, SessionRow, Stats
-from ..rules import COST, CREATED_AT, FLOW, LAST_USED_AT, MODEL, REQUEST_COUNT, Record
+from ..rules import (
+    COST,
+    CREATED_AT,
+    FLOW,
+    LAST_USED_AT,
+    MAX_COST_MICROS,
+    MODEL,
+    REQUEST_COUNT,
+    Record,
+)
 from ..tiers import Tier, coerce_tier
 from .base import (
     Transition,
@@ -242,7 +251,7 @@ class SessionStore:
         """Add `micros` to the session's cost; returns the new total (rule 7)."""
         if not isinstance(session_id, str):
             check_id(session_id)
-        if type(micros) is not int or micros < 0:
+        if type(micros) is not int or not 0 <= micros <= MAX_COST_MICROS:
             micros = check_micros(micros)
         if not self._enabled or not session_id:
             return 0

@@ -19,6 +19,7 @@ from ..clock import Clock
 from ..config import Config
 from ..errors import MissingDependency, SessionBusy, StoreUnavailable
 from ..records import Entry, SessionPage, Stats
+from ..rules import MAX_COST_MICROS
 from ..tiers import Tier
 from .base import Transition
 from .keyed import AsyncKeyedLock, KeyedLock, LockTimeout
@@ -104,7 +105,7 @@ class _ErrorPolicy:
 
     def handle(self, op: Op[R], exc: BaseException) -> R:
         if isinstance(exc, ResponseError) and "overflow" in str(exc):
-            raise ValueError("the session cost would overflow a 64-bit integer") from exc
+            raise ValueError(f"the session cost would pass {MAX_COST_MICROS} micro-USD") from exc
         if not _unavailable(exc):
             raise StoreUnavailable(
                 f"Redis refused a command ({type(exc).__name__}: {exc})"
@@ -131,11 +132,13 @@ def _pool(
     socket_timeout: float | None,
     connect_timeout: float | None,
     max_connections: int | None,
+    wait_s: float,
 ) -> Any:
     """A pool of `module` (``redis`` or ``redis.asyncio``) for a URL or a client of it: the
     same server and settings, retries off, explicit timeouts applied, and blocking: past
-    `max_connections` a caller waits for a free connection (up to the socket timeout)
-    instead of failing."""
+    `max_connections` a caller waits for a free connection, up to `wait_s`, instead of
+    failing. (A hung server frees its connections after the socket timeout, so a wait is
+    bounded either way; a busy one must not fail callers who would have been served.)"""
     size = DEFAULT_MAX_CONNECTIONS if max_connections is None else max_connections
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
@@ -148,7 +151,7 @@ def _pool(
             "retry": _no_retry(),
         }
         return module.BlockingConnectionPool.from_url(
-            target, max_connections=size, timeout=kwargs["socket_timeout"], **kwargs
+            target, max_connections=size, timeout=wait_s, **kwargs
         )
     if isinstance(target, module.Redis):
         pool = target.connection_pool
@@ -161,7 +164,7 @@ def _pool(
         return module.BlockingConnectionPool(
             connection_class=pool.connection_class,
             max_connections=size,
-            timeout=kwargs.get("socket_timeout"),
+            timeout=wait_s,
             **kwargs,
         )
     raise TypeError(
@@ -232,7 +235,7 @@ class RedisSessionStore(_RedisStoreBase):
     URL or a `redis.Redis` (its settings are reused on a pool of the store's own, with
     automatic retries off; `socket_timeout` and `socket_connect_timeout` override them when
     given). The pool holds at most `max_connections`; past that a call waits for a free
-    connection, up to the socket timeout. With `clock` None the server's clock is used.
+    connection, up to `busy_timeout_ms`. With `clock` None the server's clock is used.
     ``on_error="fail_open"`` answers reads with None/0/False and drops writes while Redis
     is unreachable, instead of raising `StoreUnavailable` (`transact` always raises).
     `transact` calls on one session wait for each other in this process, and retry after
@@ -254,7 +257,12 @@ class RedisSessionStore(_RedisStoreBase):
     ) -> None:
         super().__init__(config, key_prefix, clock, on_error, busy_timeout_ms)
         self._pool = _pool(
-            redis_sync, client_or_url, socket_timeout, socket_connect_timeout, max_connections
+            redis_sync,
+            client_or_url,
+            socket_timeout,
+            socket_connect_timeout,
+            max_connections,
+            max(busy_timeout_ms / 1000, DEFAULT_SOCKET_TIMEOUT),
         )
         self._client = redis_sync.Redis(connection_pool=self._pool)
         self._locks = KeyedLock()
@@ -421,7 +429,12 @@ class AsyncRedisSessionStore(_RedisStoreBase):
     ) -> None:
         super().__init__(config, key_prefix, clock, on_error, busy_timeout_ms)
         self._pool = _pool(
-            redis_async, client_or_url, socket_timeout, socket_connect_timeout, max_connections
+            redis_async,
+            client_or_url,
+            socket_timeout,
+            socket_connect_timeout,
+            max_connections,
+            max(busy_timeout_ms / 1000, DEFAULT_SOCKET_TIMEOUT),
         )
         self._client = redis_async.Redis(connection_pool=self._pool)
         self._locks = AsyncKeyedLock()
