@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -291,6 +292,82 @@ def test_finish_gives_up_after_finish_retry_ms(own_server: RedisServer) -> None:
         policy.finish(d, served_model=d.model, cost_micros=42)
     assert 0.25 <= time.monotonic() - started < 3
     store.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_begin_whose_reply_was_lost_leaves_no_reservation(
+    own_server: RedisServer, kind: str
+) -> None:
+    """Redis freezes (SIGSTOP, 1.2 s) between begin's read and its compare-and-set: the
+    write times out at the client (0.5 s) and runs when the server resumes. The
+    reservation it carries must not outlive it (held for reservation_ttl_ms before)."""
+    import asyncio
+
+    from llm_sessions import AsyncRedisSessionStore
+
+    url = own_server.url
+    prices = {"p": Pricing(0, 1)}
+    tiers = {"SIMPLE": {"primary": "p"}}
+    request = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    freeze = [False]
+
+    def freezing(fn: Any) -> Any:
+        def step(entry: Any, now: int) -> Any:
+            out = fn(entry, now)
+            if freeze[0]:  # the write is about to be sent
+                freeze[0] = False
+                _stop_for(own_server, 1.2)
+            return out
+
+        return step
+
+    class Freezing(RedisSessionStore):
+        def transact(self, session_id: str, fn: Any, **kw: Any) -> Any:
+            return super().transact(session_id, freezing(fn), **kw)
+
+    class AsyncFreezing(AsyncRedisSessionStore):
+        async def transact(self, session_id: str, fn: Any, **kw: Any) -> Any:
+            return await super().transact(session_id, freezing(fn), **kw)
+
+    if kind == "sync":
+        store: Any = Freezing(url, CFG)
+        policy = SessionPolicy(store, tiers, pricing=prices, max_session_cost_usd=1)
+        d = policy.begin({"x-session-id": "s"}, request)
+        policy.finish(d, served_model="p", cost_micros=1)
+        freeze[0] = True
+        with pytest.raises(StoreUnavailable):
+            policy.begin({"x-session-id": "s"}, request)
+        time.sleep(1.0)  # until the server is back
+    else:
+
+        async def main() -> None:
+            astore = AsyncFreezing(url, CFG)
+            policy = SessionPolicy(astore, tiers, pricing=prices, max_session_cost_usd=1)
+            d = await policy.abegin({"x-session-id": "s"}, request)
+            await policy.afinish(d, served_model="p", cost_micros=1)
+            freeze[0] = True
+            with pytest.raises(StoreUnavailable):
+                await policy.abegin({"x-session-id": "s"}, request)
+            await asyncio.sleep(3)  # the release runs on this loop
+            await astore.aclose()
+
+        asyncio.run(main())
+        store = RedisSessionStore(url, CFG)
+    deadline = time.monotonic() + 10
+    while store.get_session("s").reserved_micros and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # nothing lands after the release
+    entry = store.get_session("s")
+    assert entry.request_count == 2  # the frozen write did land
+    assert (entry.reserved_micros, entry.session_cost_micros) == (0, 1)
+    store.close()
+
+
+def _stop_for(server: RedisServer, seconds: float) -> None:
+    """Freeze redis-server now; it resumes after `seconds`."""
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    threading.Timer(seconds, server.process.send_signal, args=(signal.SIGCONT,)).start()
 
 
 # -- nothing but the documented exceptions ----------------------------------------------------------

@@ -26,10 +26,11 @@ import inspect
 import logging
 import math
 import re
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from . import rules
 from .errors import (
@@ -82,6 +83,8 @@ from .stores.base import AsyncStore, Store, Transition
 from .tiers import Tier, coerce_tier, tier_rank
 
 __all__ = ["MAX_MODEL_ID_LENGTH", "REASONS", "Decision", "SessionPolicy"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("llm_sessions.policy")
 
@@ -176,6 +179,7 @@ class SessionPolicy:
         self.reservation_ttl_ms = reservation_ttl_ms
         self.fallback_pin_ms = fallback_pin_ms
         self.finish_retry_ms = finish_retry_ms
+        self._releases: set[asyncio.Task[None]] = set()  # background releases in flight
         # Each tier resolved to a tier of the table: the nearest above, else below.
         self._resolved: dict[Tier, Tier] = {}
         for tier in Tier:
@@ -203,6 +207,9 @@ class SessionPolicy:
         try:
             begun = self._sync_store.transact(request.key, self._begin_step(request))
         except StoreUnavailable as exc:
+            if self.cap_micros is not None and not isinstance(exc, SessionBusy):
+                args = (self._sync_store, request.key, request.reservation_id)
+                threading.Thread(target=self._release, args=args, daemon=True).start()
             return self._store_failed(request, exc)
         except LLMSessionsError:
             raise
@@ -220,6 +227,11 @@ class SessionPolicy:
         try:
             begun = await self._async_store.transact(request.key, self._begin_step(request))
         except StoreUnavailable as exc:
+            if self.cap_micros is not None and not isinstance(exc, SessionBusy):
+                release = self._arelease(self._async_store, request.key, request.reservation_id)
+                task = asyncio.get_running_loop().create_task(release)
+                self._releases.add(task)
+                task.add_done_callback(self._releases.discard)
             return self._store_failed(request, exc)
         except LLMSessionsError:
             raise
@@ -252,23 +264,11 @@ class SessionPolicy:
         step = self._finish_prepare(decision, served_model, usage, cost_micros, output_bytes)
         if step is None:
             return decision.settled_total or 0
-        deadline = time.monotonic() + self.finish_retry_ms / 1000
-        pause = _FINISH_PAUSE_S[0]
-        while True:
-            try:
-                total = self._sync_store.transact(
-                    decision.key or "", step, busy_timeout_ms=math.inf
-                )
-                break
-            except StoreUnavailable as exc:
-                if time.monotonic() >= deadline:
-                    raise _unrecorded(exc) from exc
-            except LLMSessionsError:
-                raise
-            except Exception as exc:
-                raise _store_fault(exc) from exc
-            time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
-            pause = min(pause * 2, _FINISH_PAUSE_S[1])
+        store, key = self._sync_store, decision.key or ""
+        try:
+            total = self._retrying(lambda: store.transact(key, step, busy_timeout_ms=math.inf))
+        except StoreUnavailable as exc:
+            raise _unrecorded(exc) from exc
         return decision.settle(total)
 
     async def afinish(
@@ -286,24 +286,68 @@ class SessionPolicy:
         step = self._finish_prepare(decision, served_model, usage, cost_micros, output_bytes)
         if step is None:
             return decision.settled_total or 0
+        store, key = self._async_store, decision.key or ""
+        try:
+            total = await self._aretrying(
+                lambda: store.transact(key, step, busy_timeout_ms=math.inf)
+            )
+        except StoreUnavailable as exc:
+            raise _unrecorded(exc) from exc
+        return decision.settle(total)
+
+    # -- retries of the store, for the writes that are safe to repeat ---------------------------
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """`call()`, again after pauses while the store can't be reached, for up to
+        `finish_retry_ms`; then its `StoreUnavailable`."""
         deadline = time.monotonic() + self.finish_retry_ms / 1000
         pause = _FINISH_PAUSE_S[0]
         while True:
             try:
-                total = await self._async_store.transact(
-                    decision.key or "", step, busy_timeout_ms=math.inf
-                )
-                break
-            except StoreUnavailable as exc:
+                return call()
+            except StoreUnavailable:
                 if time.monotonic() >= deadline:
-                    raise _unrecorded(exc) from exc
+                    raise
+            except LLMSessionsError:
+                raise
+            except Exception as exc:
+                raise _store_fault(exc) from exc
+            time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+            pause = min(pause * 2, _FINISH_PAUSE_S[1])
+
+    async def _aretrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`_retrying` for an async store."""
+        deadline = time.monotonic() + self.finish_retry_ms / 1000
+        pause = _FINISH_PAUSE_S[0]
+        while True:
+            try:
+                return await call()
+            except StoreUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
             except LLMSessionsError:
                 raise
             except Exception as exc:
                 raise _store_fault(exc) from exc
             await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
             pause = min(pause * 2, _FINISH_PAUSE_S[1])
-        return decision.settle(total)
+
+    def _release(self, store: Store, key: str, reservation_id: str) -> None:
+        """After a `begin` the store failed: its write may still have landed (a reply lost
+        to a hung server), so remove its reservation if it is there, retrying."""
+        step = _release_step(reservation_id)
+        try:
+            self._retrying(lambda: store.transact(key, step, busy_timeout_ms=math.inf))
+        except LLMSessionsError as exc:
+            log.warning("could not check a failed request's reservation: %s", exc)
+
+    async def _arelease(self, store: AsyncStore, key: str, reservation_id: str) -> None:
+        """`_release` for an async store."""
+        step = _release_step(reservation_id)
+        try:
+            await self._aretrying(lambda: store.transact(key, step, busy_timeout_ms=math.inf))
+        except LLMSessionsError as exc:
+            log.warning("could not check a failed request's reservation: %s", exc)
 
     def _finish_prepare(
         self,
@@ -741,6 +785,21 @@ def _readable_usage(usage: Any) -> bool:
     if usage is None:
         return False
     return any(usage_field(usage, name) is not None for name in _USAGE_FIELDS)
+
+
+def _release_step(reservation_id: str) -> Transition[None]:
+    """Remove one reservation from a session. It always writes an existing session (a
+    new version), so a `begin` still in flight for that reservation can no longer land:
+    either it landed first and the reservation is removed here, or its compare-and-set
+    now fails. (A session that does not exist yet is left alone.)"""
+
+    def step(entry: Entry | None, now: int) -> tuple[Entry | None, None]:
+        if entry is None:
+            return entry, None
+        kept = tuple(r for r in entry.flow.reservations if r.id != reservation_id)
+        return entry._replace(flow=entry.flow._replace(reservations=kept)), None
+
+    return step
 
 
 def _valid_model(model: str) -> bool:

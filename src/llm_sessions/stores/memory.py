@@ -22,7 +22,7 @@ from typing import TypeVar
 from .. import rules
 from ..clock import Clock, monotonic_wall_clock
 from ..config import Config
-from ..ids import escape_scope, key_scope, split_key
+from ..ids import escape_scope, split_key
 from ..records import Entry, SessionInfo, SessionPage, SessionRow, Stats
 from ..rules import (
     COST,
@@ -314,14 +314,18 @@ class SessionStore:
         wanted = None if scope is None else escape_scope(scope)
         with self._lock:
             keys = list(self._entries)  # a C-speed copy; the scan below runs unlocked
+        prefix = f"{wanted}:" if wanted else ""
         chosen: list[str] = []
         for start in range(0, len(keys), _LIST_BATCH):
-            batch = [
-                key
-                for key in keys[start : start + _LIST_BATCH]
-                if key > cursor and (wanted is None or key_scope(key) == wanted)
-            ]
-            chosen = heapq.nsmallest(limit + 1, chosen + batch)
+            batch = keys[start : start + _LIST_BATCH]
+            if wanted is None:
+                batch = [key for key in batch if key > cursor]
+            elif prefix:  # the scope's keys start with its escaped half and ":"
+                batch = [key for key in batch if key.startswith(prefix) and key > cursor]
+            else:  # unscoped keys have no raw ":"
+                batch = [key for key in batch if ":" not in key and key > cursor]
+            if batch:
+                chosen = heapq.nsmallest(limit + 1, chosen + batch)
             time.sleep(0)  # hand the GIL over between batches
         rows: list[SessionRow] = []
         with self._lock:
