@@ -782,6 +782,8 @@ _USAGE_FIELDS = ("cost", "prompt_tokens", "completion_tokens")
 
 def _readable_usage(usage: Any) -> bool:
     """`usage` carries a cost or token counts (a mapping, or an object with attributes)."""
+    if type(usage) is dict:
+        return "cost" in usage or "prompt_tokens" in usage or "completion_tokens" in usage
     if usage is None:
         return False
     return any(usage_field(usage, name) is not None for name in _USAGE_FIELDS)

@@ -189,11 +189,30 @@ def extra_prompt_bytes(message: Any) -> int:
                 continue
             tokens = _MEDIA_TOKENS.get(kind) if isinstance(kind, str) else None
             extra += tokens * _MEDIA_BYTES if tokens else _json_size(part)
-    for name in ("tool_calls", "function_call"):
-        calls = message.get(name)
-        if calls:
-            extra += _json_size(calls)
+    calls = message.get("tool_calls")
+    if type(calls) is list:
+        for call in calls:
+            extra += _call_size(call)
+    elif calls:
+        extra += _json_size(calls)
+    legacy = message.get("function_call")
+    if legacy:
+        extra += _call_size({"function": legacy})
     return extra
+
+
+_CALL_OVERHEAD = 64  # bytes of the JSON around one tool call's name and arguments
+
+
+def _call_size(call: Any) -> int:
+    """A tool call's size: its name and arguments, and the JSON around them."""
+    function = call.get("function") if isinstance(call, Mapping) else None
+    if not isinstance(function, Mapping):
+        return _json_size(call)
+    name, arguments = function.get("name"), function.get("arguments")
+    if not isinstance(name, str) or not isinstance(arguments, str):
+        return _json_size(call)
+    return _CALL_OVERHEAD + utf8_len(name) + utf8_len(arguments)
 
 
 def _json_size(value: Any) -> int:
