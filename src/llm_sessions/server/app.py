@@ -72,11 +72,15 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder, made once (json.loads with any option builds a new one on every call).
+_STRICT_JSON = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     """A request body as strict JSON: UTF-8, no NaN/Infinity, no lone surrogates, nested
     at most `MAX_JSON_DEPTH` deep, an object. Anything else is a 400 naming the problem."""
     try:
-        body = json.loads(raw, parse_constant=_no_constants)
+        body = _STRICT_JSON.decode(raw.decode("utf-8"))
     except RecursionError:
         raise _Reject(400, "the request body is nested too deeply") from None
     except ValueError as exc:  # UnicodeDecodeError included
@@ -85,7 +89,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise _Reject(400, "the request body must be a JSON object")
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(body) > MAX_JSON_DEPTH:
         raise _Reject(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
-    if _LONE_SURROGATE_ESCAPE.search(raw):
+    if b"\\u" in raw and _LONE_SURROGATE_ESCAPE.search(raw):
         try:
             json.dumps(body, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:

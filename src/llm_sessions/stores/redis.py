@@ -178,13 +178,23 @@ def _server_ms(reply: Any) -> int:
 
 
 class _RedisStoreBase:
+    """What the two Redis stores share; each names its redis-py module and lock kind."""
+
+    _module: Any
+    _lock_kind: type[KeyedLock] | type[AsyncKeyedLock]
+
     def __init__(
         self,
-        config: Config | None,
-        key_prefix: str,
-        clock: Clock | None,
-        on_error: str,
-        busy_timeout_ms: float,
+        client_or_url: Any,
+        config: Config | None = None,
+        *,
+        key_prefix: str = "llm-sessions:",
+        clock: Clock | None = None,
+        on_error: OnError = "raise",
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        max_connections: int | None = None,
+        busy_timeout_ms: float = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> None:
         cfg = Config() if config is None else config
         if not isinstance(cfg, Config):
@@ -194,6 +204,16 @@ class _RedisStoreBase:
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in SCRIPTS.items()}
         self._errors = _ErrorPolicy(on_error)
         self._clock = clock
+        self._pool = _pool(
+            self._module,
+            client_or_url,
+            socket_timeout,
+            socket_connect_timeout,
+            max_connections,
+            max(busy_timeout_ms / 1000, DEFAULT_SOCKET_TIMEOUT),
+        )
+        self._client = self._module.Redis(connection_pool=self._pool)
+        self._locks = self._lock_kind()
 
     @property
     def config(self) -> Config:
@@ -242,30 +262,9 @@ class RedisSessionStore(_RedisStoreBase):
     other processes' writes for up to `busy_timeout_ms` before raising `SessionBusy`.
     """
 
-    def __init__(
-        self,
-        client_or_url: Any,
-        config: Config | None = None,
-        *,
-        key_prefix: str = "llm-sessions:",
-        clock: Clock | None = None,
-        on_error: OnError = "raise",
-        socket_timeout: float | None = None,
-        socket_connect_timeout: float | None = None,
-        max_connections: int | None = None,
-        busy_timeout_ms: float = DEFAULT_BUSY_TIMEOUT_MS,
-    ) -> None:
-        super().__init__(config, key_prefix, clock, on_error, busy_timeout_ms)
-        self._pool = _pool(
-            redis_sync,
-            client_or_url,
-            socket_timeout,
-            socket_connect_timeout,
-            max_connections,
-            max(busy_timeout_ms / 1000, DEFAULT_SOCKET_TIMEOUT),
-        )
-        self._client = redis_sync.Redis(connection_pool=self._pool)
-        self._locks = KeyedLock()
+    _module = redis_sync
+    _lock_kind = KeyedLock
+    _locks: KeyedLock
 
     def _run(self, op: Op[R]) -> R:
         if op.lock is None:
@@ -414,30 +413,9 @@ class RedisSessionStore(_RedisStoreBase):
 class AsyncRedisSessionStore(_RedisStoreBase):
     """`RedisSessionStore` on ``redis.asyncio``: the same methods as coroutines."""
 
-    def __init__(
-        self,
-        client_or_url: Any,
-        config: Config | None = None,
-        *,
-        key_prefix: str = "llm-sessions:",
-        clock: Clock | None = None,
-        on_error: OnError = "raise",
-        socket_timeout: float | None = None,
-        socket_connect_timeout: float | None = None,
-        max_connections: int | None = None,
-        busy_timeout_ms: float = DEFAULT_BUSY_TIMEOUT_MS,
-    ) -> None:
-        super().__init__(config, key_prefix, clock, on_error, busy_timeout_ms)
-        self._pool = _pool(
-            redis_async,
-            client_or_url,
-            socket_timeout,
-            socket_connect_timeout,
-            max_connections,
-            max(busy_timeout_ms / 1000, DEFAULT_SOCKET_TIMEOUT),
-        )
-        self._client = redis_async.Redis(connection_pool=self._pool)
-        self._locks = AsyncKeyedLock()
+    _module = redis_async
+    _lock_kind = AsyncKeyedLock
+    _locks: AsyncKeyedLock
 
     async def _run(self, op: Op[R]) -> R:
         if op.lock is None:
