@@ -13,11 +13,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,redis,server]'
 	touch $(STAMP)
 
-# The tests start their own redis-server; install the Debian package when it is missing.
+# The tests start their own redis-server (>= 7); install the Debian package when it is
+# missing, or say what to install where that can't be done.
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
-		echo "installing redis-server (apt-get)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "installing redis-server (apt-get)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else \
+			echo "make test needs redis-server >= 7 on the PATH: install it (Debian/Ubuntu:"; \
+			echo "sudo apt-get install redis-server; macOS: brew install redis) and run make test again"; \
+			exit 1; \
+		fi; \
 	}
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is required for the tests"; exit 1; }
 
@@ -29,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: lint redis-server
+test: redis-server lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP) redis-server

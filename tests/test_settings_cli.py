@@ -13,7 +13,7 @@ from llm_sessions.cli import main
 from llm_sessions.demo import run_demo
 from llm_sessions.server import ConfigError, load_settings
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "gateway.toml"
+EXAMPLE = Path(__file__).parent.parent / "src" / "llm_sessions" / "server" / "example.toml"
 
 
 def test_the_example_config_loads() -> None:

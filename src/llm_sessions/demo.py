@@ -1,14 +1,16 @@
 """``llm-sessions demo``: the gateway and a stand-in upstream on loopback, and a scripted
-agent conversation through them with the official ``openai`` client, one table row per
-turn."""
+agent conversation through them over HTTP (httpx, as any OpenAI client would), one table
+row per turn. It needs only the ``server`` extra."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
-from .errors import MissingDependency
+import httpx
+
 from .routing import Pricing, routing_table
 from .server.app import create_app
 from .server.run import running
@@ -41,12 +43,8 @@ LOG = "".join(
 
 
 def run_demo(out: Callable[[str], None] = print) -> None:
-    try:
-        import openai  # the demo drives the gateway as any client would
-    except ImportError as exc:
-        raise MissingDependency("the demo needs the openai client: pip install openai") from exc
-
     logging.getLogger("llm_sessions.access").setLevel(logging.WARNING)
+    os.environ.setdefault("DEMO_UPSTREAM_KEY", "demo")  # the stand-in takes any key
     standin = StandIn()
     with running(standin.app()) as upstream_url:
         settings = Settings(
@@ -57,14 +55,18 @@ def run_demo(out: Callable[[str], None] = print) -> None:
             pricing=PRICES,
             max_session_cost_usd=0.50,
         )
-        with running(create_app(settings)) as gateway_url:
-            client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="demo-key")
+        with (
+            running(create_app(settings)) as gateway_url,
+            httpx.Client(
+                base_url=f"{gateway_url}/v1",
+                headers={"authorization": "Bearer demo-key"},
+                timeout=30,
+            ) as client,
+        ):
             _conversation(client, standin, out)
 
 
-def _conversation(client: Any, standin: StandIn, out: Callable[[str], None]) -> None:
-    import openai
-
+def _conversation(client: httpx.Client, standin: StandIn, out: Callable[[str], None]) -> None:
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are a coding agent working in a git repository."}
     ]
@@ -79,23 +81,21 @@ def _conversation(client: Any, standin: StandIn, out: Callable[[str], None]) -> 
     def ask(note: str, **extra: Any) -> None:
         nonlocal turn
         turn += 1
-        try:
-            raw = client.chat.completions.with_raw_response.create(
-                model="auto", messages=messages, **extra
-            )
-        except openai.APIStatusError as exc:
-            body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
-            error = body.get("error", body)
+        raw = client.post(
+            "/chat/completions", json={"model": "auto", "messages": messages, **extra}
+        )
+        if raw.status_code != 200:
+            error = raw.json().get("error", {})
             out(f"{turn:>4}  {'(refused)':<16} {'-':<28} {'-':<9} {'-':>7} "
-                f"{error.get('spent_usd', '-'):>10}  HTTP {exc.status_code} {error.get('type')}: "
+                f"{error.get('spent_usd', '-'):>10}  HTTP {raw.status_code} {error.get('type')}: "
                 f"over the ${error.get('cap_usd')} cap, final")  # fmt: skip
             return
         h = raw.headers
-        reply = raw.parse().choices[0].message.content
+        reply = raw.json()["choices"][0]["message"]["content"]
         messages.append({"role": "assistant", "content": reply})
         served = h["x-session-served-model"]
         model = served if served == h["x-session-model"] else f"{served}*"
-        cost = client.get(f"/sessions/{h['x-session-id']}", cast_to=dict)["session_cost_usd"]
+        cost = client.get(f"/sessions/{h['x-session-id']}").json()["session_cost_usd"]
         out(f"{turn:>4}  {h['x-session-reason']:<16} {model:<28} {h['x-session-tier']:<9} "
             f"{h['x-session-strikes']:>7} {cost:>10}  {note}")  # fmt: skip
 
@@ -129,4 +129,4 @@ def _conversation(client: Any, standin: StandIn, out: Callable[[str], None]) -> 
     ask("the fallback is pinned for now")
     user("Now write an exhaustive property-based test suite for the auth module.")
     ask("", max_tokens=100_000)  # its worst case alone is over the session's $0.50 cap
-    out("\n* served by a fallback. Every row went through the gateway with the openai client.")
+    out("\n* served by a fallback. Every row went through the gateway over HTTP.")

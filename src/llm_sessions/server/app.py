@@ -38,7 +38,7 @@ from ..records import format_usd
 from ..stores.base import AsyncStore
 from ..stores.urls import open_async_store
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .settings import Settings
+from .settings import Settings, redact_url
 from .upstream import Attempt, RelayResponse, StreamMeter, Upstream
 
 __all__ = ["Gateway", "create_app"]
@@ -190,6 +190,7 @@ class Gateway:
     def app(self) -> Starlette:
         @asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            await self._check_start_up()
             yield
             await self.upstream.aclose()
             await self.store.aclose()
@@ -207,6 +208,23 @@ class Gateway:
             lifespan=lifespan,
             exception_handlers={HTTPException: self._http_error, Exception: self._crash},
         )
+
+    async def _check_start_up(self) -> None:
+        """Warn about what would make every request fail or go unauthenticated."""
+        upstream = self.settings.upstream
+        if upstream.api_key is None:
+            errors_log.warning(
+                "the environment variable %s (upstream.api_key_env) is not set: requests "
+                "will reach %s without an Authorization header",
+                upstream.api_key_env,
+                redact_url(upstream.base_url),
+            )
+        if not await self.store.ping():
+            errors_log.warning(
+                "the session store %s can't be reached at start-up (store.on_error = %s)",
+                redact_url(self.settings.store_url),
+                self.settings.store_on_error,
+            )
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

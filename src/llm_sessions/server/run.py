@@ -1,9 +1,12 @@
-"""Running the gateway: in the foreground (`serve`) or in a background thread (`running`)."""
+"""Running the gateway: in the foreground (`serve`) or in a background thread (`running`);
+and the stand-in upstream in the foreground (`serve_standin`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -12,22 +15,66 @@ from typing import Any
 
 import uvicorn
 
+from .. import __version__
+from ..records import format_usd
+from ..routing import usd_to_micros
 from .app import create_app
-from .settings import Settings
+from .settings import Settings, redact_url
+from .standin import StandIn
 
-__all__ = ["running", "serve"]
+__all__ = ["configure_logging", "running", "serve", "serve_standin", "startup_line"]
 
 
-def serve(settings: Settings) -> None:
+def configure_logging(level: str) -> None:
+    """One line per record on stderr: the gateway's own loggers at `level`, every other
+    library's (httpx logs each upstream call at info) at warning."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
+    logging.getLogger("llm_sessions").setLevel(level.upper())
+
+
+def startup_line(settings: Settings, config_path: str | None) -> str:
+    """The one JSON line the gateway logs as it starts."""
+    cap = settings.max_session_cost_usd
+    return json.dumps(
+        {
+            "event": "start",
+            "version": __version__,
+            "address": f"http://{settings.host}:{settings.port}",
+            "store": redact_url(settings.store_url),
+            "store_on_error": settings.store_on_error,
+            "upstreams": {
+                "default": {"base_url": redact_url(settings.upstream.base_url), "apis": ["chat"]}
+            },
+            "config": config_path,
+            "budget": {
+                "max_session_cost_usd": None
+                if cap is None
+                else format_usd(usd_to_micros(cap, round_up=False)),
+                "mode": settings.budget_mode,
+                "on_store_error": settings.budget_on_store_error,
+            },
+        }
+    )
+
+
+def serve(settings: Settings, *, config_path: str | None = None, log_level: str = "info") -> None:
     """Serve the gateway with uvicorn until interrupted; one log line per request."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(log_level)
+    print(startup_line(settings, config_path), file=sys.stderr, flush=True)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         access_log=False,  # the gateway logs one structured line per request itself
-        log_level="info",
+        log_level=log_level,
     )
+
+
+def serve_standin(host: str, port: int) -> None:
+    """Serve the stand-in upstream until interrupted."""
+    configure_logging("info")
+    print(f"stand-in upstream on http://{host}:{port}/v1 (answers any model; no key needed)")
+    uvicorn.run(StandIn().app(), host=host, port=port, access_log=False, log_level="warning")
 
 
 @contextmanager

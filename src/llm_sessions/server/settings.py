@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from ..config import Config
 from ..routing import Pricing, TierModels, routing_table
@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "load_settings", "redact_url"]
 
 DEFAULT_TIERS = {
     "SIMPLE": {"primary": "gpt-4o-mini"},
@@ -32,6 +32,19 @@ DEFAULT_TIERS = {
     "COMPLEX": {"primary": "gpt-4o", "fallback": ["gpt-4o-mini"]},
     "REASONING": {"primary": "o3-mini", "fallback": ["gpt-4o"]},
 }
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password (``redis://user:***@host``), for logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = f"{parts.username}:" if parts.username else ":"
+        netloc = f"{user}***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "(an unreadable URL)"
 
 
 class ConfigError(ValueError):
@@ -136,6 +149,19 @@ class _Reader:
             raise ConfigError(f"config: {self.name(unknown[0])} is not a known key")
 
 
+def _without_name(message: str) -> str:
+    """`Config`'s message (``"Config.timeout_ms must be ..."``) as the tail of a key's."""
+    return message.removeprefix("Config.")
+
+
+def _routing_detail(message: str) -> str:
+    """`routing_table`'s message as what follows ``routing.tiers`` in a config error."""
+    if message.startswith("routing table: "):
+        detail = message.removeprefix("routing table: ")
+        return ("." if detail[:1].isupper() else ": ") + detail
+    return " " + message.removeprefix("routing table ")
+
+
 def _kind_name(kinds: tuple[type, ...]) -> str:
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
              list: "a list", dict: "a table"}  # fmt: skip
@@ -204,20 +230,18 @@ def _parse(root: _Reader) -> Settings:
     ttl_table = root.table_of("cache_ttl_ms")
     cache_ttls = {key: ttl_table.number(key, 0, minimum=0, integer=True) for key in ttl_table.table}
     ttl_table.done()
-    try:
-        sessions = Config(
-            enabled=sess.get("enabled", bool, True),
-            timeout_ms=sess.number("timeout_ms", 30 * 60 * 1000, minimum=1, integer=True),
-            header_name=sess.get("header_name", str, "x-session-id"),
-            max_sessions=sess.number("max_sessions", 100_000, minimum=1, integer=True),
-            cleanup_interval_ms=sess.number(
-                "cleanup_interval_ms", 300_000, minimum=0, integer=True
-            ),
-            cache_ttl_ms=cache_ttls,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"config: sessions: {exc}") from None
+    values = {
+        "enabled": sess.get("enabled", bool, True),
+        "timeout_ms": sess.number("timeout_ms", 30 * 60 * 1000, minimum=1, integer=True),
+        "header_name": sess.get("header_name", str, "x-session-id"),
+        "max_sessions": sess.number("max_sessions", 100_000, minimum=1, integer=True),
+        "cleanup_interval_ms": sess.number("cleanup_interval_ms", 300_000, minimum=0, integer=True),
+    }
     sess.done()
+    try:
+        sessions = Config(**values, cache_ttl_ms=cache_ttls)
+    except ValueError as exc:  # Config's own checks name the argument, which is the key
+        raise ConfigError(f"config: sessions.{_without_name(str(exc))}") from None
 
     routing = root.table_of("routing")
     profiles = routing.get("profiles", list, ["auto"])
@@ -228,21 +252,20 @@ def _parse(root: _Reader) -> Settings:
     tiers_table = routing.get("tiers", dict, DEFAULT_TIERS)
     try:
         tiers = routing_table(tiers_table)
-    except ValueError as exc:
-        raise ConfigError(f"config: routing.tiers: {exc}") from None
+    except ValueError as exc:  # "routing table: SIMPLE.primary ..." names the rest of the key
+        raise ConfigError(f"config: routing.tiers{_routing_detail(str(exc))}") from None
     routing.done()
 
     prices = root.table_of("pricing")
     pricing: dict[str, Pricing] = {}
     for model in prices.table:
         entry = prices.table_of(model)
+        price_in = entry.get("input_per_mtok", (int, float, str), None)
+        price_out = entry.get("output_per_mtok", (int, float, str), None)
         try:
-            pricing[model] = Pricing(
-                entry.get("input_per_mtok", (int, float, str), None),
-                entry.get("output_per_mtok", (int, float, str), None),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"config: pricing.{model}: {exc}") from None
+            pricing[model] = Pricing(price_in, price_out)
+        except ValueError as exc:  # Pricing's message starts with the key it is about
+            raise ConfigError(f"config: {entry.path}.{exc}") from None
         entry.done()
     prices.done()
 
@@ -289,6 +312,12 @@ def _parse(root: _Reader) -> Settings:
 
 
 def _check(settings: Settings) -> None:
+    scheme = settings.store_url.partition("://")[0].lower()
+    if "://" not in settings.store_url or scheme not in ("memory", "redis", "rediss", "unix"):
+        raise ConfigError(
+            "config: store.url must be memory://, redis://host:port/db, rediss://... or "
+            f"unix://..., got {redact_url(settings.store_url)!r}"
+        )
     base_url = settings.upstream.base_url
     if not base_url.startswith(("http://", "https://")):
         raise ConfigError(f"config: upstream.base_url must be an http(s) URL, got {base_url!r}")
