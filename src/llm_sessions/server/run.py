@@ -60,9 +60,10 @@ def startup_line(settings: Settings, config_path: str | None) -> str:
 def serve(settings: Settings, *, config_path: str | None = None, log_level: str = "info") -> None:
     """Serve the gateway with uvicorn until interrupted; one log line per request."""
     configure_logging(log_level)
+    app = create_app(settings)
     print(startup_line(settings, config_path), file=sys.stderr, flush=True)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         access_log=False,  # the gateway logs one structured line per request itself
