@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llm_sessions import MessageInfo, hash_request_content, provider_from_model, should_cache_sticky
+from llm_sessions import (
+    MessageInfo,
+    hash_request_content,
+    provider_from_model,
+    should_cache_sticky,
+    turn_fingerprint,
+)
 from llm_sessions.fingerprint import normalized_head, normalized_tail
 
 
@@ -99,3 +106,52 @@ def test_should_cache_sticky_counts_utf8_bytes_and_list_parts() -> None:
         is False
     )
     assert should_cache_sticky([{"role": "user", "content": "x" * 10 * 1024 * 1024}]) is True
+
+
+# -- tool calls: arguments count, ids and formatting don't --------------------------------------
+
+
+def _tool_turn(city: str, call_id: str = "c1", spacing: str = "") -> list[dict[str, Any]]:
+    arguments = f'{{"city":{spacing}"{city}",{spacing}"unit":{spacing}"C"}}'
+    call = {"id": call_id, "type": "function",
+            "function": {"name": "get_weather", "arguments": arguments}}  # fmt: skip
+    return [
+        {"role": "user", "content": "what's the weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": "sunny, 21C"},
+    ]
+
+
+def test_different_tool_arguments_are_different_turns() -> None:
+    prints = {turn_fingerprint(_tool_turn(city)) for city in ("Paris", "Berlin", "Rome", "Oslo")}
+    assert len(prints) == 4
+
+
+def test_tool_call_ids_key_order_and_spacing_do_not_matter() -> None:
+    base = turn_fingerprint(_tool_turn("Paris"))
+    assert turn_fingerprint(_tool_turn("Paris", call_id="other", spacing=" ")) == base
+    reordered = _tool_turn("Paris")
+    reordered[1]["tool_calls"][0]["function"]["arguments"] = '{"unit": "C", "city": "Paris"}'
+    assert turn_fingerprint(reordered) == base
+
+
+def test_different_tool_results_are_different_turns() -> None:
+    other = _tool_turn("Paris")
+    other[2]["content"] = "rain, 12C"
+    assert turn_fingerprint(other) != turn_fingerprint(_tool_turn("Paris"))
+
+
+def test_four_cities_do_not_escalate_but_one_city_three_times_does() -> None:
+    from llm_sessions import SessionPolicy, SessionStore
+
+    tiers = {"SIMPLE": {"primary": "s"}, "COMPLEX": {"primary": "c"}, "REASONING": {"primary": "r"}}
+    policy = SessionPolicy(SessionStore(), tiers)
+    history: list[dict[str, Any]] = []
+    reasons = []
+    for city in ("Paris", "Berlin", "Rome", "Oslo"):
+        history = [*history, *_tool_turn(city)[1:]] if history else _tool_turn(city)
+        reasons.append(policy.begin({"x-session-id": "w"}, {"messages": history}).reason)
+    assert "escalated" not in reasons
+    same = _tool_turn("Paris")
+    reasons = [policy.begin({"x-session-id": "p"}, {"messages": same}).reason for _ in range(3)]
+    assert reasons[-1] == "escalated"

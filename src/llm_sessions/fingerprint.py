@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "should_cache_sticky",
     "sticky_by_size",
     "tool_call_names",
+    "tool_calls_of",
     "turn_fingerprint",
     "utf8_len",
 ]
@@ -128,6 +130,35 @@ def tool_call_names(message: Any) -> list[str]:
     return names
 
 
+def tool_calls_of(message: Any) -> list[tuple[str, str]]:
+    """``(name, arguments)`` of the tool calls an (OpenAI-style) assistant message makes;
+    arguments as canonical JSON when they parse (key order and spacing don't matter),
+    else as sent."""
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    found = []
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            continue
+        arguments = function.get("arguments")
+        found.append((function["name"], canonical_arguments(arguments)))
+    return found
+
+
+def canonical_arguments(arguments: Any) -> str:
+    """Tool-call arguments (a JSON string, or already parsed) as canonical JSON text."""
+    value = arguments
+    if isinstance(arguments, str):
+        try:
+            value = json.loads(arguments)
+        except ValueError:
+            return arguments
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(arguments)
+
+
 def turn_fingerprint(messages: Sequence[Any]) -> str:
     """32-hex fingerprint of the latest turn, for loop detection (see `fingerprint_turn`)."""
     roles = [message_role(m) for m in messages]
@@ -138,10 +169,12 @@ def fingerprint_turn(messages: Sequence[Any], roles: Sequence[str], texts: Seque
     """32-hex fingerprint of the latest turn, for loop detection.
 
     Hashes every message after the last assistant message (all of them when there is
-    none): its role and the first and last 500 characters of its whitespace-normalized
-    text, so two long build logs that differ only at the end do not match; plus the
-    names of the tool calls in that assistant message. Tool call ids are left out: they
-    differ on every call of a looping agent.
+    none; tool results among them): its role and the first and last 500 characters of its
+    whitespace-normalized text, so two long build logs that differ only at the end do not
+    match; plus each tool call of that assistant message, by name and by the first and
+    last 500 characters of its canonical arguments, so the same tool asked about four
+    different cities is four different turns. Tool call ids are left out: they differ on
+    every call of a looping agent.
     """
     last_assistant = -1
     for i in range(len(roles) - 1, -1, -1):
@@ -156,6 +189,10 @@ def fingerprint_turn(messages: Sequence[Any], roles: Sequence[str], texts: Seque
             digest.update(b"\x1f")
         digest.update(b"\x1e")
     if last_assistant >= 0:
-        names = sorted(tool_call_names(messages[last_assistant]))
-        digest.update(b"|tools:" + utf8(",".join(names)))
+        digest.update(b"|tools:")
+        for name, arguments in sorted(tool_calls_of(messages[last_assistant])):
+            for part in (name, normalized_head(arguments), normalized_tail(arguments)):
+                digest.update(utf8(part))
+                digest.update(b"\x1f")
+            digest.update(b"\x1e")
     return digest.hexdigest()[:32]
