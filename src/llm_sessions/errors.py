@@ -33,7 +33,12 @@ class LLMSessionsError(Exception):
 
 
 class InvalidSessionId(LLMSessionsError, ValueError):
-    """A session id header is present but unusable (too long, or not printable ASCII)."""
+    """A session id is present but unusable (too long, or not printable ASCII); `param`
+    names where it was (a header's name, or a body field)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class InvalidRequest(LLMSessionsError, ValueError):

@@ -71,6 +71,7 @@ class Decision:
     session_cost_micros: int = 0
     sticky_activated: bool = False  # the session turned cache-sticky with this request
     prompt_tokens: int = 0  # the prompt's estimated size (what an unreadable usage is billed)
+    source: str = ""  # where the session id came from: an id source, or "derived"
     _outcome: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
@@ -104,6 +105,7 @@ class _Request(NamedTuple):
     max_output_tokens: int
     reservation_id: str
     choices: int = 1  # `n`: the worst case is paid once per choice
+    source: str = ""  # where the session id came from (an id source, or "derived")
 
 
 class _Begun(NamedTuple):
@@ -126,9 +128,11 @@ def entry_of(record: Record, flow: FlowState) -> Entry:
 
 
 def response_headers(
-    session_id: str | None, model: str, tier: Tier, reason: str, spent: int
+    session_id: str | None, model: str, tier: Tier, reason: str, spent: int, source: str = ""
 ) -> dict[str, str]:
     headers = {} if session_id is None else {"X-Session-ID": session_id}
+    if source:
+        headers["X-Session-Source"] = source
     headers.update(
         {
             "X-Session-Model": model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -12,11 +13,14 @@ from .messages import message_role, message_text, utf8
 
 __all__ = [
     "DEFAULT_HEADER_NAME",
+    "DEFAULT_ID_SOURCES",
     "MAX_SESSION_ID_LENGTH",
     "InvalidSessionId",
     "derive_session_id",
     "derive_session_id_from_messages",
+    "check_id_sources",
     "escape_scope",
+    "find_session_id",
     "get_session_id",
     "key_scope",
     "session_key",
@@ -26,6 +30,22 @@ __all__ = [
 DEFAULT_HEADER_NAME = "x-session-id"
 MAX_SESSION_ID_LENGTH = 256
 _NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+#: Where a session id is looked for, first present wins (then it is derived):
+#: ``"header"`` is the configured header (``Config.header_name``); ``"header:NAME"`` any
+#: other; ``"metadata.user_id"`` the ``session_id`` of the JSON in a body's
+#: ``metadata.user_id`` (Claude Code); ``"prompt_cache_key"`` that body field.
+DEFAULT_ID_SOURCES = (
+    "header",
+    "header:x-claude-code-session-id",  # Claude Code
+    "header:session_id",  # Codex and others
+    "header:session-id",
+    "header:x-session-affinity",  # opencode
+    "metadata.user_id",  # Claude Code, in the body
+    "prompt_cache_key",
+)
+_BODY_SOURCES = ("metadata.user_id", "prompt_cache_key")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
 def derive_session_id(first_user_message: str, *, scope: str = "") -> str:
@@ -75,20 +95,82 @@ def get_session_id(headers: Any, header_name: str = DEFAULT_HEADER_NAME) -> str 
     if not isinstance(value, str):
         kind = type(value).__name__
         raise TypeError(f"header {name!r} has a {kind} value, expected str or bytes")
+    return _checked(value, f"{name} header", name)
+
+
+def _checked(value: str, what: str, param: str) -> str | None:
+    """A present id, stripped; None when blank; `InvalidSessionId` when it can't be one."""
     value = value.strip(" \t")
     if not value:
         return None
     if len(value) > MAX_SESSION_ID_LENGTH:
         raise InvalidSessionId(
-            f"{name} header is {len(value)} characters long; the limit is {MAX_SESSION_ID_LENGTH}"
+            f"{what} is {len(value)} characters long; the limit is {MAX_SESSION_ID_LENGTH}",
+            param,
         )
     bad = _NOT_PRINTABLE.search(value)
     if bad is not None:
         raise InvalidSessionId(
-            f"{name} header has a character outside printable ASCII "
-            f"(U+{ord(bad.group()):04X} at position {bad.start()})"
+            f"{what} has a character outside printable ASCII "
+            f"(U+{ord(bad.group()):04X} at position {bad.start()})",
+            param,
         )
     return value
+
+
+def check_id_sources(sources: Iterable[str]) -> tuple[str, ...]:
+    """`sources` as a tuple, each one of the forms `DEFAULT_ID_SOURCES` lists."""
+    if isinstance(sources, str):
+        raise ValueError("id_sources must be a list of sources, not one string")
+    checked = tuple(sources)
+    for source in checked:
+        header = source.removeprefix("header:") if isinstance(source, str) else ""
+        if source == "header" or source in _BODY_SOURCES:
+            continue
+        if source.startswith("header:") and _HEADER_NAME.match(header):
+            continue
+        raise ValueError(
+            f"unknown session id source {source!r}: use 'header', 'header:NAME', "
+            "'metadata.user_id' or 'prompt_cache_key'"
+        )
+    return checked
+
+
+def find_session_id(
+    headers: Any,
+    body: Any,
+    sources: Iterable[str] = DEFAULT_ID_SOURCES,
+    header_name: str = DEFAULT_HEADER_NAME,
+) -> tuple[str, str] | None:
+    """``(session id, the source it came from)`` from the first of `sources` present in
+    the request's `headers` or `body`, or None. A present value that can't be an id
+    (over 256 characters, or outside printable ASCII) raises `InvalidSessionId`."""
+    for source in sources:
+        if source == "header" or source.startswith("header:"):
+            value = get_session_id(headers, header_name if source == "header" else source[7:])
+        elif source == "metadata.user_id":
+            value = _metadata_session_id(body)
+        else:
+            raw = body.get(source) if isinstance(body, dict) else None
+            value = _checked(raw, f"'{source}'", source) if isinstance(raw, str) else None
+        if value is not None:
+            return value, source
+    return None
+
+
+def _metadata_session_id(body: Any) -> str | None:
+    """The ``session_id`` in the JSON of ``metadata.user_id`` (Claude Code), if any."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if not isinstance(user_id, str) or not user_id.startswith("{"):
+        return None
+    try:
+        value = json.loads(user_id).get("session_id")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(value, str):
+        return None
+    return _checked(value, "the session_id in metadata.user_id", "metadata.user_id")
 
 
 def _lookup(headers: Any, name: str) -> Any:

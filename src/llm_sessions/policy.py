@@ -54,7 +54,13 @@ from .flow import (
     usage_field,
     usage_int,
 )
-from .ids import derive_session_id, get_session_id, session_key
+from .ids import (
+    DEFAULT_ID_SOURCES,
+    check_id_sources,
+    derive_session_id,
+    find_session_id,
+    session_key,
+)
 from .messages import message_text
 from .records import EMPTY_FLOW, Entry, FlowState, Reservation
 from .routing import (
@@ -129,6 +135,7 @@ class SessionPolicy:
         fallback_pin_ms: int = 300_000,
         on_store_error: str = "refuse",
         finish_retry_ms: int = 10_000,
+        id_sources: Sequence[str] = DEFAULT_ID_SOURCES,
     ) -> None:
         if not hasattr(store, "transact") or not hasattr(store, "config"):
             raise TypeError(f"store must be a session store, got {type(store).__name__}")
@@ -166,6 +173,7 @@ class SessionPolicy:
         if on_store_error not in ("refuse", "allow"):
             raise ValueError(f"on_store_error must be 'refuse' or 'allow', got {on_store_error!r}")
         self.on_store_error = on_store_error
+        self.id_sources = check_id_sources(id_sources)
         self._store_fails_open = getattr(store, "on_error", "raise") == "fail_open"
         for name, value, low in (
             ("default_max_tokens", default_max_tokens, 1),
@@ -525,18 +533,25 @@ class SessionPolicy:
             classified = coerce_tier(self.classify(messages, tools))
         if classified is None:
             raise InvalidRequest("classify returned None; it must return a Tier")
-        session_id = None
+        session_id, source = None, ""
         if self.config.enabled:
-            if headers is not None:
-                try:
-                    session_id = get_session_id(headers, self.config.header_name)
-                except TypeError as exc:
-                    raise InvalidSessionId(str(exc)) from None
-            if session_id is None:
+            try:
+                found = find_session_id(
+                    {} if headers is None else headers,
+                    body,
+                    self.id_sources,
+                    self.config.header_name,
+                )
+            except TypeError as exc:
+                raise InvalidSessionId(str(exc)) from None
+            if found is not None:
+                session_id, source = found
+            else:
                 first = next(
                     (t for r, t in zip(roles, texts, strict=True) if r == "user" and t), None
                 )
-                session_id = None if first is None else derive_session_id(first, scope=scope)
+                if first is not None:
+                    session_id, source = derive_session_id(first, scope=scope), "derived"
         declared = declared_cache_ttls(messages)
         return _Request(
             session_id=session_id,
@@ -550,6 +565,7 @@ class SessionPolicy:
             max_output_tokens=max_output,
             reservation_id=new_reservation_id(),
             choices=choices,
+            source=source,
         )
 
     def _without_session(self, request: _Request, reason: str = "no_session") -> Decision:
@@ -588,9 +604,15 @@ class SessionPolicy:
             session_cost_usd=begun.spent / 1_000_000,
             reserved_micros=begun.reserved,
             headers=response_headers(
-                request.session_id, begun.model, begun.tier, begun.reason, begun.spent
+                request.session_id,
+                begun.model,
+                begun.tier,
+                begun.reason,
+                begun.spent,
+                request.source,
             ),
             key=request.key,
+            source=request.source,
             fingerprint=request.fingerprint,
             reservation_id=request.reservation_id,
             session_cost_micros=begun.spent,

@@ -177,6 +177,7 @@ class Gateway:
             fallback_pin_ms=settings.fallback_pin_ms,
             on_store_error=settings.budget_on_store_error,
             finish_retry_ms=settings.store_finish_retry_ms,
+            id_sources=settings.id_sources,
         )
         self.upstream = Upstream(settings.upstream, transport)
         self.metrics = Metrics(lambda: float(getattr(self.store, "errors", 0)))
@@ -298,7 +299,7 @@ class Gateway:
 
         headers = {**decision.headers, "X-Session-Strikes": str(decision.strikes)}
         record.update(session=decision.session_id, reason=decision.reason, tier=decision.tier.value,
-                      model=decision.model, headers=headers)  # fmt: skip
+                      model=decision.model, headers=headers, source=decision.source)  # fmt: skip
         self.metrics.requests.labels(decision.reason).inc()
         if decision.reason == "escalated":
             self.metrics.escalations.inc()
@@ -318,7 +319,8 @@ class Gateway:
         try:
             return await self.policy.abegin(request.headers, body, scope=scope)
         except InvalidSessionId as exc:
-            raise _Reject(400, str(exc), param=self.settings.sessions.header_name) from None
+            param = exc.param or self.settings.sessions.header_name
+            raise _Reject(400, str(exc), param=param) from None
         except InvalidRequest as exc:
             raise _Reject(400, str(exc), param=exc.param) from None
         except BudgetExceeded as exc:
@@ -502,6 +504,7 @@ class Gateway:
         line = {
             "event": "chat",
             "session": session[:8] if session else None,
+            "source": record.get("source"),
             "reason": record.get("reason"),
             "model": _cap(record.get("model")),
             "tier": record.get("tier"),

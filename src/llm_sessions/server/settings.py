@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import Config
+from ..ids import DEFAULT_ID_SOURCES, check_id_sources
 from ..routing import Pricing, TierModels, routing_table
 from ..tiers import Tier
 
@@ -81,6 +82,7 @@ class Settings:
     store_max_connections: int | None = None  # None: upstream.max_connections
     store_finish_retry_ms: int = 10_000
     sessions: Config = field(default_factory=Config)
+    id_sources: tuple[str, ...] = DEFAULT_ID_SOURCES
     tiers: Mapping[Tier, TierModels] = field(default_factory=lambda: routing_table(DEFAULT_TIERS))
     profiles: tuple[str, ...] = ("auto",)
     default_max_tokens: int = 4096
@@ -237,6 +239,11 @@ def _parse(root: _Reader) -> Settings:
         "max_sessions": sess.number("max_sessions", 100_000, minimum=1, integer=True),
         "cleanup_interval_ms": sess.number("cleanup_interval_ms", 300_000, minimum=0, integer=True),
     }
+    sources = sess.get("id_sources", list, list(DEFAULT_ID_SOURCES))
+    try:
+        id_sources = check_id_sources(s if isinstance(s, str) else repr(s) for s in sources)
+    except ValueError as exc:
+        raise ConfigError(f"config: sessions.id_sources: {exc}") from None
     sess.done()
     try:
         sessions = Config(**values, cache_ttl_ms=cache_ttls)
@@ -298,6 +305,7 @@ def _parse(root: _Reader) -> Settings:
         store_max_connections=store_max_connections,
         store_finish_retry_ms=finish_retry_ms,
         sessions=sessions,
+        id_sources=id_sources,
         tiers=tiers,
         profiles=tuple(profiles),
         default_max_tokens=default_max_tokens,
