@@ -43,7 +43,15 @@ from .records import (
     SessionRow,
     Stats,
 )
-from .routing import Classifier, Pricing, TierModels, default_classify, routing_table
+from .routing import (
+    Classifier,
+    Pricing,
+    TierModels,
+    TokenUsage,
+    default_classify,
+    routing_table,
+    token_usage,
+)
 from .rules import STRIKE_LIMIT
 from .stores import AsyncSessionStore, AsyncStore, SessionStore, Store
 from .stores.urls import open_async_store, open_store
@@ -101,6 +109,7 @@ __all__ = [
     "StoreUnavailable",
     "Tier",
     "TierModels",
+    "TokenUsage",
     "__version__",
     "cache_ttl_for_provider",
     "default_classify",
@@ -118,5 +127,6 @@ __all__ = [
     "should_cache_sticky",
     "split_key",
     "tier_rank",
+    "token_usage",
     "turn_fingerprint",
 ]

@@ -52,7 +52,6 @@ from .flow import (
     new_reservation_id,
     response_headers,
     usage_field,
-    usage_int,
 )
 from .ids import (
     DEFAULT_ID_SOURCES,
@@ -72,6 +71,7 @@ from .routing import (
     extra_prompt_bytes,
     prompt_tokens_by_size,
     routing_table,
+    token_usage,
     usd_to_micros,
 )
 from .rules import (
@@ -432,9 +432,7 @@ class SessionPolicy:
         price = self.pricing.get(served_model)
         if price is None:
             return 0
-        prompt = usage_int(usage, "prompt_tokens")
-        completion = usage_int(usage, "completion_tokens")
-        return price.cost_micros(prompt, completion)
+        return price.usage_micros(token_usage(usage))
 
     def worst_case_micros(self, models: Sequence[str], prompt_tokens: int, max_output: int) -> int:
         """The most a request could cost on any of `models` (unpriced models cost 0)."""
@@ -799,13 +797,13 @@ class SessionPolicy:
         return step
 
 
-_USAGE_FIELDS = ("cost", "prompt_tokens", "completion_tokens")
+_USAGE_FIELDS = ("cost", "prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
 
 
 def _readable_usage(usage: Any) -> bool:
     """`usage` carries a cost or token counts (a mapping, or an object with attributes)."""
     if type(usage) is dict:
-        return "cost" in usage or "prompt_tokens" in usage or "completion_tokens" in usage
+        return not usage.keys().isdisjoint(_USAGE_FIELDS)
     if usage is None:
         return False
     return any(usage_field(usage, name) is not None for name in _USAGE_FIELDS)

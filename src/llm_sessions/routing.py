@@ -21,6 +21,7 @@ __all__ = [
     "Classifier",
     "Pricing",
     "TierModels",
+    "TokenUsage",
     "classify_by_text",
     "default_classify",
     "estimate_prompt_tokens",
@@ -28,6 +29,7 @@ __all__ = [
     "prompt_tokens_by_size",
     "tools_json_size",
     "routing_table",
+    "token_usage",
     "usd_to_micros",
 ]
 
@@ -118,32 +120,144 @@ def usd_to_micros(usd: object, *, name: str = "cost", round_up: bool = True) -> 
 Number = int | float | str | Decimal
 
 
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """A call's tokens by what they are priced at."""
+
+    input: int = 0  # input that was not read from (nor written to) a prompt cache
+    output: int = 0  # output, reasoning included
+    cache_read: int = 0  # input read from the prompt cache
+    cache_write: int = 0  # input written to the prompt cache (5-minute TTL)
+    cache_write_1h: int = 0  # input written to the prompt cache with a 1-hour TTL
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class Pricing:
     """Prices of one model in USD per million tokens (that is, micro-USD per token).
 
-    Floats are read through their decimal repr, so ``0.15`` is exactly 0.15. Costs are
-    computed exactly and rounded up once, to whole micro-USD.
+    Cache reads cost `cache_read_per_mtok` and cache writes `cache_write_per_mtok` (and
+    `cache_write_1h_per_mtok` for a 1-hour TTL); a price not given is the input price
+    (the 1-hour write: the 5-minute one). Floats are read through their decimal repr, so
+    ``0.15`` is exactly 0.15. Costs are computed exactly and rounded up once, to whole
+    micro-USD.
     """
 
     input_per_mtok: Decimal
     output_per_mtok: Decimal
-    _ratios: tuple[int, int, int, int] = field(repr=False, compare=False)
+    cache_read_per_mtok: Decimal
+    cache_write_per_mtok: Decimal
+    cache_write_1h_per_mtok: Decimal
+    # the five prices as integers over one common denominator: a cost is a few
+    # multiplications and one division, exactly
+    _coefficients: tuple[int, int, int, int, int] = field(repr=False, compare=False)
+    _denominator: int = field(repr=False, compare=False)
 
-    def __init__(self, input_per_mtok: Number, output_per_mtok: Number) -> None:
+    def __init__(
+        self,
+        input_per_mtok: Number,
+        output_per_mtok: Number,
+        cache_read_per_mtok: Number | None = None,
+        cache_write_per_mtok: Number | None = None,
+        cache_write_1h_per_mtok: Number | None = None,
+    ) -> None:
         price_in = _decimal("input_per_mtok", input_per_mtok)
         price_out = _decimal("output_per_mtok", output_per_mtok)
-        object.__setattr__(self, "input_per_mtok", price_in)
-        object.__setattr__(self, "output_per_mtok", price_out)
-        # exact integer ratios, so a cost is two multiplications and one division
-        object.__setattr__(
-            self, "_ratios", (*price_in.as_integer_ratio(), *price_out.as_integer_ratio())
+        read = (
+            price_in
+            if cache_read_per_mtok is None
+            else _decimal("cache_read_per_mtok", cache_read_per_mtok)
         )
+        write = (
+            price_in
+            if cache_write_per_mtok is None
+            else _decimal("cache_write_per_mtok", cache_write_per_mtok)
+        )
+        write_1h = (
+            write
+            if cache_write_1h_per_mtok is None
+            else _decimal("cache_write_1h_per_mtok", cache_write_1h_per_mtok)
+        )
+        prices = (price_in, price_out, read, write, write_1h)
+        for name, value in zip(
+            ("input", "output", "cache_read", "cache_write", "cache_write_1h"), prices, strict=True
+        ):
+            object.__setattr__(self, f"{name}_per_mtok", value)
+        ratios = [price.as_integer_ratio() for price in prices]
+        denominator = math.lcm(*(d for _, d in ratios))
+        coefficients = tuple(n * (denominator // d) for n, d in ratios)
+        object.__setattr__(self, "_coefficients", coefficients)
+        object.__setattr__(self, "_denominator", denominator)
 
     def cost_micros(self, prompt_tokens: int, completion_tokens: int) -> int:
-        """Exact cost of a call, rounded up to whole micro-USD."""
-        a, b, c, d = self._ratios  # input = a/b, output = c/d micro-USD per token
-        return -(-(a * prompt_tokens * d + c * completion_tokens * b) // (b * d))
+        """Exact cost of a call at the input and output prices, rounded up to whole
+        micro-USD."""
+        k = self._coefficients
+        return -(-(k[0] * prompt_tokens + k[1] * completion_tokens) // self._denominator)
+
+    def usage_micros(self, usage: TokenUsage) -> int:
+        """Exact cost of a call's `usage`, each kind of token at its price, rounded up."""
+        k = self._coefficients
+        total = (
+            k[0] * usage.input
+            + k[1] * usage.output
+            + k[2] * usage.cache_read
+            + k[3] * usage.cache_write
+            + k[4] * usage.cache_write_1h
+        )
+        return -(-total // self._denominator)
+
+    def cache_savings_micros(self, cache_read_tokens: int) -> int:
+        """What reading these tokens from the cache saved over the input price (rounded
+        down: a saving is never overstated)."""
+        k = self._coefficients
+        return (k[0] - k[2]) * cache_read_tokens // self._denominator
+
+
+def token_usage(usage: Any) -> TokenUsage:
+    """A usage block by price class, from any of the wire formats:
+
+    - Chat Completions: ``prompt_tokens`` (cached included), ``completion_tokens``,
+      ``prompt_tokens_details.cached_tokens``;
+    - Anthropic Messages: ``input_tokens`` (uncached), ``output_tokens``,
+      ``cache_read_input_tokens``, ``cache_creation_input_tokens`` (split by
+      ``cache_creation.ephemeral_5m_input_tokens`` / ``ephemeral_1h_input_tokens``);
+    - Responses: ``input_tokens`` (cached included), ``output_tokens``,
+      ``input_tokens_details.cached_tokens``.
+
+    A mapping or an object with those attributes; a count that is not an int >= 0 raises
+    `ValueError`.
+    """
+    if _field(usage, "prompt_tokens") is not None or _field(usage, "completion_tokens") is not None:
+        prompt = _count(usage, "prompt_tokens")
+        cached = min(_count(_field(usage, "prompt_tokens_details"), "cached_tokens"), prompt)
+        return TokenUsage(prompt - cached, _count(usage, "completion_tokens"), cached)
+    inputs, output = _count(usage, "input_tokens"), _count(usage, "output_tokens")
+    read = _count(usage, "cache_read_input_tokens")
+    created = _count(usage, "cache_creation_input_tokens")
+    if read or created or _field(usage, "cache_creation") is not None:
+        split = _field(usage, "cache_creation")
+        hour = _count(split, "ephemeral_1h_input_tokens")
+        minutes = _count(split, "ephemeral_5m_input_tokens") if split is not None else created
+        if split is not None and minutes + hour != created and created:
+            minutes = max(created - hour, 0)
+        return TokenUsage(inputs, output, read, minutes, hour)
+    cached = min(_count(_field(usage, "input_tokens_details"), "cached_tokens"), inputs)
+    return TokenUsage(inputs - cached, output, cached)
+
+
+def _field(holder: Any, name: str) -> Any:
+    if holder is None:
+        return None
+    return holder.get(name) if isinstance(holder, Mapping) else getattr(holder, name, None)
+
+
+def _count(holder: Any, name: str) -> int:
+    value = _field(holder, name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"usage.{name} must be an int >= 0, got {value!r}")
+    return value
 
 
 #: Tokens the budget's worst case counts for each media part of a prompt, whatever its

@@ -33,8 +33,10 @@ from ..errors import (
     SessionBusy,
     StoreUnavailable,
 )
+from ..fingerprint import provider_from_model
 from ..policy import Decision, SessionPolicy
 from ..records import format_usd
+from ..routing import token_usage
 from ..stores.base import AsyncStore
 from ..stores.urls import open_async_store
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -467,6 +469,7 @@ class Gateway:
         usage = data.get("usage") if isinstance(data, dict) else None
         output = len(_answer_text(data).encode("utf-8", "surrogatepass"))
         record["cost"] = await self._charge(decision, model, usage, output)
+        headers["X-Session-Cache-Read-Tokens"] = str(_cache_read(usage))
         return Response(content, 200, headers=headers, media_type="application/json")
 
     async def _charge(self, decision: Decision, model: str, usage: Any, output_bytes: int) -> int:
@@ -475,6 +478,12 @@ class Gateway:
         cost = self.policy.charge_micros(decision, model, usage, None, output_bytes)
         await self._finish(decision, model, cost)
         self.metrics.cost.inc(cost / 1_000_000)
+        cached = _cache_read(usage)
+        if cached:
+            self.metrics.cache_read_tokens.labels(provider_from_model(model)).inc(cached)
+            price = self.policy.pricing.get(model)
+            if price is not None:
+                self.metrics.cache_savings.inc(price.cache_savings_micros(cached) / 1_000_000)
         return cost
 
     async def _finish(self, decision: Decision, model: str | None, cost: int) -> None:
@@ -625,6 +634,14 @@ class Gateway:
                 "session_cost_usd": format_usd(entry.session_cost_micros),
             }
         )
+
+
+def _cache_read(usage: Any) -> int:
+    """Prompt tokens a usage block says were read from the cache (0 when unreadable)."""
+    try:
+        return token_usage(usage).cache_read if usage is not None else 0
+    except ValueError:
+        return 0
 
 
 def _answer_text(data: Any) -> str:

@@ -44,6 +44,17 @@ class Metrics:
         self.cost = Counter(
             "llm_sessions_session_cost_usd", "Cost charged to sessions, in USD", registry=r
         )
+        self.cache_read_tokens = Counter(
+            "llm_sessions_cache_read_tokens",
+            "Prompt tokens read from a provider's prompt cache, by provider",
+            ["provider"],
+            registry=r,
+        )
+        self.cache_savings = Counter(
+            "llm_sessions_cache_savings_usd",
+            "What cache reads would have cost at the input price, less what they cost (USD)",
+            registry=r,
+        )
         self.unrecorded_cost = Counter(
             "llm_sessions_unrecorded_cost_usd",
             "Cost of served requests that could not be recorded (the store stayed down)",

@@ -267,10 +267,18 @@ def _parse(root: _Reader) -> Settings:
     pricing: dict[str, Pricing] = {}
     for model in prices.table:
         entry = prices.table_of(model)
-        price_in = entry.get("input_per_mtok", (int, float, str), None)
-        price_out = entry.get("output_per_mtok", (int, float, str), None)
+        amounts = [
+            entry.get(key, (int, float, str), None)
+            for key in (
+                "input_per_mtok",
+                "output_per_mtok",
+                "cache_read_per_mtok",
+                "cache_write_per_mtok",
+                "cache_write_1h_per_mtok",
+            )
+        ]
         try:
-            pricing[model] = Pricing(price_in, price_out)
+            pricing[model] = Pricing(*amounts)
         except ValueError as exc:  # Pricing's message starts with the key it is about
             raise ConfigError(f"config: {entry.path}.{exc}") from None
         entry.done()

@@ -30,6 +30,7 @@ class Behaviour:
     text: str = "Hello from the stand-in."
     cost: float | None = None  # report usage.cost (USD), as OpenRouter does
     usage: bool = True  # include usage (in the final chunk when streaming)
+    cached_tokens: int = 0  # report this many prompt tokens as read from the prompt cache
     gate: threading.Event | None = None  # when streaming, hold after the first chunk until set
     break_stream: bool = False  # when streaming, drop the connection after the first chunk
 
@@ -77,6 +78,10 @@ class StandIn:
         }
         if b.cost is not None:
             usage["cost"] = b.cost
+        if b.cached_tokens:
+            usage["prompt_tokens"] += b.cached_tokens
+            usage["total_tokens"] += b.cached_tokens
+            usage["prompt_tokens_details"] = {"cached_tokens": b.cached_tokens}
         created = int(time.time())
         if not body.get("stream"):
             payload: dict[str, Any] = {
