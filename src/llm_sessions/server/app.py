@@ -35,6 +35,7 @@ from ..errors import (
 )
 from ..fingerprint import provider_from_model
 from ..policy import Decision, SessionPolicy
+from ..protocols import chat
 from ..records import format_usd
 from ..routing import token_usage
 from ..stores.base import AsyncStore
@@ -454,7 +455,8 @@ class Gateway:
                 self._log(record, 200, started)
 
             record["relaying"] = True  # from here the relay records the outcome
-            return RelayResponse(upstream, done, headers, keep_usage=include_usage)
+            meter = StreamMeter(chat.stream_reader(keep_usage=include_usage))
+            return RelayResponse(upstream, done, headers, meter)
 
         try:
             content = await upstream.aread()
@@ -467,7 +469,7 @@ class Gateway:
         except ValueError:
             data = None
         usage = data.get("usage") if isinstance(data, dict) else None
-        output = len(_answer_text(data).encode("utf-8", "surrogatepass"))
+        output = chat.text_bytes(data)
         record["cost"] = await self._charge(decision, model, usage, output)
         headers["X-Session-Cache-Read-Tokens"] = str(_cache_read(usage))
         return Response(content, 200, headers=headers, media_type="application/json")
@@ -642,27 +644,6 @@ def _cache_read(usage: Any) -> int:
         return token_usage(usage).cache_read if usage is not None else 0
     except ValueError:
         return 0
-
-
-def _answer_text(data: Any) -> str:
-    """The generated text of a non-streamed completion (for estimating its cost)."""
-    if not isinstance(data, dict):
-        return ""
-    parts = []
-    choices = data.get("choices")
-    for choice in choices if isinstance(choices, list) else ():
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(message, dict):
-            continue
-        if isinstance(message.get("content"), str):
-            parts.append(message["content"])
-        calls = message.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
-            function = call.get("function") if isinstance(call, dict) else None
-            arguments = function.get("arguments") if isinstance(function, dict) else None
-            if isinstance(arguments, str):
-                parts.append(arguments)
-    return "".join(parts)
 
 
 def create_app(settings: Settings, **kw: Any) -> Starlette:
