@@ -247,6 +247,41 @@ class SessionPolicy:
             raise _store_fault(exc) from exc
         return self._decision(request, begun)
 
+    def peek(self, headers: Any, body: Mapping[str, Any], *, scope: str = "") -> str:
+        """The model this request would be routed to now, changing nothing (for token
+        counting): the explicit model, else the session's pinned one, else the classified
+        tier's primary. A store that can't be reached counts as no session."""
+        if self._sync_store is None:
+            raise TypeError("this policy has an async store: use apeek()")
+        request = self._read_request(headers, body, scope)
+        entry = None
+        if request.explicit_model is None and request.key is not None:
+            try:
+                entry = self._sync_store.get_session(request.key)
+            except StoreUnavailable:
+                entry = None
+        return self._peeked(request, entry)
+
+    async def apeek(self, headers: Any, body: Mapping[str, Any], *, scope: str = "") -> str:
+        """`peek` for an async store."""
+        if self._async_store is None:
+            raise TypeError("this policy has a sync store: use peek()")
+        request = self._read_request(headers, body, scope)
+        entry = None
+        if request.explicit_model is None and request.key is not None:
+            try:
+                entry = await self._async_store.get_session(request.key)
+            except StoreUnavailable:
+                entry = None
+        return self._peeked(request, entry)
+
+    def _peeked(self, request: _Request, entry: Entry | None) -> str:
+        if request.explicit_model is not None:
+            return request.explicit_model
+        if entry is not None and entry.model:
+            return entry.model
+        return self.tiers[request.tier].primary
+
     def finish(
         self,
         decision: Decision,

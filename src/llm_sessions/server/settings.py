@@ -60,6 +60,8 @@ class UpstreamSettings:
     timeout_s: float = 300.0  # read/write timeout of one attempt (between bytes when streaming)
     max_attempts: int = 3  # bounded walk of the fallback chain
     max_connections: int = 200
+    auth: str = "bearer"  # how the key is sent: "bearer" (Authorization) or "x-api-key"
+    apis: tuple[str, ...] = ("chat",)  # the APIs it serves: "chat", "messages"
 
     @property
     def api_key(self) -> str | None:
@@ -199,7 +201,18 @@ def _parse(root: _Reader) -> Settings:
         timeout_s=up.number("timeout_s", 300.0, minimum=0.001),
         max_attempts=up.number("max_attempts", 3, minimum=1, integer=True),
         max_connections=up.number("max_connections", 200, minimum=1, integer=True),
+        auth=up.get("auth", str, "bearer"),
+        apis=tuple(up.get("apis", list, ["chat"])),
     )
+    if upstream.auth not in ("bearer", "x-api-key"):
+        raise ConfigError(
+            f"config: upstream.auth must be 'bearer' or 'x-api-key', got {upstream.auth!r}"
+        )
+    if not upstream.apis or not set(upstream.apis) <= {"chat", "messages"}:
+        raise ConfigError(
+            "config: upstream.apis must list some of 'chat' and 'messages', "
+            f"got {list(upstream.apis)!r}"
+        )
     up.done()
 
     server = root.table_of("server")

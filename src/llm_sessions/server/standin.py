@@ -1,6 +1,8 @@
-"""A stand-in OpenAI-compatible upstream, for the demo and the tests: it answers chat
-completions (streamed or not, with usage), records what it receives, and can be told,
-per model, to fail with a status, to stall, or to stream slowly."""
+"""A stand-in upstream, for the demo and the tests: it answers OpenAI chat completions and
+Anthropic messages (streamed or not, with usage; a Messages request that offers tools is
+answered with a call of the first tool until a tool result comes back), counts tokens,
+records what it receives, and can be told, per model, to fail with a status, to stall,
+or to stream slowly."""
 
 from __future__ import annotations
 
@@ -54,7 +56,88 @@ class StandIn:
         return [r.get("model", "") for r in self.received]
 
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/messages", self.messages, methods=["POST"]),
+                Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
+            ]
+        )
+
+    async def count_tokens(self, request: Request) -> Response:
+        body = await request.json()
+        self.received.append(body)
+        self.headers.append(dict(request.headers))
+        return JSONResponse({"input_tokens": len(json.dumps(body.get("messages", []))) // 4 + 1})
+
+    async def messages(self, request: Request) -> Response:
+        body = await request.json()
+        self.received.append(body)
+        self.headers.append(dict(request.headers))
+        model = body.get("model", "")
+        b = self.behaviour.get(model, self.default)
+        if b.stall_s:
+            await asyncio.sleep(b.stall_s)
+        if b.status >= 400:
+            kind = "overloaded_error" if b.status == 529 else b.error_type
+            return JSONResponse(
+                {"type": "error", "error": {"type": kind, "message": f"stand-in {b.status}"}},
+                status_code=b.status,
+            )
+        usage: dict[str, Any] = {
+            "input_tokens": len(json.dumps(body.get("messages", []))) // 4 + 1,
+            "output_tokens": len(b.text.split(" ")),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": b.cached_tokens,
+        }
+        tools = body.get("tools") or []
+        last = (body.get("messages") or [{}])[-1]
+        answered = isinstance(last.get("content"), list) and any(
+            isinstance(block, dict) and block.get("type") == "tool_result"
+            for block in last["content"]
+        )
+        if tools and not answered:
+            call_id = f"toolu_{len(self.received)}"
+            block: dict[str, Any] = {
+                "type": "tool_use", "id": call_id, "name": tools[0]["name"], "input": {"path": "t"}
+            }  # fmt: skip
+            stop = "tool_use"
+        else:
+            block, stop = {"type": "text", "text": b.text}, "end_turn"
+        message = {"id": f"msg_{len(self.received)}", "type": "message", "role": "assistant",
+                   "model": model, "content": [block], "stop_reason": stop,
+                   "stop_sequence": None, "usage": usage}  # fmt: skip
+        if not body.get("stream"):
+            return JSONResponse(message)
+
+        async def events() -> AsyncIterator[str]:
+            def event(kind: str, data: dict[str, Any]) -> str:
+                return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
+
+            start = {**message, "content": [], "stop_reason": None,
+                     "usage": {**usage, "output_tokens": 1}}  # fmt: skip
+            yield event("message_start", {"message": start})
+            empty = (
+                {"type": "text", "text": ""} if block["type"] == "text" else {**block, "input": {}}
+            )
+            yield event("content_block_start", {"index": 0, "content_block": empty})
+            yield event("ping", {})
+            if block["type"] == "text":
+                for word in b.text.split(" "):
+                    if b.chunk_delay_s:
+                        await asyncio.sleep(b.chunk_delay_s)
+                    delta = {"type": "text_delta", "text": word + " "}
+                    yield event("content_block_delta", {"index": 0, "delta": delta})
+            else:
+                delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+                yield event("content_block_delta", {"index": 0, "delta": delta})
+            yield event("content_block_stop", {"index": 0})
+            end = {"stop_reason": stop, "stop_sequence": None}
+            output = {"output_tokens": usage["output_tokens"]}
+            yield event("message_delta", {"delta": end, "usage": output})
+            yield event("message_stop", {})
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()

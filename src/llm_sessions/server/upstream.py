@@ -48,7 +48,9 @@ class Upstream:
     ) -> None:
         headers = {"accept-encoding": "identity"}  # relay bytes as they are; parse them too
         key = settings.api_key
-        if key:
+        if key and settings.auth == "x-api-key":
+            headers["x-api-key"] = key
+        elif key:
             headers["authorization"] = f"Bearer {key}"
         limits = httpx.Limits(
             max_connections=settings.max_connections,
@@ -64,14 +66,27 @@ class Upstream:
             transport=transport if transport is not None else AiohttpTransport(limits=limits),
         )
         self.max_attempts = settings.max_attempts
-        self._url = httpx.URL(settings.base_url.rstrip("/") + "/chat/completions")
+        self._base = settings.base_url.rstrip("/")
+        self._urls: dict[str, httpx.URL] = {}
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def attempt(self, model: str, payload: dict[str, Any]) -> Attempt:
+    def url(self, path: str) -> httpx.URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self._base + path)
+        return url
+
+    async def attempt(
+        self,
+        model: str,
+        payload: dict[str, Any],
+        path: str = "/chat/completions",
+        headers: dict[str, str] | None = None,
+    ) -> Attempt:
         """Send one request; return it open when it should reach the client."""
-        request = self.client.build_request("POST", self._url, json=payload)
+        request = self.client.build_request("POST", self.url(path), json=payload, headers=headers)
         try:
             response = await self.client.send(request, stream=True)
         except httpx.TransportError as exc:
@@ -85,7 +100,7 @@ class Upstream:
                 return Attempt(model, failure="timeout", error_kind="timeout")
             kind = type(cause).__name__
             return Attempt(model, failure=f"connect error ({kind})", error_kind="connect")
-        status = response.status_code
+        status = response.status_code  # (529: Anthropic's overloaded_error, a 5xx too)
         if status == 429 or status >= 500 or status == 402:
             body = await _read_quietly(response)
             terminal = status == 402 or _error_code(body) in _TERMINAL_CODES
