@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,13 @@ class Running:
     url: str
     standin: StandIn
     gateway: Gateway
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     def client(self, key: str = "sk-test", **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **kw)
+        """An SDK client of the gateway, closed when the gateway stops."""
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **kw)
+        self.clients.append(client)
+        return client
 
     def http(self, key: str | None = "sk-test") -> httpx.Client:
         headers = {"authorization": f"Bearer {key}"} if key else {}
@@ -71,7 +75,12 @@ def gateway_with_standin(**overrides: Any) -> Iterator[Running]:
         upstream_url = stack.enter_context(running(standin.app()))
         gateway = Gateway(settings_for(upstream_url, **overrides))
         url = stack.enter_context(running(gateway.app()))
-        yield Running(url, standin, gateway)
+        gw = Running(url, standin, gateway)
+        try:
+            yield gw
+        finally:
+            for client in gw.clients:
+                client.close()
 
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:

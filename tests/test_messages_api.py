@@ -26,10 +26,21 @@ def gw() -> Iterator[Running]:
 
 
 KEY = "sk-ant-test"
+_opened: list[anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
 
 
 def client(gw: Running, **kw: Any) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.url, api_key=KEY, **{"max_retries": 0, **kw})
+    """An SDK client of the gateway, closed after the test."""
+    api = anthropic.Anthropic(base_url=gw.url, api_key=KEY, **{"max_retries": 0, **kw})
+    _opened.append(api)
+    return api
 
 
 def cost(usage: Any) -> int:
