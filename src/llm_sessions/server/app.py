@@ -217,7 +217,8 @@ class Gateway:
             finish_retry_ms=settings.store_finish_retry_ms,
             id_sources=settings.id_sources,
         )
-        self.upstream = Upstream(settings.upstream, transport)
+        self.upstreams = {up.name: Upstream(up, transport) for up in settings.upstreams}
+        self.max_attempts = settings.upstream.max_attempts
         self.metrics = Metrics(lambda: float(getattr(self.store, "errors", 0)))
         self.api_keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
         self.admin_keys = (
@@ -231,7 +232,8 @@ class Gateway:
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await self._check_start_up()
             yield
-            await self.upstream.aclose()
+            for upstream in self.upstreams.values():
+                await upstream.aclose()
             await self.store.aclose()
 
         routes = [
@@ -252,14 +254,15 @@ class Gateway:
 
     async def _check_start_up(self) -> None:
         """Warn about what would make every request fail or go unauthenticated."""
-        upstream = self.settings.upstream
-        if upstream.api_key is None:
-            errors_log.warning(
-                "the environment variable %s (upstream.api_key_env) is not set: requests "
-                "will reach %s without an Authorization header",
-                upstream.api_key_env,
-                redact_url(upstream.base_url),
-            )
+        for upstream in self.settings.upstreams:
+            if upstream.api_key is None and not upstream.forward_client_key:
+                errors_log.warning(
+                    "the environment variable %s (the api_key_env of upstream %s) is not set: "
+                    "requests will reach %s without a key",
+                    upstream.api_key_env,
+                    upstream.name,
+                    redact_url(upstream.base_url),
+                )
         if not await self.store.ping():
             errors_log.warning(
                 "the session store %s can't be reached at start-up (store.on_error = %s)",
@@ -326,11 +329,9 @@ class Gateway:
                 model = await self.policy.apeek(request.headers, view, scope=scope)
             except (InvalidRequest, InvalidSessionId) as exc:
                 raise _Reject(400, str(exc), param=exc.param) from None
-            passed = {
-                h: request.headers[h] for h in MESSAGES.forward_headers if h in request.headers
-            }
-            attempt = await self.upstream.attempt(
-                model, {**body, "model": model}, "/messages/count_tokens", passed
+            client, sent_as, headers = self._route(model, MESSAGES, request)
+            attempt = await client.attempt(
+                model, {**body, "model": sent_as}, "/messages/count_tokens", headers
             )
             if attempt.response is None:
                 raise _Reject(502, f"counting tokens failed upstream: {attempt.failure}")
@@ -351,14 +352,36 @@ class Gateway:
         )
 
     def _check_api(self, wire: _Wire) -> None:
-        if wire.api not in self.settings.upstream.apis:
+        if wire.api not in self.settings.apis:
             raise _Reject(
                 400,
-                f"this gateway's upstream does not serve the {wire.api} API "
-                f"(upstream.apis = {list(self.settings.upstream.apis)}); the models "
-                f"{self.settings.models} can't be reached through it",
+                f"no upstream of this gateway serves the {wire.api} API (it serves: "
+                f"{', '.join(self.settings.apis)}); the models {self.settings.models} can't "
+                "be reached through it",
                 param="model",
             )
+
+    def _serves(self, model: str, wire: _Wire) -> bool:
+        route = self.settings.route(model)
+        return route is not None and wire.api in route[0].apis
+
+    def _route(
+        self, model: str, wire: _Wire, request: Request
+    ) -> tuple[Upstream, str, dict[str, str]]:
+        """The client of `model`'s upstream, the id it is sent as, and the headers to
+        send: the client's own the wire passes on, and its key where the upstream
+        forwards callers' keys."""
+        route = self.settings.route(model)
+        assert route is not None  # callers keep to models that `_serves`
+        upstream, sent_as = route
+        headers = {h: request.headers[h] for h in wire.forward_headers if h in request.headers}
+        if upstream.forward_client_key:
+            key = _bearer(request)
+            if key and upstream.auth == "x-api-key":
+                headers["x-api-key"] = key
+            elif key:
+                headers["authorization"] = f"Bearer {key}"
+        return self.upstreams[upstream.name], sent_as, headers
 
     async def _serve(self, request: Request, wire: _Wire) -> Response:
         started = time.perf_counter()
@@ -409,6 +432,18 @@ class Gateway:
             view = wire.view(body)
         except InvalidRequest as exc:
             raise _Reject(400, str(exc), param=exc.param) from None
+        model = body.get("model")
+        if (
+            isinstance(model, str)
+            and model
+            and model not in self.settings.profiles
+            and not self._serves(model, wire)
+        ):  # an explicit model no upstream of this API takes: refused before the session
+            raise _Reject(
+                400,
+                f"model {model[:256]!r} does not go to an upstream that serves the {wire.api} API",
+                param="model",
+            )
         decision = await self._begin(request, view, scope, record)
 
         headers = {**decision.headers, "X-Session-Strikes": str(decision.strikes)}
@@ -489,14 +524,21 @@ class Gateway:
     ) -> Response:
         """Walk the decision's models until one answers; 502 when none did."""
         options = body.get("stream_options")
-        passed = {h: request.headers[h] for h in wire.forward_headers if h in request.headers}
+        served = [m for m in decision.models if self._serves(m, wire)]
+        if not served:
+            raise _Reject(
+                400,
+                f"none of {decision.models} goes to an upstream that serves the {wire.api} API",
+                param="model",
+            )
         tried: list[str] = []
-        for model in decision.models[: self.upstream.max_attempts]:
-            payload = {**body, "model": model}
+        for model in served[: self.max_attempts]:
+            client, sent_as, headers = self._route(model, wire, request)
+            payload = {**body, "model": sent_as}
             if stream and wire is CHAT:
                 payload["stream_options"] = {**(options or {}), "include_usage": True}
             try:
-                attempt = await self.upstream.attempt(model, payload, wire.path, passed)
+                attempt = await client.attempt(model, payload, wire.path, headers)
                 response = None
                 if attempt.response is not None:
                     if model != decision.model:
@@ -641,16 +683,23 @@ class Gateway:
     # -- the other endpoints ------------------------------------------------------------------
 
     async def models(self, request: Request) -> Response:
+        """The routing profiles, then every model of the routing table, each with the APIs
+        it can be reached through."""
         try:
             self._authorize(request)
         except _Reject as reject:
             return JSONResponse(error_body(str(reject), reject.kind, **reject.extra), reject.status)
         created = int(time.time())
-        ids = [*self.settings.profiles, *self.settings.models]
         data = [
-            {"id": i, "object": "model", "created": created, "owned_by": "llm-sessions"}
-            for i in ids
-        ]
+            {"id": i, "object": "model", "created": created, "owned_by": "llm-sessions",
+             "apis": list(self.settings.apis)}
+            for i in self.settings.profiles
+        ]  # fmt: skip
+        for model in self.settings.models:
+            route = self.settings.route(model)
+            apis = [a for a in self.settings.apis if route is not None and a in route[0].apis]
+            data.append({"id": model, "object": "model", "created": created,
+                         "owned_by": "llm-sessions", "apis": apis})  # fmt: skip
         return JSONResponse({"object": "list", "data": data})
 
     async def health(self, request: Request) -> Response:

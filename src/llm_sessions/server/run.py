@@ -43,10 +43,8 @@ def startup_line(settings: Settings, config_path: str | None) -> str:
             "store": redact_url(settings.store_url),
             "store_on_error": settings.store_on_error,
             "upstreams": {
-                "default": {
-                    "base_url": redact_url(settings.upstream.base_url),
-                    "apis": list(settings.upstream.apis),
-                }
+                up.name: {"base_url": redact_url(up.base_url), "apis": list(up.apis)}
+                for up in settings.upstreams
             },
             "config": config_path,
             "budget": {

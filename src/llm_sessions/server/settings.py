@@ -25,7 +25,18 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ConfigError", "Settings", "load_settings", "redact_url"]
+__all__ = [
+    "APIS",
+    "ConfigError",
+    "ModelRoute",
+    "Settings",
+    "UpstreamSettings",
+    "load_settings",
+    "redact_url",
+]
+
+#: The APIs an upstream can serve: Chat Completions and Anthropic Messages.
+APIS = ("chat", "messages")
 
 DEFAULT_TIERS = {
     "SIMPLE": {"primary": "gpt-4o-mini"},
@@ -54,6 +65,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class UpstreamSettings:
+    name: str = "default"  # [upstream] is "default"; [upstreams.NAME] is NAME
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str = "OPENAI_API_KEY"
     connect_timeout_s: float = 5.0
@@ -62,6 +74,7 @@ class UpstreamSettings:
     max_connections: int = 200
     auth: str = "bearer"  # how the key is sent: "bearer" (Authorization) or "x-api-key"
     apis: tuple[str, ...] = ("chat",)  # the APIs it serves: "chat", "messages"
+    forward_client_key: bool = False  # send the caller's own key instead of the gateway's
 
     @property
     def api_key(self) -> str | None:
@@ -70,8 +83,21 @@ class UpstreamSettings:
 
 
 @dataclass(frozen=True)
+class ModelRoute:
+    """Where a routing-table model goes: its upstream, and the id that upstream expects."""
+
+    upstream: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    # [upstreams.NAME]; `upstream` ([upstream], "default") is one of them unless only
+    # named ones are configured
+    named_upstreams: tuple[UpstreamSettings, ...] = ()
+    use_default_upstream: bool = True
+    model_routes: Mapping[str, ModelRoute] = field(default_factory=dict)  # [models."ID"]
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
@@ -95,6 +121,27 @@ class Settings:
     budget_on_store_error: str = "refuse"
     reservation_ttl_ms: int = 600_000
     stats_limit: int = 100
+
+    @property
+    def upstreams(self) -> tuple[UpstreamSettings, ...]:
+        """Every upstream, the default first when there is one."""
+        default = (self.upstream,) if self.use_default_upstream else ()
+        return (*default, *self.named_upstreams)
+
+    @property
+    def apis(self) -> tuple[str, ...]:
+        """The APIs some upstream serves, in `APIS` order."""
+        served = {api for up in self.upstreams for api in up.apis}
+        return tuple(api for api in APIS if api in served)
+
+    def route(self, model: str) -> tuple[UpstreamSettings, str] | None:
+        """The upstream a model goes to and the id it is sent as; None when it goes nowhere
+        (not mapped, and there is no default upstream)."""
+        mapped = self.model_routes.get(model)
+        if mapped is None:
+            return (self.upstream, model) if self.use_default_upstream else None
+        by_name = {up.name: up for up in self.upstreams}
+        return by_name[mapped.upstream], mapped.name
 
     @property
     def models(self) -> list[str]:
@@ -192,9 +239,10 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     return settings
 
 
-def _parse(root: _Reader) -> Settings:
-    up = root.table_of("upstream")
+def _upstream(up: _Reader, name: str) -> UpstreamSettings:
+    """One upstream table, [upstream] or [upstreams.NAME]."""
     upstream = UpstreamSettings(
+        name=name,
         base_url=up.get("base_url", str, UpstreamSettings.base_url),
         api_key_env=up.get("api_key_env", str, UpstreamSettings.api_key_env),
         connect_timeout_s=up.number("connect_timeout_s", 5.0, minimum=0.001),
@@ -203,17 +251,41 @@ def _parse(root: _Reader) -> Settings:
         max_connections=up.number("max_connections", 200, minimum=1, integer=True),
         auth=up.get("auth", str, "bearer"),
         apis=tuple(up.get("apis", list, ["chat"])),
+        forward_client_key=up.get("forward_client_key", bool, False),
     )
     if upstream.auth not in ("bearer", "x-api-key"):
         raise ConfigError(
-            f"config: upstream.auth must be 'bearer' or 'x-api-key', got {upstream.auth!r}"
+            f"config: {up.name('auth')} must be 'bearer' or 'x-api-key', got {upstream.auth!r}"
         )
-    if not upstream.apis or not set(upstream.apis) <= {"chat", "messages"}:
+    if not upstream.apis or not set(upstream.apis) <= set(APIS):
         raise ConfigError(
-            "config: upstream.apis must list some of 'chat' and 'messages', "
+            f"config: {up.name('apis')} must list some of 'chat' and 'messages', "
             f"got {list(upstream.apis)!r}"
         )
     up.done()
+    return upstream
+
+
+def _parse(root: _Reader) -> Settings:
+    has_default = "upstream" in root.table or "upstreams" not in root.table
+    upstream = _upstream(root.table_of("upstream"), "default")
+    named_table = root.table_of("upstreams")
+    named = tuple(_upstream(named_table.table_of(name), name) for name in named_table.table)
+    if any(up.name == "default" for up in named):
+        raise ConfigError("config: upstreams.default is reserved for the [upstream] table")
+    known = {up.name for up in named} | ({"default"} if has_default else set())
+    models_table = root.table_of("models")
+    routes: dict[str, ModelRoute] = {}
+    for model in models_table.table:
+        entry = models_table.table_of(model)
+        target = entry.get("upstream", str, None)
+        if target not in known:
+            raise ConfigError(
+                f"config: {entry.name('upstream')} must name an upstream "
+                f"({', '.join(sorted(known))}), got {target!r}"
+            )
+        routes[model] = ModelRoute(target, entry.get("name", str, model))
+        entry.done()
 
     server = root.table_of("server")
     host = server.get("host", str, "127.0.0.1")
@@ -314,6 +386,9 @@ def _parse(root: _Reader) -> Settings:
     root.done()
     return Settings(
         upstream=upstream,
+        named_upstreams=named,
+        use_default_upstream=has_default,
+        model_routes=routes,
         host=host,
         port=port,
         max_body_bytes=max_body,
@@ -340,6 +415,25 @@ def _parse(root: _Reader) -> Settings:
     )
 
 
+def _check_upstream(upstream: UpstreamSettings) -> None:
+    key = "upstream" if upstream.name == "default" else f"upstreams.{upstream.name}"
+    base_url = upstream.base_url
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"config: {key}.base_url must be an http(s) URL, got {base_url!r}")
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"config: {key}.base_url is not a valid URL: {exc}") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"config: {key}.base_url must not carry credentials (user:password@); put the "
+            f"key in the environment variable named by {key}.api_key_env"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"config: {key}.base_url has no host, got {base_url!r}")
+
+
 def _check(settings: Settings) -> None:
     scheme = settings.store_url.partition("://")[0].lower()
     if "://" not in settings.store_url or scheme not in ("memory", "redis", "rediss", "unix"):
@@ -347,24 +441,22 @@ def _check(settings: Settings) -> None:
             "config: store.url must be memory://, redis://host:port/db, rediss://... or "
             f"unix://..., got {redact_url(settings.store_url)!r}"
         )
-    base_url = settings.upstream.base_url
-    if not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"config: upstream.base_url must be an http(s) URL, got {base_url!r}")
-    try:
-        parts = urlsplit(base_url)
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError as exc:
-        raise ConfigError(f"config: upstream.base_url is not a valid URL: {exc}") from None
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(
-            "config: upstream.base_url must not carry credentials (user:password@); put the "
-            "key in the environment variable named by upstream.api_key_env"
-        )
-    if not parts.hostname:
-        raise ConfigError(f"config: upstream.base_url has no host, got {base_url!r}")
+    for upstream in settings.upstreams:
+        _check_upstream(upstream)
+    for api in settings.apis:
+        for tier, models in settings.tiers.items():
+            routes = [settings.route(m) for m in models.chain]
+            if not any(r is not None and api in r[0].apis for r in routes):
+                serving = [up.name for up in settings.upstreams if api in up.apis]
+                raise ConfigError(
+                    f"config: routing.tiers.{tier.value} has no model served for the {api} "
+                    f"API: {', '.join(models.chain)} go to upstreams that don't serve it "
+                    f"(it is served by: {', '.join(serving)}); map one of them with "
+                    '[models."ID"] upstream = "..."'
+                )
     if not (0 < settings.port < 65536):
         raise ConfigError(f"config: server.port must be 1-65535, got {settings.port}")
-    limit_ms = settings.upstream.timeout_s * 1000 + settings.upstream.connect_timeout_s * 1000
+    limit_ms = max(up.timeout_s * 1000 + up.connect_timeout_s * 1000 for up in settings.upstreams)
     if settings.reservation_ttl_ms <= limit_ms:
         raise ConfigError(
             "config: budget.reservation_ttl_ms must exceed the upstream timeout "

@@ -47,7 +47,7 @@ class Upstream:
         self, settings: UpstreamSettings, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         headers = {"accept-encoding": "identity"}  # relay bytes as they are; parse them too
-        key = settings.api_key
+        key = None if settings.forward_client_key else settings.api_key
         if key and settings.auth == "x-api-key":
             headers["x-api-key"] = key
         elif key:
