@@ -231,3 +231,29 @@ def test_cache_reads_are_billed_at_their_price() -> None:
     assert session is not None
     expected = message.usage.input_tokens + 2 * message.usage.output_tokens + 1000
     assert session["session_cost_micros"] == expected
+
+
+def test_the_fingerprint_sees_tool_inputs_over_messages() -> None:
+    from llm_sessions import SessionPolicy, SessionStore
+    from llm_sessions.protocols.messages import to_view
+
+    def turn(city: str, call_id: str) -> list[dict[str, Any]]:
+        call = {"type": "tool_use", "id": call_id, "name": "get_weather", "input": {"city": city}}
+        result = {"type": "tool_result", "tool_use_id": call_id, "content": "sunny, 21C"}
+        return [{"role": "assistant", "content": [call]}, {"role": "user", "content": [result]}]
+
+    tiers = {"SIMPLE": {"primary": "s"}, "COMPLEX": {"primary": "c"}, "REASONING": {"primary": "r"}}
+    policy = SessionPolicy(SessionStore(), tiers)
+    history: list[dict[str, Any]] = [{"role": "user", "content": "weather in four cities?"}]
+    reasons = []
+    for i, city in enumerate(("Paris", "Berlin", "Rome", "Oslo")):
+        history += turn(city, f"toolu_{i}")
+        body = {"max_tokens": 10, "messages": history}
+        reasons.append(policy.begin({"x-session-id": "four"}, to_view(body)).reason)
+    assert "escalated" not in reasons
+    same = [{"role": "user", "content": "weather?"}, *turn("Paris", "toolu_x")]
+    reasons = [
+        policy.begin({"x-session-id": "one"}, to_view({"max_tokens": 10, "messages": same})).reason
+        for _ in range(3)
+    ]
+    assert reasons[-1] == "escalated"

@@ -1,0 +1,187 @@
+"""Several upstreams: which API each serves, the model map, chains that cross upstreams,
+key forwarding, and the start-up checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from llm_sessions import Pricing
+from llm_sessions.server import Gateway
+from llm_sessions.server.run import running
+from llm_sessions.server.settings import ConfigError, load_settings
+from llm_sessions.server.standin import StandIn
+
+TOML = """
+[upstream]
+base_url = "{openai}/v1"
+api_key_env = "TEST_OPENAI_KEY"
+apis = ["chat"]
+
+[upstreams.anthropic]
+base_url = "{anthropic}/v1"
+api_key_env = "TEST_ANTHROPIC_KEY"
+auth = "x-api-key"
+apis = ["messages"]
+forward_client_key = {forward}
+
+[models."anthropic/claude-sonnet-4.6"]
+upstream = "anthropic"
+name = "claude-sonnet-4-6"
+
+[models."anthropic/claude-haiku-4.5"]
+upstream = "anthropic"
+name = "claude-haiku-4-5"
+
+[routing.tiers.SIMPLE]
+primary = "openai/gpt-4o-mini"
+fallback = ["anthropic/claude-haiku-4.5"]
+
+[routing.tiers.COMPLEX]
+primary = "anthropic/claude-sonnet-4.6"
+fallback = ["openai/gpt-4o"]
+"""
+
+
+@dataclass
+class Two:
+    url: str
+    openai: StandIn
+    anthropic: StandIn
+    gateway: Gateway
+
+
+@contextmanager
+def two_upstreams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forward: bool = False
+) -> Iterator[Two]:
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-gateway-openai")
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-gateway-anthropic")
+    openai_standin, anthropic_standin = StandIn(), StandIn()
+    with ExitStack() as stack:
+        openai_url = stack.enter_context(running(openai_standin.app()))
+        anthropic_url = stack.enter_context(running(anthropic_standin.app()))
+        path = tmp_path / "gateway.toml"
+        path.write_text(
+            TOML.format(openai=openai_url, anthropic=anthropic_url, forward=str(forward).lower())
+        )
+        gateway = Gateway(load_settings(path))
+        url = stack.enter_context(running(gateway.app()))
+        yield Two(url, openai_standin, anthropic_standin, gateway)
+
+
+def messages_body(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "auto", "max_tokens": 50, "messages": [{"role": "user", "content": text}],
+            **extra}  # fmt: skip
+
+
+def test_each_api_goes_only_to_upstreams_that_serve_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with two_upstreams(tmp_path, monkeypatch) as two:
+        chat = httpx.post(f"{two.url}/v1/chat/completions", timeout=30,
+                          json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        api = anthropic.Anthropic(base_url=two.url, api_key="sk-caller", max_retries=0)
+        raw = api.messages.with_raw_response.create(
+            model="auto", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        )
+        api.close()
+    # chat: the SIMPLE primary, on the OpenAI-style upstream
+    assert chat.headers["x-session-served-model"] == "openai/gpt-4o-mini"
+    assert [r["model"] for r in two.openai.received] == ["openai/gpt-4o-mini"]
+    # messages: the primary's upstream does not serve it, so the chain's next model, under
+    # the id its upstream expects
+    assert raw.headers["x-session-served-model"] == "anthropic/claude-haiku-4.5"
+    assert [r["model"] for r in two.anthropic.received] == ["claude-haiku-4-5"]
+    assert two.anthropic.headers[0]["x-api-key"] == "sk-gateway-anthropic"
+    assert "authorization" not in two.anthropic.headers[0]
+    assert two.openai.headers[0]["authorization"] == "Bearer sk-gateway-openai"
+
+
+def test_the_caller_key_is_forwarded_only_where_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with two_upstreams(tmp_path, monkeypatch, forward=True) as two:
+        httpx.post(f"{two.url}/v1/messages", json=messages_body("hi"), timeout=30,
+                   headers={"x-api-key": "sk-ant-callers-own"})  # fmt: skip
+        httpx.post(f"{two.url}/v1/chat/completions", timeout=30,
+                   json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+                   headers={"authorization": "Bearer sk-callers-openai"})  # fmt: skip
+    assert two.anthropic.headers[0]["x-api-key"] == "sk-ant-callers-own"
+    assert two.openai.headers[0]["authorization"] == "Bearer sk-gateway-openai"
+
+
+def test_an_explicit_model_another_api_serves_is_refused_before_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with two_upstreams(tmp_path, monkeypatch) as two:
+        reply = httpx.post(
+            f"{two.url}/v1/messages",
+            json={**messages_body("hi"), "model": "openai/gpt-4o-mini"},
+            headers={"x-session-id": "e"},
+        )
+        session = httpx.get(f"{two.url}/v1/sessions/e")
+    assert reply.status_code == 400
+    assert "messages API" in reply.json()["error"]["message"]
+    assert session.status_code == 404  # nothing stored
+    assert two.openai.received == two.anthropic.received == []
+
+
+def test_models_and_start_up_say_which_apis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_sessions.server.run import startup_line
+
+    with two_upstreams(tmp_path, monkeypatch) as two:
+        listed = httpx.get(f"{two.url}/v1/models").json()["data"]
+        line = startup_line(two.gateway.settings, "gateway.toml")
+    apis = {m["id"]: m["apis"] for m in listed}
+    assert apis["auto"] == ["chat", "messages"]
+    assert apis["openai/gpt-4o-mini"] == ["chat"]
+    assert apis["anthropic/claude-sonnet-4.6"] == ["messages"]
+    assert '"anthropic": {"base_url"' in line and '"apis": ["messages"]' in line
+
+
+def test_a_tier_left_without_a_model_for_an_api_is_a_start_up_error(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(
+        '[upstream]\napis = ["chat"]\n[upstreams.a]\nbase_url = "https://a.example/v1"\n'
+        'apis = ["messages"]\n[models."m-a"]\nupstream = "a"\n'
+        '[routing.tiers.SIMPLE]\nprimary = "m-a"\n[routing.tiers.COMPLEX]\nprimary = "gpt-4o"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert message.startswith("config: routing.tiers.")
+    assert "has no model served for the" in message
+    path.write_text('[models."x"]\nupstream = "nowhere"\n')
+    with pytest.raises(ConfigError, match=r"models\.x\.upstream must name an upstream"):
+        load_settings(path)
+
+
+def test_the_single_upstream_table_still_means_chat(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[upstream]\nbase_url = "https://api.example.com/v1"\n')
+    settings = load_settings(path)
+    assert [up.name for up in settings.upstreams] == ["default"]
+    assert settings.apis == ("chat",)
+    assert settings.route("gpt-4o") == (settings.upstream, "gpt-4o")
+
+
+def test_prices_follow_the_routing_id_not_the_upstream_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with two_upstreams(tmp_path, monkeypatch) as two:
+        two.gateway.policy.pricing["anthropic/claude-haiku-4.5"] = Pricing(1, 5)
+        reply = httpx.post(f"{two.url}/v1/messages", json=messages_body("hi"),
+                           headers={"x-session-id": "p"}, timeout=30)  # fmt: skip
+        session = httpx.get(f"{two.url}/v1/sessions/p").json()
+    usage = reply.json()["usage"]
+    assert session["session_cost_micros"] == usage["input_tokens"] + 5 * usage["output_tokens"]
