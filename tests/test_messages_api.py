@@ -257,3 +257,14 @@ def test_the_fingerprint_sees_tool_inputs_over_messages() -> None:
         for _ in range(3)
     ]
     assert reasons[-1] == "escalated"
+
+
+def test_system_messages_among_the_messages_pass(gw: Running) -> None:
+    """Claude Code 2.1 sends role "system" messages inside `messages`."""
+    reply = client(gw).messages.create(
+        model="auto", max_tokens=10,
+        messages=[{"role": "user", "content": "hi"},
+                  {"role": "system", "content": "Available agent types: ..."}],  # type: ignore[misc,list-item]
+    )  # fmt: skip
+    assert reply.content[0].text == "Hello from the stand-in."
+    assert gw.standin.received[-1]["messages"][1]["role"] == "system"  # passed on as sent

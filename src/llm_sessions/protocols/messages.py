@@ -57,10 +57,10 @@ def to_view(body: dict[str, Any]) -> dict[str, Any]:
     if system is not None:
         view += _system(system)
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+        # user and assistant, and system messages among them (Claude Code sends those)
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise InvalidRequest(
-                f"'messages[{i}]' must be an object with role 'user' or 'assistant'",
-                f"messages[{i}]",
+                f"'messages[{i}]' must be an object with a string 'role'", f"messages[{i}]"
             )
         view += _message(message, f"messages[{i}]")
     out: dict[str, Any] = {"messages": view, "max_tokens": max_tokens}
