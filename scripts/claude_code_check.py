@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from redis_server import free_port  # noqa: E402
+from redis_server import free_port
 
 KEY = "sk-ant-claude-code-check"
 
@@ -112,9 +112,10 @@ def main() -> int:
         for line in (work / "gateway.log").read_text().splitlines()
         if line.startswith('{"event": "chat"')
     ]
-    print(
-        f"claude: {subprocess.run([args.claude, '--version'], capture_output=True, text=True, check=False).stdout.strip()}"
-    )
+    version = subprocess.run(
+        [args.claude, "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    print(f"claude: {version}")
     for i, (code, seconds, out, err) in enumerate(runs, 1):
         print(f"conversation {i}: exit {code} in {seconds:.1f} s; said: {out!r}")
         if code != 0:
