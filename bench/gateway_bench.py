@@ -8,7 +8,7 @@ a small keep-alive HTTP/1.1 load generator written on asyncio streams (so the ge
 costs little next to what it measures). For non-streaming and streaming requests at
 concurrency 1 and 64, it measures (a) the stand-in directly and (b) the gateway in front
 of it, and reports the latency the gateway adds (p50, p99) and its throughput as a
-ratio of the direct one. Then 100k requests over 10k sessions through the gateway, with
+ratio of the direct one, for each API (Chat Completions and Anthropic Messages). Then 100k requests over 10k sessions through the gateway, with
 its resident memory sampled along the way.
 """
 
@@ -36,6 +36,7 @@ CONFIG = """
 [upstream]
 base_url = "http://127.0.0.1:{upstream}/v1"
 api_key_env = "BENCH_KEY"
+apis = ["chat", "messages"]
 [server]
 port = {port}
 [sessions]
@@ -64,20 +65,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def request_bytes(port: int, session: str, stream: bool, turn: int = 0) -> bytes:
-    body = json.dumps(
-        {
-            "model": "auto",
-            "stream": stream,
-            "messages": [
-                {"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": f"Summarise the design notes, part {turn % 7}."},
-            ],
-        }
-    ).encode()
+def request_bytes(port: int, session: str, stream: bool, turn: int = 0, api: str = "chat") -> bytes:
+    system = "You are a helpful assistant."
+    question = {"role": "user", "content": f"Summarise the design notes, part {turn % 7}."}
+    if api == "chat":
+        path, auth = "/v1/chat/completions", "authorization: Bearer bench"
+        payload = {"model": "auto", "stream": stream,
+                   "messages": [{"role": "system", "content": system}, question]}  # fmt: skip
+    else:
+        path, auth = "/v1/messages", "x-api-key: bench\r\nanthropic-version: 2023-06-01"
+        payload = {"model": "auto", "stream": stream, "max_tokens": 256, "system": system,
+                   "messages": [question]}  # fmt: skip
+    body = json.dumps(payload).encode()
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
-        f"content-type: application/json\r\nauthorization: Bearer bench\r\n"
+        f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+        f"content-type: application/json\r\n{auth}\r\n"
         f"x-session-id: {session}\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -102,7 +104,7 @@ async def read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def load(
-    port: int, concurrency: int, total: int, stream: bool, sessions: int
+    port: int, concurrency: int, total: int, stream: bool, sessions: int, api: str = "chat"
 ) -> tuple[list[float], float]:
     """Send `total` requests over `concurrency` keep-alive connections; return the
     per-request latencies (s) and the requests/s."""
@@ -113,7 +115,7 @@ async def load(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for i in range(per):
             n = w * per + i
-            data = request_bytes(port, f"s{n % sessions}", stream, n // sessions)
+            data = request_bytes(port, f"s{n % sessions}", stream, n // sessions, api)
             t0 = time.perf_counter()
             writer.write(data)
             status = await read_response(reader)
@@ -174,19 +176,24 @@ def main() -> None:
                 f"{'':24} {'direct p50':>10} {'gateway p50':>11} {'added p50':>9} {'added p99':>9}"
                 f" {'direct rps':>10} {'gateway rps':>11} {'ratio':>6}"
             )
-            for stream in (False, True):
-                for concurrency, total in ((1, n1), (64, n64)):
-                    direct, direct_rps = asyncio.run(
-                        load(up_port, concurrency, total, stream, 10_000)
-                    )
-                    via, via_rps = asyncio.run(load(gw_port, concurrency, total, stream, 10_000))
-                    name = f"{'stream' if stream else 'plain'} c={concurrency}"
-                    d50, v50 = statistics.median(direct) * 1e3, statistics.median(via) * 1e3
-                    d99, v99 = pct(direct, 0.99) * 1e3, pct(via, 0.99) * 1e3
-                    print(
-                        f"{name:24} {d50:8.2f}ms {v50:9.2f}ms {v50 - d50:7.2f}ms {v99 - d99:7.2f}ms"
-                        f" {direct_rps:10.0f} {via_rps:11.0f} {via_rps / direct_rps:6.2f}"
-                    )
+            cells = [
+                (api, stream, concurrency, total)
+                for api in ("chat", "messages")
+                for stream in (False, True)
+                for concurrency, total in ((1, n1), (64, n64))
+            ]
+            for api, stream, concurrency, total in cells:
+                direct, direct_rps = asyncio.run(
+                    load(up_port, concurrency, total, stream, 10_000, api)
+                )
+                via, via_rps = asyncio.run(load(gw_port, concurrency, total, stream, 10_000, api))
+                name = f"{api} {'stream' if stream else 'plain'} c={concurrency}"
+                d50, v50 = statistics.median(direct) * 1e3, statistics.median(via) * 1e3
+                d99, v99 = pct(direct, 0.99) * 1e3, pct(via, 0.99) * 1e3
+                print(
+                    f"{name:24} {d50:8.2f}ms {v50:9.2f}ms {v50 - d50:7.2f}ms {v99 - d99:7.2f}ms"
+                    f" {direct_rps:10.0f} {via_rps:11.0f} {via_rps / direct_rps:6.2f}"
+                )
             print(f"\nsoak: {soak} requests over 10000 sessions through the gateway (c=64)")
             samples = []
             for step in range(5):

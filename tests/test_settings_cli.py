@@ -96,8 +96,12 @@ def test_module_entry_point_and_help() -> None:
 def test_demo_shows_the_whole_story() -> None:
     lines: list[str] = []
     run_demo(lines.append)
-    rows = [line for line in lines if line[:4].strip().isdigit()]
+    split = next(i for i, line in enumerate(lines) if "Anthropic Messages API" in line)
+    rows = [line for line in lines[:split] if line[:4].strip().isdigit()]
     reasons = [row.split()[1] for row in rows]
+    messages_rows = [line for line in lines[split:] if line[:4].strip().isdigit()]
+    assert [row.split()[1] for row in messages_rows] == ["new", "pinned", "pinned"]
+    assert len({row.split()[2] for row in messages_rows}) == 1  # one model all along
     assert reasons == [
         "new", "pinned", "upgraded", "pinned", "pinned", "escalated",
         "pinned", "cache_sticky", "cache_sticky", "cache_sticky", "(refused)",

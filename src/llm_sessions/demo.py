@@ -49,7 +49,9 @@ def run_demo(out: Callable[[str], None] = print) -> None:
     with running(standin.app()) as upstream_url:
         settings = Settings(
             upstream=UpstreamSettings(
-                base_url=f"{upstream_url}/v1", api_key_env="DEMO_UPSTREAM_KEY"
+                base_url=f"{upstream_url}/v1",
+                api_key_env="DEMO_UPSTREAM_KEY",
+                apis=("chat", "messages"),
             ),
             tiers=TIERS,
             pricing=PRICES,
@@ -64,6 +66,8 @@ def run_demo(out: Callable[[str], None] = print) -> None:
             ) as client,
         ):
             _conversation(client, standin, out)
+            standin.behaviour.clear()  # the primary the chat part took down is back
+            _messages_session(client, out)
 
 
 def _conversation(client: httpx.Client, standin: StandIn, out: Callable[[str], None]) -> None:
@@ -130,3 +134,31 @@ def _conversation(client: httpx.Client, standin: StandIn, out: Callable[[str], N
     user("Now write an exhaustive property-based test suite for the auth module.")
     ask("", max_tokens=100_000)  # its worst case alone is over the session's $0.50 cap
     out("\n* served by a fallback. Every row went through the gateway over HTTP.")
+
+
+def _messages_session(client: httpx.Client, out: Callable[[str], None]) -> None:
+    """A few turns of an agent on the Anthropic Messages API, as Claude Code sends them."""
+    out("\nThe same gateway on the Anthropic Messages API, as Claude Code calls it:\n")
+    headers = {"x-claude-code-session-id": "7d1c0a52-8f4e-4b1b-9c1e-0e4f2b7a9d10"}
+    schema = {"type": "object", "properties": {"path": {"type": "string"}}}
+    tools = [{"name": "run_tests", "description": "Run the test suite", "input_schema": schema}]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Run the tests, fix what fails."}]
+    notes = ["a Claude Code session: keyed by its session id", "the tool result goes back",
+             "the next step: same session, same model"]  # fmt: skip
+    for turn, note in enumerate(notes, 1):
+        raw = client.post(
+            "/messages",
+            json={"model": "auto", "max_tokens": 1024, "tools": tools, "messages": messages},
+            headers=headers,
+        )
+        h, reply = raw.headers, raw.json()
+        cost = client.get(f"/sessions/{h['x-session-id']}").json()["session_cost_usd"]
+        out(f"{turn:>4}  {h['x-session-reason']:<16} {h['x-session-model']:<28} "
+            f"{h['x-session-tier']:<9} {h['x-session-strikes']:>7} {cost:>10}  {note}")  # fmt: skip
+        messages.append({"role": "assistant", "content": reply["content"]})
+        block = reply["content"][0]
+        if block["type"] == "tool_use":
+            result = {"type": "tool_result", "tool_use_id": block["id"], "content": "1 failed"}
+            messages.append({"role": "user", "content": [result]})
+        else:
+            messages.append({"role": "user", "content": "Now commit it."})
