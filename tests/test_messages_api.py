@@ -62,6 +62,9 @@ def test_a_message_routes_pins_and_bills(gw: Running) -> None:
     assert sent["model"] == raw.headers["x-session-model"] == "openai/s1"  # only model rewritten
     assert sent["max_tokens"] == 200
     assert gw.standin.headers[-1]["anthropic-version"]  # forwarded as the SDK sent it
+    api.messages.create(model="auto", max_tokens=5, messages=[{"role": "user", "content": "b"}],
+                        extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"})  # fmt: skip
+    assert gw.standin.headers[-1]["anthropic-beta"] == "prompt-caching-2024-07-31"
     again = api.messages.with_raw_response.create(
         model="auto", max_tokens=200, extra_headers=CC_SESSION,
         messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello"},
