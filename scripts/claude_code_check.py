@@ -132,7 +132,7 @@ def main() -> int:
         failures.append("a claude run failed")
     if not access:
         failures.append("no request reached the gateway")
-    if any(line["source"] != "header:x-claude-code-session-id" for line in access):
+    if any(line["source"] != "x-claude-code-session-id" for line in access):
         failures.append("a request was not keyed by X-Claude-Code-Session-Id")
     conversations = {line["session"] for line in access}
     if len(conversations) != 2 or len(sessions) != 2:

@@ -27,11 +27,11 @@ def claude_metadata(session: str) -> dict[str, Any]:
 
 # each source alone: (headers, body extra, expected id, expected source)
 ALONE = [
-    ({"x-session-id": "mine"}, {}, "mine", "header"),
-    ({"X-Claude-Code-Session-Id": CLAUDE_CODE}, {}, CLAUDE_CODE, "header:x-claude-code-session-id"),
-    ({"session_id": "codex-1"}, {}, "codex-1", "header:session_id"),
-    ({"session-id": "other-1"}, {}, "other-1", "header:session-id"),
-    ({"x-session-affinity": "oc-1"}, {}, "oc-1", "header:x-session-affinity"),
+    ({"x-session-id": "mine"}, {}, "mine", "x-session-id"),
+    ({"X-Claude-Code-Session-Id": CLAUDE_CODE}, {}, CLAUDE_CODE, "x-claude-code-session-id"),
+    ({"session_id": "codex-1"}, {}, "codex-1", "session_id"),
+    ({"session-id": "other-1"}, {}, "other-1", "session-id"),
+    ({"x-session-affinity": "oc-1"}, {}, "oc-1", "x-session-affinity"),
     ({}, claude_metadata(CLAUDE_CODE), CLAUDE_CODE, "metadata.user_id"),
     ({}, {"prompt_cache_key": "pck-1"}, "pck-1", "prompt_cache_key"),
 ]  # fmt: skip
@@ -68,12 +68,14 @@ def test_a_configured_order_and_header_name() -> None:
     sources = ("prompt_cache_key", "header")
     both = ({"x-agent": "h"}, body(prompt_cache_key="p"))
     assert find_session_id(*both, sources, header_name="x-agent") == ("p", "prompt_cache_key")
-    assert find_session_id(both[0], body(), sources, header_name="x-agent") == ("h", "header")
+    assert find_session_id(both[0], body(), sources, header_name="x-agent") == ("h", "x-agent")
     with pytest.raises(ValueError, match="unknown session id source"):
-        check_id_sources(["cookie"])
+        check_id_sources(["a session"])
     with pytest.raises(ValueError, match="unknown session id source"):
         check_id_sources(["header:bad name"])
     assert check_id_sources(DEFAULT_ID_SOURCES) == DEFAULT_ID_SOURCES
+    # a header by its name, or as header:NAME, any case
+    assert check_id_sources(["header:X-Agent-Id", "x-other"]) == ("x-agent-id", "x-other")
 
 
 @pytest.mark.parametrize(
@@ -134,7 +136,7 @@ def test_the_gateway_reads_the_sources_and_says_which_won(caplog: pytest.LogCapt
         bad = http.post("/v1/chat/completions", json=chat("hi"), headers={"session_id": "s" * 300})
         other = http.post("/v1/chat/completions", json=chat("hi"),
                           headers={"x-claude-code-session-id": "another-conversation"})  # fmt: skip
-    assert one.headers["x-session-source"] == "header:x-claude-code-session-id"
+    assert one.headers["x-session-source"] == "x-claude-code-session-id"
     assert two.headers["x-session-source"] == "metadata.user_id"
     assert one.headers["x-session-id"] == two.headers["x-session-id"] == CLAUDE_CODE
     assert two.headers["x-session-reason"] == "pinned"
@@ -143,7 +145,7 @@ def test_the_gateway_reads_the_sources_and_says_which_won(caplog: pytest.LogCapt
     assert bad.json()["error"]["param"] == "session_id"
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "llm_sessions.access"]
     assert [line["source"] for line in lines[:2]] == [
-        "header:x-claude-code-session-id",
+        "x-claude-code-session-id",
         "metadata.user_id",
     ]
 
@@ -152,9 +154,9 @@ def test_the_gateway_checks_its_id_sources(tmp_path: Any) -> None:
     from llm_sessions.server.settings import ConfigError, load_settings
 
     path = tmp_path / "c.toml"
-    path.write_text('[sessions]\nid_sources = ["header", "cookie"]\n')
+    path.write_text('[sessions]\nid_sources = ["header", "a session"]\n')
     with pytest.raises(
-        ConfigError, match=r"sessions\.id_sources: unknown session id source 'cookie'"
+        ConfigError, match=r"sessions\.id_sources: unknown session id source 'a session'"
     ):
         load_settings(path)
     path.write_text('[sessions]\nid_sources = ["prompt_cache_key"]\n')

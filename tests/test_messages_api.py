@@ -56,7 +56,7 @@ def test_a_message_routes_pins_and_bills(gw: Running) -> None:
     )  # fmt: skip
     message = raw.parse()
     assert message.content[0].text == "Hello from the stand-in."
-    assert raw.headers["x-session-source"] == "header:x-claude-code-session-id"
+    assert raw.headers["x-session-source"] == "x-claude-code-session-id"
     assert raw.headers["x-session-reason"] == "new"
     sent = gw.standin.received[-1]
     assert sent["model"] == raw.headers["x-session-model"] == "openai/s1"  # only model rewritten

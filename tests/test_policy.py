@@ -683,7 +683,7 @@ def test_decision_headers(policy: tuple[Any, Any]) -> None:
     d = p.begin({"x-session-id": "h1"}, Chat("[C] q").request())
     assert d.headers == {
         "X-Session-ID": "h1",
-        "X-Session-Source": "header",
+        "X-Session-Source": "x-session-id",
         "X-Session-Model": "anthropic/c1",
         "X-Session-Tier": "COMPLEX",
         "X-Session-Reason": "new",

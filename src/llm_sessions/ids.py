@@ -32,15 +32,16 @@ MAX_SESSION_ID_LENGTH = 256
 _NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 #: Where a session id is looked for, first present wins (then it is derived):
-#: ``"header"`` is the configured header (``Config.header_name``); ``"header:NAME"`` any
-#: other; ``"metadata.user_id"`` the ``session_id`` of the JSON in a body's
-#: ``metadata.user_id`` (Claude Code); ``"prompt_cache_key"`` that body field.
+#: ``"header"`` is the configured header (``Config.header_name``); any other name is a
+#: header of that name (``"header:NAME"`` is the same); ``"metadata.user_id"`` the
+#: ``session_id`` of the JSON in a body's ``metadata.user_id`` (Claude Code);
+#: ``"prompt_cache_key"`` that body field.
 DEFAULT_ID_SOURCES = (
     "header",
-    "header:x-claude-code-session-id",  # Claude Code
-    "header:session_id",  # Codex and others
-    "header:session-id",
-    "header:x-session-affinity",  # opencode
+    "x-claude-code-session-id",  # Claude Code
+    "session_id",  # Codex and others
+    "session-id",
+    "x-session-affinity",  # opencode
     "metadata.user_id",  # Claude Code, in the body
     "prompt_cache_key",
 )
@@ -119,21 +120,23 @@ def _checked(value: str, what: str, param: str) -> str | None:
 
 
 def check_id_sources(sources: Iterable[str]) -> tuple[str, ...]:
-    """`sources` as a tuple, each one of the forms `DEFAULT_ID_SOURCES` lists."""
+    """`sources` as a tuple of canonical names: ``"header"``, the body sources, and any
+    other header by its lowercased name (``"header:NAME"`` becomes ``"name"``)."""
     if isinstance(sources, str):
         raise ValueError("id_sources must be a list of sources, not one string")
-    checked = tuple(sources)
-    for source in checked:
-        header = source.removeprefix("header:") if isinstance(source, str) else ""
+    checked = []
+    for source in sources:
         if source == "header" or source in _BODY_SOURCES:
+            checked.append(source)
             continue
-        if source.startswith("header:") and _HEADER_NAME.match(header):
-            continue
-        raise ValueError(
-            f"unknown session id source {source!r}: use 'header', 'header:NAME', "
-            "'metadata.user_id' or 'prompt_cache_key'"
-        )
-    return checked
+        name = source.removeprefix("header:") if isinstance(source, str) else ""
+        if not _HEADER_NAME.match(name):
+            raise ValueError(
+                f"unknown session id source {source!r}: use 'header' (the configured "
+                "header), a header's name, 'metadata.user_id' or 'prompt_cache_key'"
+            )
+        checked.append(name.lower())
+    return tuple(checked)
 
 
 def find_session_id(
@@ -142,19 +145,22 @@ def find_session_id(
     sources: Iterable[str] = DEFAULT_ID_SOURCES,
     header_name: str = DEFAULT_HEADER_NAME,
 ) -> tuple[str, str] | None:
-    """``(session id, the source it came from)`` from the first of `sources` present in
-    the request's `headers` or `body`, or None. A present value that can't be an id
-    (over 256 characters, or outside printable ASCII) raises `InvalidSessionId`."""
+    """``(session id, where it came from)`` from the first of `sources` (canonical, see
+    `check_id_sources`) present in the request's `headers` or `body`, or None; a header
+    source is reported by the header's name. A present value that can't be an id (over
+    256 characters, or outside printable ASCII) raises `InvalidSessionId`."""
+    configured = (header_name or DEFAULT_HEADER_NAME).lower()
     for source in sources:
-        if source == "header" or source.startswith("header:"):
-            value = get_session_id(headers, header_name if source == "header" else source[7:])
-        elif source == "metadata.user_id":
+        where = configured if source == "header" else source
+        if where == "metadata.user_id":
             value = _metadata_session_id(body)
+        elif where == "prompt_cache_key":
+            raw = body.get(where) if isinstance(body, dict) else None
+            value = _checked(raw, f"'{where}'", where) if isinstance(raw, str) else None
         else:
-            raw = body.get(source) if isinstance(body, dict) else None
-            value = _checked(raw, f"'{source}'", source) if isinstance(raw, str) else None
+            value = get_session_id(headers, where)
         if value is not None:
-            return value, source
+            return value, where
     return None
 
 
