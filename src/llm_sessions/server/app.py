@@ -75,6 +75,9 @@ def _chat_payload_reader(body: dict[str, Any]) -> Callable[[Any, dict[str, Any]]
 
 
 CHAT = _Wire("chat", "/chat/completions", lambda body: body, _chat_payload_reader, chat.text_bytes)
+EMBEDDINGS = _Wire(
+    "embeddings", "/embeddings", lambda body: body, _chat_payload_reader, chat.text_bytes
+)
 MESSAGES = _Wire(
     "messages",
     "/messages",
@@ -83,6 +86,21 @@ MESSAGES = _Wire(
     messages.text_bytes,
     anthropic_errors=True,
     forward_headers=("anthropic-version", "anthropic-beta"),
+)
+
+
+#: What the gateway serves, as a 404 lists it.
+ENDPOINTS = (
+    "POST /v1/chat/completions",
+    "POST /v1/messages",
+    "POST /v1/messages/count_tokens",
+    "POST /v1/embeddings",
+    "GET /v1/models",
+    "GET /v1/models/{id}",
+    "GET /v1/sessions",
+    "GET|DELETE /v1/sessions/{id}",
+    "GET /health",
+    "GET /metrics",
 )
 
 
@@ -241,6 +259,8 @@ class Gateway:
             Route("/v1/messages", self.messages, methods=["POST"]),
             Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/sessions", self.sessions, methods=["GET"]),
             Route("/v1/sessions/{session_id:path}", self.session, methods=["GET", "DELETE"]),
             Route("/health", self.health, methods=["GET"]),
@@ -273,7 +293,9 @@ class Gateway:
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        message = f"{request.method} {request.url.path}: {exc.detail}"
+        message = f"{request.method} {request.url.path[:256]}: {exc.detail}"
+        if exc.status_code == 404:
+            message += f". This gateway serves: {', '.join(ENDPOINTS)}"
         return JSONResponse(error_body(message, kind), exc.status_code, headers=exc.headers)
 
     async def _crash(self, request: Request, exc: Exception) -> Response:
@@ -682,25 +704,99 @@ class Gateway:
 
     # -- the other endpoints ------------------------------------------------------------------
 
+    def _model_objects(self) -> dict[str, dict[str, Any]]:
+        """The routing profiles, then every model of the routing table, in OpenAI's model
+        object shape, each with the APIs it can be reached through."""
+        created = int(time.time())
+        objects = {}
+        for model in [*self.settings.profiles, *self.settings.models]:
+            if model in self.settings.profiles:
+                apis = list(self.settings.apis)
+            else:
+                route = self.settings.route(model)
+                apis = [a for a in self.settings.apis if route is not None and a in route[0].apis]
+            objects[model] = {"id": model, "object": "model", "created": created,
+                              "owned_by": "llm-sessions", "apis": apis}  # fmt: skip
+        return objects
+
     async def models(self, request: Request) -> Response:
-        """The routing profiles, then every model of the routing table, each with the APIs
-        it can be reached through."""
+        """``GET /v1/models``."""
         try:
             self._authorize(request)
         except _Reject as reject:
-            return JSONResponse(error_body(str(reject), reject.kind, **reject.extra), reject.status)
-        created = int(time.time())
-        data = [
-            {"id": i, "object": "model", "created": created, "owned_by": "llm-sessions",
-             "apis": list(self.settings.apis)}
-            for i in self.settings.profiles
-        ]  # fmt: skip
-        for model in self.settings.models:
+            return self._error(CHAT, reject)
+        return JSONResponse({"object": "list", "data": list(self._model_objects().values())})
+
+    async def model(self, request: Request) -> Response:
+        """``GET /v1/models/{id}``: a profile or a routing-table model; 404 otherwise."""
+        model_id = request.path_params["model_id"]
+        try:
+            self._authorize(request)
+            found = self._model_objects().get(model_id)
+            if found is None:
+                raise _Reject(
+                    404, f"the model {model_id[:256]!r} is not served by this gateway",
+                    "not_found_error", code="model_not_found",
+                )  # fmt: skip
+        except _Reject as reject:
+            return self._error(CHAT, reject)
+        return JSONResponse(found)
+
+    async def embeddings(self, request: Request) -> Response:
+        """``POST /v1/embeddings``: passed to the upstream that serves embeddings for the
+        model (the model map applies), with the gateway's auth, tenancy, body limit and
+        access log, and no session rules. Its cost, when priced, counts per tenant."""
+        started = time.perf_counter()
+        record: dict[str, Any] = {"session": None, "api": "embeddings", "reason": "passthrough"}
+        try:
+            scope = self._authorize(request)
+            body = parse_body(await self._read_body(request))
+            model = body.get("model")
+            if not isinstance(model, str) or not model or len(model) > 256:
+                raise _Reject(400, "'model' must be a model id", param="model")
             route = self.settings.route(model)
-            apis = [a for a in self.settings.apis if route is not None and a in route[0].apis]
-            data.append({"id": model, "object": "model", "created": created,
-                         "owned_by": "llm-sessions", "apis": apis})  # fmt: skip
-        return JSONResponse({"object": "list", "data": data})
+            if route is None or "embeddings" not in route[0].apis:
+                raise _Reject(
+                    400, f"model {model[:256]!r} does not go to an upstream that serves "
+                    "embeddings (upstream.apis)", param="model",
+                )  # fmt: skip
+            record["model"] = model
+            client, sent_as, headers = self._route(model, EMBEDDINGS, request)
+            attempt = await client.attempt(
+                model, {**body, "model": sent_as}, "/embeddings", headers
+            )
+            if attempt.response is None:
+                raise _Reject(502, f"the upstream failed: {attempt.failure}", "upstream_error")
+            try:
+                content = await attempt.response.aread()
+            except httpx.HTTPError:
+                raise _Reject(502, "the upstream broke its response", "upstream_error") from None
+            finally:
+                await attempt.response.aclose()
+            status = attempt.response.status_code
+            if status == 200:
+                self._count_embedding(model, scope, content, record)
+            media = attempt.response.headers.get("content-type", "application/json")
+            response: Response = Response(content, status, media_type=media)
+        except _Reject as reject:
+            response = self._error(CHAT, reject)
+        self._log(record, response.status_code, started)
+        return response
+
+    def _count_embedding(
+        self, model: str, scope: str, content: bytes, record: dict[str, Any]
+    ) -> None:
+        price = self.policy.pricing.get(model)
+        if price is None:
+            return
+        try:
+            usage = json.loads(content).get("usage") or {}
+            tokens = usage.get("prompt_tokens") or usage.get("total_tokens") or 0
+            cost = price.cost_micros(int(tokens), 0)
+        except (ValueError, AttributeError, TypeError):
+            return
+        record["cost"] = cost
+        self.metrics.embeddings_cost.labels(scope[:8] or "none").inc(cost / 1_000_000)
 
     async def health(self, request: Request) -> Response:
         """The store's reachability and what an outage means here: ``"degraded"`` (200)

@@ -55,6 +55,13 @@ class Metrics:
             "What cache reads would have cost at the input price, less what they cost (USD)",
             registry=r,
         )
+        self.embeddings_cost = Counter(
+            "llm_sessions_embeddings_cost_usd",
+            "Cost of embeddings passed through, by tenant (the first 8 characters of its "
+            "scope; none without a key), in USD",
+            ["tenant"],
+            registry=r,
+        )
         self.unrecorded_cost = Counter(
             "llm_sessions_unrecorded_cost_usd",
             "Cost of served requests that could not be recorded (the store stayed down)",

@@ -35,8 +35,11 @@ __all__ = [
     "redact_url",
 ]
 
-#: The APIs an upstream can serve: Chat Completions and Anthropic Messages.
-APIS = ("chat", "messages")
+#: The APIs an upstream can serve: Chat Completions, Anthropic Messages, and embeddings
+#: (passed through, no session rules).
+APIS = ("chat", "messages", "embeddings")
+#: The APIs whose requests are routed (the routing table's tiers must reach them).
+ROUTED_APIS = ("chat", "messages")
 
 DEFAULT_TIERS = {
     "SIMPLE": {"primary": "gpt-4o-mini"},
@@ -259,7 +262,7 @@ def _upstream(up: _Reader, name: str) -> UpstreamSettings:
         )
     if not upstream.apis or not set(upstream.apis) <= set(APIS):
         raise ConfigError(
-            f"config: {up.name('apis')} must list some of 'chat' and 'messages', "
+            f"config: {up.name('apis')} must list some of 'chat', 'messages' and 'embeddings', "
             f"got {list(upstream.apis)!r}"
         )
     up.done()
@@ -443,7 +446,7 @@ def _check(settings: Settings) -> None:
         )
     for upstream in settings.upstreams:
         _check_upstream(upstream)
-    for api in settings.apis:
+    for api in (a for a in settings.apis if a in ROUTED_APIS):
         for tier, models in settings.tiers.items():
             routes = [settings.route(m) for m in models.chain]
             if not any(r is not None and api in r[0].apis for r in routes):

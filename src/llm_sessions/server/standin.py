@@ -61,7 +61,24 @@ class StandIn:
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/messages", self.messages, methods=["POST"]),
                 Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             ]
+        )
+
+    async def embeddings(self, request: Request) -> Response:
+        body = await request.json()
+        self.received.append(body)
+        self.headers.append(dict(request.headers))
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        tokens = sum(len(str(t)) // 4 + 1 for t in texts)
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]}
+            for i in range(len(texts))
+        ]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(
+            {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
         )
 
     async def count_tokens(self, request: Request) -> Response:

@@ -1,0 +1,57 @@
+"""Endpoints passed through without session rules: embeddings, model lookups, and a 404
+that says what the gateway serves."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from gateway_helpers import gateway_with_standin
+from llm_sessions import Pricing
+
+
+def test_embeddings_go_to_the_upstream_with_tenancy_and_cost() -> None:
+    prices = {"text-embedding-3-small": Pricing("0.02", 0)}
+    with gateway_with_standin(
+        upstream={"apis": ("chat", "messages", "embeddings")}, pricing=prices
+    ) as gw:
+        client = gw.client("sk-tenant-a")
+        result = client.embeddings.create(model="text-embedding-3-small", input=["a", "bb"])
+        with gw.http() as http:
+            metrics = http.get("/metrics").text
+            sessions = http.get("/v1/sessions").json()["sessions"]
+    assert [len(e.embedding) for e in result.data] == [3, 3]
+    assert gw.standin.received[-1]["model"] == "text-embedding-3-small"
+    assert sessions == []  # no session rules
+    line = next(m for m in metrics.splitlines() if m.startswith("llm_sessions_embeddings_cost"))
+    assert 'tenant="' in line and float(line.split()[-1]) > 0
+
+
+def test_embeddings_need_an_upstream_that_serves_them() -> None:
+    with (
+        gateway_with_standin() as gw,  # chat and messages only
+        pytest.raises(openai.BadRequestError) as info,
+    ):
+        gw.client().embeddings.create(model="text-embedding-3-small", input="x")
+    assert "embeddings" in info.value.message
+    assert gw.standin.received == []
+
+
+def test_model_lookups() -> None:
+    with gateway_with_standin() as gw:
+        client = gw.client()
+        auto = client.models.retrieve("auto")
+        table = client.models.retrieve("anthropic/c1")
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("no-such-model")
+    assert (auto.id, auto.object) == ("auto", "model")
+    assert table.id == "anthropic/c1"
+
+
+def test_an_unknown_path_lists_what_is_served() -> None:
+    with gateway_with_standin() as gw:
+        reply = httpx.post(f"{gw.url}/v1/responses", json={"model": "auto", "input": "hi"})
+    assert reply.status_code == 404
+    message = reply.json()["error"]["message"]
+    assert "POST /v1/chat/completions" in message and "POST /v1/messages" in message
