@@ -11,6 +11,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
 from .fingerprint import utf8_len
+from .flow import usage_field, usage_int
 from .messages import message_role, message_text
 from .tiers import Tier, coerce_tier
 
@@ -227,37 +228,27 @@ def token_usage(usage: Any) -> TokenUsage:
     A mapping or an object with those attributes; a count that is not an int >= 0 raises
     `ValueError`.
     """
-    if _field(usage, "prompt_tokens") is not None or _field(usage, "completion_tokens") is not None:
-        prompt = _count(usage, "prompt_tokens")
-        cached = min(_count(_field(usage, "prompt_tokens_details"), "cached_tokens"), prompt)
-        return TokenUsage(prompt - cached, _count(usage, "completion_tokens"), cached)
-    inputs, output = _count(usage, "input_tokens"), _count(usage, "output_tokens")
-    read = _count(usage, "cache_read_input_tokens")
-    created = _count(usage, "cache_creation_input_tokens")
-    if read or created or _field(usage, "cache_creation") is not None:
-        split = _field(usage, "cache_creation")
-        hour = _count(split, "ephemeral_1h_input_tokens")
-        minutes = _count(split, "ephemeral_5m_input_tokens") if split is not None else created
+    if (
+        usage_field(usage, "prompt_tokens") is not None
+        or usage_field(usage, "completion_tokens") is not None
+    ):
+        prompt = usage_int(usage, "prompt_tokens")
+        cached = min(
+            usage_int(usage_field(usage, "prompt_tokens_details"), "cached_tokens"), prompt
+        )
+        return TokenUsage(prompt - cached, usage_int(usage, "completion_tokens"), cached)
+    inputs, output = usage_int(usage, "input_tokens"), usage_int(usage, "output_tokens")
+    read = usage_int(usage, "cache_read_input_tokens")
+    created = usage_int(usage, "cache_creation_input_tokens")
+    if read or created or usage_field(usage, "cache_creation") is not None:
+        split = usage_field(usage, "cache_creation")
+        hour = usage_int(split, "ephemeral_1h_input_tokens")
+        minutes = usage_int(split, "ephemeral_5m_input_tokens") if split is not None else created
         if split is not None and minutes + hour != created and created:
             minutes = max(created - hour, 0)
         return TokenUsage(inputs, output, read, minutes, hour)
-    cached = min(_count(_field(usage, "input_tokens_details"), "cached_tokens"), inputs)
+    cached = min(usage_int(usage_field(usage, "input_tokens_details"), "cached_tokens"), inputs)
     return TokenUsage(inputs - cached, output, cached)
-
-
-def _field(holder: Any, name: str) -> Any:
-    if holder is None:
-        return None
-    return holder.get(name) if isinstance(holder, Mapping) else getattr(holder, name, None)
-
-
-def _count(holder: Any, name: str) -> int:
-    value = _field(holder, name)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"usage.{name} must be an int >= 0, got {value!r}")
-    return value
 
 
 #: Tokens the budget's worst case counts for each media part of a prompt, whatever its

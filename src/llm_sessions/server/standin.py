@@ -66,9 +66,7 @@ class StandIn:
         )
 
     async def embeddings(self, request: Request) -> Response:
-        body = await request.json()
-        self.received.append(body)
-        self.headers.append(dict(request.headers))
+        body, _ = await self._take(request)
         inputs = body.get("input")
         texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
         tokens = sum(len(str(t)) // 4 + 1 for t in texts)
@@ -82,19 +80,22 @@ class StandIn:
         )
 
     async def count_tokens(self, request: Request) -> Response:
-        body = await request.json()
-        self.received.append(body)
-        self.headers.append(dict(request.headers))
+        body, _ = await self._take(request)
         return JSONResponse({"input_tokens": len(json.dumps(body.get("messages", []))) // 4 + 1})
 
-    async def messages(self, request: Request) -> Response:
+    async def _take(self, request: Request) -> tuple[dict[str, Any], Behaviour]:
+        """Record a request; its model's behaviour, after any stall it asks for."""
         body = await request.json()
         self.received.append(body)
         self.headers.append(dict(request.headers))
-        model = body.get("model", "")
-        b = self.behaviour.get(model, self.default)
+        b = self.behaviour.get(body.get("model", ""), self.default)
         if b.stall_s:
             await asyncio.sleep(b.stall_s)
+        return body, b
+
+    async def messages(self, request: Request) -> Response:
+        body, b = await self._take(request)
+        model = body.get("model", "")
         if b.status >= 400:
             kind = "overloaded_error" if b.status == 529 else b.error_type
             return JSONResponse(
@@ -157,13 +158,8 @@ class StandIn:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     async def chat(self, request: Request) -> Response:
-        body = await request.json()
-        self.received.append(body)
-        self.headers.append(dict(request.headers))
+        body, b = await self._take(request)
         model = body.get("model", "")
-        b = self.behaviour.get(model, self.default)
-        if b.stall_s:
-            await asyncio.sleep(b.stall_s)
         if b.status >= 400:
             return JSONResponse(
                 {"error": {"message": f"stand-in {b.status}", "type": b.error_type}},
