@@ -690,6 +690,7 @@ class Gateway:
             "event": "chat",
             "session": session[:8] if session else None,
             "source": record.get("source"),
+            "api": record.get("api"),
             "reason": record.get("reason"),
             "model": _cap(record.get("model")),
             "tier": record.get("tier"),
