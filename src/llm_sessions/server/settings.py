@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -143,8 +144,11 @@ class Settings:
         mapped = self.model_routes.get(model)
         if mapped is None:
             return (self.upstream, model) if self.use_default_upstream else None
-        by_name = {up.name: up for up in self.upstreams}
-        return by_name[mapped.upstream], mapped.name
+        return self._by_name[mapped.upstream], mapped.name
+
+    @cached_property
+    def _by_name(self) -> dict[str, UpstreamSettings]:
+        return {up.name: up for up in self.upstreams}
 
     @property
     def models(self) -> list[str]:
