@@ -9,8 +9,11 @@ import time
 import weakref
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from llm_sessions import Config, SessionStore, Tier, monotonic_wall_clock
+from llm_sessions import Config, SessionStore, Tier, monotonic_wall_clock, session_key
+from llm_sessions.ids import key_scope
 
 from helpers import FakeClock
 
@@ -178,3 +181,54 @@ def test_default_clock_ignores_wall_clock_steps(monkeypatch: pytest.MonkeyPatch)
     store = SessionStore(cfg())
     store.set_session("s", "m")
     assert store.get_session("s") is not None
+
+
+# -- the scope index stays exactly in step with the sessions ---------------------------------------
+
+_SCOPES = st.sampled_from(["", "acme", "a:b", "b%c"])
+_IDS = st.sampled_from(["s1", "s2", "x:y", "z%"])
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["set", "cost", "clear", "delete", "advance", "get", "expire"]),
+              _SCOPES, _IDS),
+    max_size=60,
+)  # fmt: skip
+
+
+@settings(max_examples=200)
+@given(_OPS)
+def test_the_scope_index_matches_the_sessions(ops: list[tuple[str, str, str]]) -> None:
+    from helpers import FakeClock
+
+    clock = FakeClock()
+    store = SessionStore(
+        Config(max_sessions=5, timeout_ms=1000, cleanup_interval_ms=0), clock=clock
+    )
+    for op, scope, sid in ops:
+        key = session_key(sid, scope)
+        if op == "set":
+            store.set_session(key, "m")
+        elif op == "cost":
+            store.add_session_cost(key, 1)
+        elif op == "clear":
+            store.clear_session(key)
+        elif op == "delete":
+            store.transact(key, lambda e, now: (None, None))
+        elif op == "advance":
+            clock.advance(600)
+        elif op == "get":
+            store.get_session(key)
+        else:
+            store.expire()
+        indexed = {k for keys in store._scopes.values() for k in keys}
+        assert indexed == {k for k in store._entries if key_scope(k)}  # the scoped ones
+        assert all(key_scope(k) == s for s, keys in store._scopes.items() for k in keys)
+        assert all(store._scopes.values())  # no empty sets kept
+        for s in ("", "acme", "a:b", "b%c"):
+            listed = {row.id for row in store.list_sessions(s, limit=100).sessions}
+            live = {
+                sid for sid in ("s1", "s2", "x:y", "z%")
+                if store.get_session(session_key(sid, s)) is not None
+            }  # fmt: skip
+            assert listed == live
+    store.clear_all()
+    assert store._scopes == {}

@@ -4,7 +4,8 @@ Sessions live as mutable records (see `rules`) in an `OrderedDict` kept in the o
 of their ``last_used_at`` (every write that sets it moves the record to the end), so the
 least recently used session is always first: eviction at ``max_sessions`` is O(1), and
 expiry walks only what has expired, in small batches that release the lock between
-them. The clock is assumed not to go backwards (the default one never does).
+them. Each scope's keys are also indexed, so listing a scope costs what it holds. The
+clock is assumed not to go backwards (the default one never does).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TypeVar
 from .. import rules
 from ..clock import Clock, monotonic_wall_clock
 from ..config import Config
-from ..ids import escape_scope, split_key
+from ..ids import escape_scope, key_scope, split_key
 from ..records import Entry, SessionInfo, SessionPage, SessionRow, Stats
 from ..rules import (
     COST,
@@ -51,7 +52,7 @@ __all__ = ["AsyncSessionStore", "SessionStore"]
 T = TypeVar("T")
 _SWEEP_BATCH = 256  # expired entries removed per lock hold
 _OPPORTUNISTIC_SWEEP = 4  # expired entries removed by each new session
-_LIST_BATCH = 4096  # keys looked at per lock hold when listing a scope
+_LIST_BATCH = 4096  # keys looked at between two hand-overs of the GIL when listing
 _new_tuple = tuple.__new__
 
 
@@ -72,6 +73,11 @@ class SessionStore:
         self._timeout = self._config.timeout_ms
         self._max = self._config.max_sessions
         self._entries: OrderedDict[str, Record] = OrderedDict()
+        # every scoped key, by the escaped scope half of it (`ids.key_scope`): kept exactly
+        # in step with `_entries` by `_insert` and `_drop`, the only ways keys come and go.
+        # Unscoped keys are not indexed: without tenants they are all the sessions there
+        # are, and they cost no memory here.
+        self._scopes: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,19 +99,33 @@ class SessionStore:
     def _live(self, session_id: str, now: int) -> Record | None:
         record = self._entries.get(session_id)
         if record is not None and now - record[LAST_USED_AT] > self._timeout:
-            del self._entries[session_id]
+            self._drop(session_id)
             return None
         return record
 
     def _insert(self, session_id: str, record: Record, now: int) -> None:
         """Add a session (replacing an expired one), evicting the least recent at the bound."""
         entries = self._entries
-        entries.pop(session_id, None)
+        if session_id in entries:
+            self._drop(session_id)
         if len(entries) >= self._max:
             self._sweep_front(now, _OPPORTUNISTIC_SWEEP)
             while len(entries) >= self._max:
-                entries.popitem(last=False)  # least recently used
+                self._drop(next(iter(entries)))  # least recently used
         entries[session_id] = record
+        scope = key_scope(session_id)
+        if scope:
+            self._scopes.setdefault(scope, set()).add(session_id)
+
+    def _drop(self, session_id: str) -> None:
+        """Remove a session that is there, and its index entry."""
+        del self._entries[session_id]
+        scope = key_scope(session_id)
+        if scope:
+            keys = self._scopes[scope]
+            keys.discard(session_id)
+            if not keys:
+                del self._scopes[scope]
 
     def _sweep_front(self, now: int, limit: int) -> int:
         entries, timeout, removed = self._entries, self._timeout, 0
@@ -113,7 +133,7 @@ class SessionStore:
             _, record = next(iter(entries.items()))
             if now - record[LAST_USED_AT] <= timeout:
                 break
-            entries.popitem(last=False)
+            self._drop(next(iter(entries)))
             removed += 1
         return removed
 
@@ -131,7 +151,7 @@ class SessionStore:
             if record is None:
                 return None
             if now - record[LAST_USED_AT] > self._timeout:
-                del self._entries[session_id]
+                self._drop(session_id)
                 return None
             if not record[FLOW].reservations:
                 return _new_tuple(Entry, record)
@@ -295,7 +315,7 @@ class SessionStore:
             if new is old:
                 return result
             if new is None:
-                del self._entries[session_id]
+                self._drop(session_id)
             elif record is None:
                 self._insert(session_id, list(new), now)
             else:
@@ -308,22 +328,20 @@ class SessionStore:
         self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
     ) -> SessionPage:
         """One page of `scope`'s live sessions (every scope's with None), in key order
-        after `cursor`. The keys are looked at in batches, each under one short hold of
-        the lock, so a listing never holds up other callers for long."""
+        after `cursor`. A scope's keys come from its index (the unscoped ones, and every
+        one, from the store itself), copied under the lock and looked at outside it in
+        batches, so a listing never holds up other callers for long, and a tenant's costs
+        what it holds."""
         limit = check_cursor(scope, limit, cursor)
         wanted = None if scope is None else escape_scope(scope)
-        with self._lock:
-            keys = list(self._entries)  # a C-speed copy; the scan below runs unlocked
-        prefix = f"{wanted}:" if wanted else ""
+        with self._lock:  # C-speed copies; the selection below runs unlocked
+            # a tenant's index; else every key (the unscoped: those without a raw ":")
+            keys = list(self._scopes.get(wanted, ())) if wanted else list(self._entries)
         chosen: list[str] = []
         for start in range(0, len(keys), _LIST_BATCH):
-            batch = keys[start : start + _LIST_BATCH]
-            if wanted is None:
-                batch = [key for key in batch if key > cursor]
-            elif prefix:  # the scope's keys start with its escaped half and ":"
-                batch = [key for key in batch if key.startswith(prefix) and key > cursor]
-            else:  # unscoped keys have no raw ":"
-                batch = [key for key in batch if ":" not in key and key > cursor]
+            batch = [key for key in keys[start : start + _LIST_BATCH] if key > cursor]
+            if wanted == "":
+                batch = [key for key in batch if ":" not in key]
             if batch:
                 chosen = heapq.nsmallest(limit + 1, chosen + batch)
             time.sleep(0)  # hand the GIL over between batches
@@ -348,12 +366,14 @@ class SessionStore:
         """Remove one session."""
         check_id(session_id)
         with self._lock:
-            self._entries.pop(session_id, None)
+            if session_id in self._entries:
+                self._drop(session_id)
 
     def clear_all(self) -> None:
         """Remove every session."""
         with self._lock:
             self._entries.clear()
+            self._scopes.clear()
 
     def expire(self) -> int:
         """Remove expired sessions now, in batches; returns how many were removed.
