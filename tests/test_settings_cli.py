@@ -111,3 +111,18 @@ def test_demo_shows_the_whole_story() -> None:
     assert "budget_exceeded" in rows[-1]
     costs = [float(row.split()[5]) for row in rows[:-1]]
     assert costs == sorted(costs) and costs[0] > 0
+
+
+def test_the_redis_socket_timeout_is_configurable(tmp_path: Path, redis_url: str) -> None:
+    from llm_sessions.server import Gateway
+
+    path = tmp_path / "c.toml"
+    path.write_text(f'[store]\nurl = "{redis_url}"\nsocket_timeout_s = 2.5\n')
+    settings = load_settings(path)
+    assert settings.store_socket_timeout_s == 2.5
+    gateway = Gateway(settings)
+    assert gateway.store._pool.connection_kwargs["socket_timeout"] == 2.5  # type: ignore[attr-defined]
+    assert load_settings(None).store_socket_timeout_s == 0.5
+    path.write_text("[store]\nsocket_timeout_s = 0\n")
+    with pytest.raises(ConfigError, match=r"store\.socket_timeout_s must be >= 0\.001"):
+        load_settings(path)

@@ -216,6 +216,7 @@ class Gateway:
                     "key_prefix": settings.store_key_prefix,
                     "on_error": settings.store_on_error,
                     "busy_timeout_ms": settings.store_busy_timeout_ms,
+                    "socket_timeout": settings.store_socket_timeout_s,
                     "max_connections": settings.store_max_connections
                     or settings.upstream.max_connections,
                 }

@@ -113,6 +113,7 @@ class Settings:
     store_busy_timeout_ms: int = 5000
     store_max_connections: int | None = None  # None: upstream.max_connections
     store_finish_retry_ms: int = 10_000
+    store_socket_timeout_s: float = 0.5  # a Redis reply slower than this is an outage
     sessions: Config = field(default_factory=Config)
     id_sources: tuple[str, ...] = DEFAULT_ID_SOURCES
     tiers: Mapping[Tier, TierModels] = field(default_factory=lambda: routing_table(DEFAULT_TIERS))
@@ -318,6 +319,7 @@ def _parse(root: _Reader) -> Settings:
             f"config: store.max_connections must be >= 1, got {store_max_connections!r}"
         )
     finish_retry_ms = store.number("finish_retry_ms", 10_000, minimum=0, integer=True)
+    socket_timeout_s = store.number("socket_timeout_s", 0.5, minimum=0.001)
     store.done()
 
     sess = root.table_of("sessions")
@@ -407,6 +409,7 @@ def _parse(root: _Reader) -> Settings:
         store_busy_timeout_ms=busy_timeout_ms,
         store_max_connections=store_max_connections,
         store_finish_retry_ms=finish_retry_ms,
+        store_socket_timeout_s=socket_timeout_s,
         sessions=sessions,
         id_sources=id_sources,
         tiers=tiers,
