@@ -20,7 +20,6 @@ __all__ = [
     "fingerprint_turn",
     "should_cache_sticky",
     "sticky_by_size",
-    "tool_call_names",
     "tool_calls_of",
     "turn_fingerprint",
     "utf8_len",
@@ -116,18 +115,6 @@ def sticky_by_size(sizes: Sequence[int]) -> bool:
         max(sizes) // _BYTES_PER_TOKEN >= CACHE_STICKY_MESSAGE_TOKENS
         or sum(sizes) // _BYTES_PER_TOKEN >= CACHE_STICKY_TOTAL_TOKENS
     )
-
-
-def tool_call_names(message: Any) -> list[str]:
-    """Names of the tool calls an (OpenAI-style) assistant message makes."""
-    calls = message.get("tool_calls") if isinstance(message, dict) else None
-    names = []
-    for call in calls if isinstance(calls, list) else ():
-        function = call.get("function") if isinstance(call, dict) else None
-        name = function.get("name") if isinstance(function, dict) else None
-        if isinstance(name, str):
-            names.append(name)
-    return names
 
 
 def tool_calls_of(message: Any) -> list[tuple[str, str]]:
