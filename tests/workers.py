@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from llm_sessions import Config, RedisSessionStore
+
+
+def run_threads(work: Callable[[int], None], count: int) -> None:
+    """`work(0)` .. `work(count - 1)`, each in a thread of its own; returns when all end."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def add_costs(url: str, session_ids: list[str], threads: int, calls: int) -> int:
@@ -20,11 +30,7 @@ def add_costs(url: str, session_ids: list[str], threads: int, calls: int) -> int
             store.add_session_cost(session_ids[(t + i) % len(session_ids)], micros)
             added[t] += micros
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    run_threads(work, threads)
     store.close()
     return sum(added)
 
@@ -73,11 +79,7 @@ def budget_edge(url: str, session_id: str, pairs: int, cap_usd: str, worst: int)
         with lock:
             admitted += 1
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(pairs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(one, pairs)
     store.close()
     return admitted, refused
 
@@ -106,10 +108,6 @@ def hot_session(
             except Exception:
                 errors[t] += 1
 
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    run_threads(work, threads)
     store.close()
     return sum(charged), sum(errors)
