@@ -159,11 +159,7 @@ def test_64_threads_on_one_session_all_admitted_and_billed(redis_url: str) -> No
             except BaseException as exc:  # the test fails on any
                 errors.append(exc)
 
-    threads = [threading.Thread(target=one, args=(t,)) for t in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    workers.run_threads(one, 64)
     store.close()
     assert errors == []
     _check_session(redis_url, "hot", sum(costs), 320)
@@ -247,14 +243,12 @@ def test_a_busy_pool_waits_instead_of_failing(redis_url: str) -> None:
 
 def test_sync_pool_waits_too(redis_url: str) -> None:
     store = RedisSessionStore(redis_url, CFG, max_connections=2)
-    threads = [
-        threading.Thread(target=lambda i=i: [store.add_session_cost(f"t{i}", 1) for _ in range(20)])
-        for i in range(16)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+
+    def adds(i: int) -> None:
+        for _ in range(20):
+            store.add_session_cost(f"t{i}", 1)
+
+    workers.run_threads(adds, 16)
     assert store.errors == 0
     assert sum(store.get_session_cost_micros(f"t{i}") for i in range(16)) == 320
     store.close()
