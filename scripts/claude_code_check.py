@@ -26,21 +26,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from redis_server import free_port
+from gateway_helpers import gateway_processes, standin_process
 
 KEY = "sk-ant-claude-code-check"
-
-
-def wait_until_up(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{url} did not start") from None
-            time.sleep(0.1)
 
 
 def main() -> int:
@@ -52,64 +40,46 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="claude-code-check-"))
     (work / "CLAUDE.md").write_text("# Project\nAlways run the tests before you answer.\n")
     (work / "app.py").write_text("print('hello')\n")
-    standin_port, gateway_port = free_port(), free_port()
-    config = work / "gateway.toml"
-    config.write_text(
-        f'[upstream]\nbase_url = "http://127.0.0.1:{standin_port}/v1"\n'
-        'api_key_env = "CHECK_UPSTREAM_KEY"\napis = ["chat", "messages"]\nauth = "x-api-key"\n'
-        f"[server]\nport = {gateway_port}\n"
-        '[pricing."gpt-4o-mini"]\ninput_per_mtok = 0.15\noutput_per_mtok = 0.6\n'
-        '[pricing."gpt-4o"]\ninput_per_mtok = 2.5\noutput_per_mtok = 10\n'
-        "[budget]\nmax_session_cost_usd = 1.0\n"
-    )
-    exe = [sys.executable, "-m", "llm_sessions"]
-    log = open(work / "gateway.log", "wb")  # noqa: SIM115
-    procs = [
-        subprocess.Popen([*exe, "standin", "--port", str(standin_port)], stdout=subprocess.DEVNULL),
-        subprocess.Popen(
-            [*exe, "serve", "--config", str(config)],
-            stderr=log,
-            env={**os.environ, "CHECK_UPSTREAM_KEY": "sk-standin"},
-        ),
-    ]
-    gateway = f"http://127.0.0.1:{gateway_port}"
-    try:
-        wait_until_up(f"http://127.0.0.1:{standin_port}/")
-        wait_until_up(f"{gateway}/health")
-        env = {
-            **os.environ,
-            "ANTHROPIC_BASE_URL": gateway,
-            "ANTHROPIC_API_KEY": KEY,
-            "ANTHROPIC_MODEL": "auto",  # let the gateway route (pin, escalate, cap)
-            "DISABLE_TELEMETRY": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        }
-        runs = []
-        for prompt in ("Run the tests, then say done.", "Run the tests again, then say done."):
-            started = time.monotonic()
-            done = subprocess.run(
-                [args.claude, "-p", prompt],
-                cwd=work,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-            runs.append((done.returncode, time.monotonic() - started, done.stdout.strip()[:200],
-                         done.stderr.strip()[-400:]))  # fmt: skip
-        listing = httpx.get(f"{gateway}/v1/sessions", headers={"x-api-key": KEY}, timeout=10)
-        sessions = listing.json()["sessions"]
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(15)
-        log.close()
+    with standin_process() as upstream:
+        toml = (
+            f'[upstream]\nbase_url = "{upstream}/v1"\napis = ["chat", "messages"]\n'
+            'auth = "x-api-key"\n'
+            '[pricing."gpt-4o-mini"]\ninput_per_mtok = 0.15\noutput_per_mtok = 0.6\n'
+            '[pricing."gpt-4o"]\ninput_per_mtok = 2.5\noutput_per_mtok = 10\n'
+            "[budget]\nmax_session_cost_usd = 1.0\n"
+        )
+        with gateway_processes(work, toml, count=1) as ports:
+            gateway = f"http://127.0.0.1:{ports[0]}"
+            env = {
+                **os.environ,
+                "ANTHROPIC_BASE_URL": gateway,
+                "ANTHROPIC_API_KEY": KEY,
+                "ANTHROPIC_MODEL": "auto",  # let the gateway route (pin, escalate, cap)
+                "DISABLE_TELEMETRY": "1",
+                "DISABLE_AUTOUPDATER": "1",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            }
+            runs = []
+            for prompt in ("Run the tests, then say done.", "Run the tests again, then say done."):
+                started = time.monotonic()
+                done = subprocess.run(
+                    [args.claude, "-p", prompt],
+                    cwd=work,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    check=False,
+                )
+                runs.append((done.returncode, time.monotonic() - started,
+                             done.stdout.strip()[:200], done.stderr.strip()[-400:]))  # fmt: skip
+            listing = httpx.get(f"{gateway}/v1/sessions", headers={"x-api-key": KEY}, timeout=10)
+            sessions = listing.json()["sessions"]
+    log = work / f"gateway-{ports[0]}.log"
 
     access = [
         json.loads(line)
-        for line in (work / "gateway.log").read_text().splitlines()
+        for line in log.read_text().splitlines()
         if line.startswith('{"event": "chat"')
     ]
     version = subprocess.run(

@@ -87,17 +87,25 @@ def chat(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": "auto", "messages": [{"role": "user", "content": text}], **extra}
 
 
-def healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+def wait_until_up(url: str, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Poll `url` until it answers at all (within 30 s, and while `proc` is alive)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
+            raise AssertionError(f"{url} did not come up")
+        time.sleep(0.05)
 
 
 @contextmanager
 def gateway_processes(directory: Path, toml: str, count: int = 2) -> Iterator[list[int]]:
     """`count` `llm-sessions serve` processes with the configuration `toml`, on free
-    loopback ports; yields the ports once every one answers /health."""
+    loopback ports (each logs to gateway-PORT.log in `directory`); yields the ports once
+    every one answers /health."""
     from redis_server import free_port
 
     config = directory / "gateway.toml"
@@ -116,12 +124,8 @@ def gateway_processes(directory: Path, toml: str, count: int = 2) -> Iterator[li
             )
             procs.append(proc)
         try:
-            deadline = time.monotonic() + 30
-            for port in ports:
-                while not healthy(port):
-                    if time.monotonic() > deadline:
-                        raise AssertionError(f"gateway on {port} did not start")
-                    time.sleep(0.05)
+            for port, proc in zip(ports, procs, strict=True):
+                wait_until_up(f"http://127.0.0.1:{port}/health", proc)
             yield ports
         finally:
             for proc in procs:
@@ -131,27 +135,16 @@ def gateway_processes(directory: Path, toml: str, count: int = 2) -> Iterator[li
 
 @contextmanager
 def standin_process() -> Iterator[str]:
-    """The stand-in upstream in a process of its own (for load that must not share this
-    process's GIL); yields its base URL."""
+    """The stand-in upstream (`llm-sessions standin`) in a process of its own, for load
+    that must not share this process's GIL; yields its base URL."""
     from redis_server import free_port
 
     port = free_port()
-    code = (
-        "import uvicorn; from llm_sessions.server.standin import StandIn; "
-        f"uvicorn.run(StandIn().app(), host='127.0.0.1', port={port}, log_level='warning')"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    command = [sys.executable, "-m", "llm_sessions", "standin", "--port", str(port)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError("the stand-in did not start") from None
-                time.sleep(0.05)
+        wait_until_up(url, proc)
         yield url
     finally:
         proc.terminate()
