@@ -69,15 +69,12 @@ class _Wire:
     forward_headers: tuple[str, ...] = ()  # client headers passed on upstream
 
 
-def _chat_payload_reader(body: dict[str, Any]) -> Callable[[Any, dict[str, Any]], Any]:
+def _chat_stream_reader(body: dict[str, Any]) -> Callable[[Any, dict[str, Any]], Any]:
     include = (body.get("stream_options") or {}).get("include_usage", False)
     return chat.stream_reader(keep_usage=include is True)
 
 
-CHAT = _Wire("chat", "/chat/completions", lambda body: body, _chat_payload_reader, chat.text_bytes)
-EMBEDDINGS = _Wire(
-    "embeddings", "/embeddings", lambda body: body, _chat_payload_reader, chat.text_bytes
-)
+CHAT = _Wire("chat", "/chat/completions", lambda body: body, _chat_stream_reader, chat.text_bytes)
 MESSAGES = _Wire(
     "messages",
     "/messages",
@@ -352,7 +349,7 @@ class Gateway:
                 model = await self.policy.apeek(request.headers, view, scope=scope)
             except (InvalidRequest, InvalidSessionId) as exc:
                 raise _Reject(400, str(exc), param=exc.param) from None
-            client, sent_as, headers = self._route(model, MESSAGES, request)
+            client, sent_as, headers = self._route(model, request, MESSAGES.forward_headers)
             attempt = await client.attempt(
                 model, {**body, "model": sent_as}, "/messages/count_tokens", headers
             )
@@ -389,15 +386,15 @@ class Gateway:
         return route is not None and wire.api in route[0].apis
 
     def _route(
-        self, model: str, wire: _Wire, request: Request
+        self, model: str, request: Request, passed: tuple[str, ...] = ()
     ) -> tuple[Upstream, str, dict[str, str]]:
         """The client of `model`'s upstream, the id it is sent as, and the headers to
-        send: the client's own the wire passes on, and its key where the upstream
+        send: the client's own that are `passed` on, and its key where the upstream
         forwards callers' keys."""
         route = self.settings.route(model)
         assert route is not None  # callers keep to models that `_serves`
         upstream, sent_as = route
-        headers = {h: request.headers[h] for h in wire.forward_headers if h in request.headers}
+        headers = {h: request.headers[h] for h in passed if h in request.headers}
         if upstream.forward_client_key:
             key = _bearer(request)
             if key and upstream.auth == "x-api-key":
@@ -556,7 +553,7 @@ class Gateway:
             )
         tried: list[str] = []
         for model in served[: self.max_attempts]:
-            client, sent_as, headers = self._route(model, wire, request)
+            client, sent_as, headers = self._route(model, request, wire.forward_headers)
             payload = {**body, "model": sent_as}
             if stream and wire is CHAT:
                 payload["stream_options"] = {**(options or {}), "include_usage": True}
@@ -763,7 +760,7 @@ class Gateway:
                     "embeddings (upstream.apis)", param="model",
                 )  # fmt: skip
             record["model"] = model
-            client, sent_as, headers = self._route(model, EMBEDDINGS, request)
+            client, sent_as, headers = self._route(model, request)
             attempt = await client.attempt(
                 model, {**body, "model": sent_as}, "/embeddings", headers
             )
