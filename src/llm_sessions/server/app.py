@@ -237,6 +237,7 @@ class Gateway:
         self.max_attempts = settings.upstream.max_attempts
         self.metrics = Metrics(lambda: float(getattr(self.store, "errors", 0)))
         self.api_keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
+        self.model_objects = self._model_objects()
         self.admin_keys = (
             load_api_keys(settings.admin_keys_file) if settings.admin_keys_file else frozenset()
         )
@@ -705,7 +706,7 @@ class Gateway:
 
     def _model_objects(self) -> dict[str, dict[str, Any]]:
         """The routing profiles, then every model of the routing table, in OpenAI's model
-        object shape, each with the APIs it can be reached through."""
+        object shape, each with the APIs it can be reached through (built at start-up)."""
         created = int(time.time())
         objects = {}
         for model in [*self.settings.profiles, *self.settings.models]:
@@ -724,14 +725,14 @@ class Gateway:
             self._authorize(request)
         except _Reject as reject:
             return self._error(CHAT, reject)
-        return JSONResponse({"object": "list", "data": list(self._model_objects().values())})
+        return JSONResponse({"object": "list", "data": list(self.model_objects.values())})
 
     async def model(self, request: Request) -> Response:
         """``GET /v1/models/{id}``: a profile or a routing-table model; 404 otherwise."""
         model_id = request.path_params["model_id"]
         try:
             self._authorize(request)
-            found = self._model_objects().get(model_id)
+            found = self.model_objects.get(model_id)
             if found is None:
                 raise _Reject(
                     404, f"the model {model_id[:256]!r} is not served by this gateway",
