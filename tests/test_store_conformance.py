@@ -601,3 +601,71 @@ def test_flow_state_round_trips_and_reservations_expire(store: Any, clock: FakeC
     store.add_session_cost("s", 1)  # core writes keep the flow state
     store.touch_session("s")
     assert store.get_session("s").flow.explicit_model == "mine/model ü"
+
+
+# -- links: names that lead to a session (a response id to the session that made it) -------
+
+
+def _touch(entry: Entry | None, now: int) -> tuple[Entry | None, None]:
+    if entry is None:
+        return Entry("m", Tier.MEDIUM, now, now, 1, (), 0, False, False, False, 0, "", 0), None
+    return entry._replace(last_used_at=now, request_count=entry.request_count + 1), None
+
+
+def test_links_are_written_with_the_session_and_resolved(store: Any, clock: FakeClock) -> None:
+    assert store.resolve_link("t:resp_1") is None
+    store.transact("t:s", _touch, links={"t:resp_1": "to s", "t:conv": "also s"})
+    assert store.resolve_link("t:resp_1") == "to s"
+    assert store.resolve_link("t:conv") == "also s"
+    assert store.resolve_link("u:resp_1") is None  # another scope's name is another name
+    # links never show up as sessions
+    assert live_ids(store) == ["t:s"]
+    assert [row.id for row in store.list_sessions("t").sessions] == ["s"]
+    assert [row.id for row in store.list_sessions(None).sessions] == ["s"]
+
+
+def test_links_are_not_written_without_a_write(store: Any) -> None:
+    store.transact("s", lambda e, now: (e, None), links={"r": "x"})  # no session: no write
+    assert store.resolve_link("r") is None
+    store.transact("s", _touch)
+    store.transact("s", lambda e, now: (e, None), links={"r": "x"})  # unchanged: no write
+    assert store.resolve_link("r") is None
+    store.transact("s", lambda e, now: (None, None), links={"r": "x"})  # deleted: no link
+    assert store.resolve_link("r") is None
+
+
+def test_a_link_lives_the_session_timeout_from_its_last_use(store: Any, clock: FakeClock) -> None:
+    store.transact("s", _touch, links={"r": "x"})
+    clock.advance(TIMEOUT)
+    assert store.resolve_link("r") == "x"  # at exactly the timeout it lives, and is renewed
+    clock.advance(TIMEOUT)
+    assert store.resolve_link("r") == "x"
+    clock.advance(TIMEOUT + 1)
+    assert store.resolve_link("r") is None
+    store.transact("s", _touch, links={"r": "y"})  # written again: back, with a new value
+    assert store.resolve_link("r") == "y"
+
+
+def test_links_outlive_nothing_the_session_does_not(store: Any, clock: FakeClock) -> None:
+    """A link is written with its session and lives as long from then, so a session that
+    expires takes every link written with it along."""
+    store.transact("s", _touch, links={"r1": "x"})
+    clock.advance(10)
+    store.transact("s", _touch, links={"r2": "x"})
+    clock.advance(TIMEOUT + 1)
+    assert store.get_session("s") is None
+    assert store.resolve_link("r1") is None and store.resolve_link("r2") is None
+
+
+def test_clear_all_removes_links(store: Any) -> None:
+    store.transact("s", _touch, links={"r": "x"})
+    store.clear_all()
+    assert store.resolve_link("r") is None
+
+
+def test_link_argument_checks(store: Any) -> None:
+    with pytest.raises(TypeError):
+        store.resolve_link(5)
+    with pytest.raises(TypeError):
+        store.transact("s", _touch, links={"r": 5})
+    assert store.get_session("s") is None  # a bad link writes nothing

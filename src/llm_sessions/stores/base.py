@@ -24,6 +24,7 @@ __all__ = [
     "check_id",
     "check_cursor",
     "check_limit",
+    "check_links",
     "check_micros",
     "check_models",
     "check_str",
@@ -65,8 +66,14 @@ class Store(Protocol):
     def set_cache_sticky(self, session_id: str, provider: str) -> None: ...
     def is_cache_sticky(self, session_id: str) -> bool: ...
     def transact(
-        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+        self,
+        session_id: str,
+        fn: Transition[T],
+        *,
+        busy_timeout_ms: float | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> T: ...
+    def resolve_link(self, name: str) -> str | None: ...
     def list_sessions(
         self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
     ) -> SessionPage: ...
@@ -102,8 +109,14 @@ class AsyncStore(Protocol):
     async def set_cache_sticky(self, session_id: str, provider: str) -> None: ...
     async def is_cache_sticky(self, session_id: str) -> bool: ...
     async def transact(
-        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+        self,
+        session_id: str,
+        fn: Transition[T],
+        *,
+        busy_timeout_ms: float | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> T: ...
+    async def resolve_link(self, name: str) -> str | None: ...
     async def list_sessions(
         self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
     ) -> SessionPage: ...
@@ -114,6 +127,17 @@ class AsyncStore(Protocol):
 def check_id(session_id: object) -> None:
     if not isinstance(session_id, str):
         raise TypeError(f"session_id must be a str, got {type(session_id).__name__}")
+
+
+def check_links(links: object) -> None:
+    """`transact`'s links: None or a mapping of str names to str values."""
+    if links is None:
+        return
+    if not isinstance(links, Mapping):
+        raise TypeError(f"links must be a mapping of str to str, got {type(links).__name__}")
+    for name, value in links.items():
+        check_id(name)
+        check_str("a link's value", value)
 
 
 def check_str(name: str, value: object) -> None:

@@ -6,6 +6,10 @@ least recently used session is always first: eviction at ``max_sessions`` is O(1
 expiry walks only what has expired, in small batches that release the lock between
 them. Each scope's keys are also indexed, so listing a scope costs what it holds. The
 clock is assumed not to go backwards (the default one never does).
+
+Links (a name leading to a session, e.g. a response id) live beside the sessions in
+their own `OrderedDict`, in expiry order too: every link lives the session timeout from
+its last write or use, so renewing one moves it to the end.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .base import (
     check_cursor,
     check_id,
     check_limit,
+    check_links,
     check_micros,
     check_models,
     check_str,
@@ -53,6 +58,7 @@ T = TypeVar("T")
 _SWEEP_BATCH = 256  # expired entries removed per lock hold
 _OPPORTUNISTIC_SWEEP = 4  # expired entries removed by each new session
 _LIST_BATCH = 4096  # keys looked at between two hand-overs of the GIL when listing
+LINKS_PER_SESSION = 16  # links held at most: this many times max_sessions
 _new_tuple = tuple.__new__
 
 
@@ -78,6 +84,9 @@ class SessionStore:
         # Unscoped keys are not indexed: without tenants they are all the sessions there
         # are, and they cost no memory here.
         self._scopes: dict[str, set[str]] = {}
+        # link name -> (value, expires_at), least recently renewed first
+        self._links: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._max_links = self._max * LINKS_PER_SESSION
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -135,7 +144,19 @@ class SessionStore:
                 break
             self._drop(next(iter(entries)))
             removed += 1
+        links = self._links
+        while removed < limit and links and next(iter(links.values()))[1] < now:
+            links.popitem(last=False)
+            removed += 1
         return removed
+
+    def _set_links(self, links: Mapping[str, str], now: int) -> None:
+        expires, held = now + self._timeout, self._links
+        for name, value in links.items():
+            held.pop(name, None)
+            held[name] = (value, expires)
+        while len(held) > self._max_links:
+            held.popitem(last=False)  # the least recently renewed
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -296,15 +317,23 @@ class SessionStore:
             rules.set_cache_sticky(self._live(session_id, now), now, provider)
 
     def transact(
-        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+        self,
+        session_id: str,
+        fn: Transition[T],
+        *,
+        busy_timeout_ms: float | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> T:
         """Apply `fn(live entry or None, now) -> (new entry, result)` atomically; return result.
 
         Returning the entry unchanged writes nothing. On a disabled store or an empty id,
-        `fn` sees None and nothing is written. `busy_timeout_ms` is accepted for the
-        Redis stores' sake: here a transaction only ever waits for the store's lock.
+        `fn` sees None and nothing is written. `links` (name -> value) are written in the
+        same step when it writes a session (not when it deletes one), each living the
+        session timeout from now (see `resolve_link`). `busy_timeout_ms` is accepted for
+        the Redis stores' sake: here a transaction only ever waits for the store's lock.
         """
         check_id(session_id)
+        check_links(links)
         if not self._enabled or not session_id:
             return fn(None, self._clock())[1]
         with self._lock:
@@ -316,13 +345,34 @@ class SessionStore:
                 return result
             if new is None:
                 self._drop(session_id)
-            elif record is None:
+                return result
+            if record is None:
                 self._insert(session_id, list(new), now)
             else:
                 record[:] = new
                 if new.last_used_at != old.last_used_at:  # type: ignore[union-attr]
                     self._entries.move_to_end(session_id)
+            if links:
+                self._set_links(links, now)
         return result
+
+    def resolve_link(self, name: str) -> str | None:
+        """The value of the link `name` (written by `transact`), renewing it for the
+        session timeout from now; None when there is none or it expired."""
+        check_id(name)
+        if not self._enabled:
+            return None
+        with self._lock:
+            now, held = self._clock(), self._links
+            found = held.get(name)
+            if found is None:
+                return None
+            if found[1] < now:
+                del held[name]
+                return None
+            held[name] = (found[0], now + self._timeout)
+            held.move_to_end(name)
+            return found[0]
 
     def list_sessions(
         self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
@@ -374,6 +424,7 @@ class SessionStore:
         with self._lock:
             self._entries.clear()
             self._scopes.clear()
+            self._links.clear()
 
     def expire(self) -> int:
         """Remove expired sessions now, in batches; returns how many were removed.
@@ -482,9 +533,17 @@ class AsyncSessionStore:
         return self._sync.is_cache_sticky(session_id)
 
     async def transact(
-        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+        self,
+        session_id: str,
+        fn: Transition[T],
+        *,
+        busy_timeout_ms: float | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> T:
-        return self._sync.transact(session_id, fn)
+        return self._sync.transact(session_id, fn, links=links)
+
+    async def resolve_link(self, name: str) -> str | None:
+        return self._sync.resolve_link(name)
 
     async def list_sessions(
         self, scope: str | None = "", *, limit: int = 100, cursor: str = ""

@@ -283,7 +283,9 @@ class RedisSessionStore(_RedisStoreBase):
                 try:
                     if type(cmd) is Eval:
                         try:
-                            reply = client.evalsha(shas[cmd.script], 1, cmd.key, *cmd.args)
+                            reply = client.evalsha(
+                                shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
+                            )
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = self._eval_again(cmd, exc)
                     elif type(cmd) is Sleep:
@@ -304,7 +306,9 @@ class RedisSessionStore(_RedisStoreBase):
             self._shas[cmd.script] = self._client.script_load(SCRIPTS[cmd.script])
         elif not cmd.read:
             raise exc
-        return self._client.evalsha(self._shas[cmd.script], 1, cmd.key, *cmd.args)
+        return self._client.evalsha(
+            self._shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
+        )
 
     def _keyspace(self, cmd: Any) -> Any:
         client = self._client
@@ -375,9 +379,17 @@ class RedisSessionStore(_RedisStoreBase):
         return self._run(self._ops.is_cache_sticky(session_id))
 
     def transact(
-        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+        self,
+        session_id: str,
+        fn: Transition[T],
+        *,
+        busy_timeout_ms: float | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> T:
-        return self._run(self._ops.transact(session_id, fn, busy_timeout_ms))
+        return self._run(self._ops.transact(session_id, fn, busy_timeout_ms, links))
+
+    def resolve_link(self, name: str) -> str | None:
+        return self._run(self._ops.resolve_link(name))
 
     def list_sessions(
         self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
@@ -434,7 +446,9 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                 try:
                     if type(cmd) is Eval:
                         try:
-                            reply = await client.evalsha(shas[cmd.script], 1, cmd.key, *cmd.args)
+                            reply = await client.evalsha(
+                                shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
+                            )
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = await self._eval_again(cmd, exc)
                     elif type(cmd) is Sleep:
@@ -455,7 +469,9 @@ class AsyncRedisSessionStore(_RedisStoreBase):
             self._shas[cmd.script] = await self._client.script_load(SCRIPTS[cmd.script])
         elif not cmd.read:
             raise exc
-        return await self._client.evalsha(self._shas[cmd.script], 1, cmd.key, *cmd.args)
+        return await self._client.evalsha(
+            self._shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
+        )
 
     async def _keyspace(self, cmd: Any) -> Any:
         client = self._client
@@ -528,9 +544,17 @@ class AsyncRedisSessionStore(_RedisStoreBase):
         return await self._run(self._ops.is_cache_sticky(session_id))
 
     async def transact(
-        self, session_id: str, fn: Transition[T], *, busy_timeout_ms: float | None = None
+        self,
+        session_id: str,
+        fn: Transition[T],
+        *,
+        busy_timeout_ms: float | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> T:
-        return await self._run(self._ops.transact(session_id, fn, busy_timeout_ms))
+        return await self._run(self._ops.transact(session_id, fn, busy_timeout_ms, links))
+
+    async def resolve_link(self, name: str) -> str | None:
+        return await self._run(self._ops.resolve_link(name))
 
     async def list_sessions(
         self, scope: str | None = "", *, limit: int = 100, cursor: str = ""

@@ -46,6 +46,7 @@ from .base import (
     check_cursor,
     check_id,
     check_limit,
+    check_links,
     check_micros,
     check_models,
     check_str,
@@ -84,6 +85,7 @@ WRITE_SCRIPTS = (
     "add_session_cost",
     "set_cache_sticky",
     "compare_and_set",
+    "resolve_link",
 )
 
 
@@ -121,6 +123,7 @@ class Eval:
     key: str
     args: tuple[bytes, ...]
     read: bool = False
+    keys: tuple[str, ...] = ()  # more keys the script writes (KEYS[2..])
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +326,11 @@ class RedisOps:
         """The session's key: the prefix, its scope's tag and a 128-bit digest of the id."""
         digest = hashlib.blake2b(_b(session_id), digest_size=16).hexdigest()
         return f"{self.key_prefix}{_scope_tag(key_scope(session_id))}:{digest}"
+
+    def link_key(self, name: str) -> str:
+        """A link's key: in its scope's key space, beside the sessions (`key`)."""
+        digest = hashlib.blake2b(b"link\0" + _b(name), digest_size=16).hexdigest()
+        return f"{self.key_prefix}{_scope_tag(key_scope(name))}:L{digest}"
 
     def scope_match(self, scope: str | None) -> str:
         """The SCAN MATCH pattern of one scope's keys (the escaped scope half of a key),
@@ -561,16 +569,36 @@ class RedisOps:
 
         return Op(steps(), lambda: None, True)
 
+    def resolve_link(self, name: str) -> Op[str | None]:
+        check_id(name)
+
+        def steps() -> Generator[Command, Any, str | None]:
+            if not self._enabled:
+                return None
+            args = (self._now_arg(), self._timeout_arg, _b(name))
+            value = yield Eval("resolve_link", self.link_key(name), args, read=True)
+            return None if value is None else _s(value)
+
+        return Op(steps(), lambda: None, False)
+
     def transact(
-        self, session_id: str, fn: Transition[T], busy_timeout_ms: float | None = None
+        self,
+        session_id: str,
+        fn: Transition[T],
+        busy_timeout_ms: float | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> Op[T]:
         """One read, then a compare-and-set of the whole record; when another write came
         in between, the script answers with the current record and `fn` runs again at
         once, then after pauses with jitter that double up to 50 ms. Transactions of one
         session wait for each other in-process (the op's `lock`); past `busy_timeout_ms`
         (the store's default when None, ``math.inf`` for no limit) it raises `SessionBusy`.
-        It never fails open: a store that can't be reached raises `StoreUnavailable`."""
+        It never fails open: a store that can't be reached raises `StoreUnavailable`.
+        `links` are written by the same script as the record (see `compare_and_set.lua`)."""
         check_id(session_id)
+        check_links(links)
+        link_keys = tuple(self.link_key(name) for name in links or ())
+        link_args = [_b(part) for pair in (links or {}).items() for part in pair]
         limit_ms = self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
         deadline = None if math.isinf(limit_ms) else time.monotonic() + limit_ms / 1000
 
@@ -587,6 +615,7 @@ class RedisOps:
                 if new is old:
                     return result
                 record = [] if new is None else encode_entry(session_id, new)
+                written = link_keys if new is not None else ()
                 reply = yield Eval(
                     "compare_and_set",
                     key,
@@ -595,8 +624,11 @@ class RedisOps:
                         self._timeout_arg,
                         _b(session_id),
                         values[-1] or b"",
+                        b"%d" % len(written),
+                        *(link_args if written else ()),
                         *record,
                     ),
+                    keys=written,
                 )
                 if reply[0] == 1:
                     return result

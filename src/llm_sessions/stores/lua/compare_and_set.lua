@@ -1,16 +1,19 @@
 -- The write half of `transact`: replace the whole record if nobody wrote since it was
--- read. ARGV[4]: the version that was read ('' when there was no key); ARGV[5..]: the
--- new record's field/value pairs (none: delete the session).
+-- read. ARGV[4]: the version that was read ('' when there was no key); ARGV[5]: how many
+-- links follow (n), then n (name, value) pairs whose keys are KEYS[2..n+1]; after them
+-- the new record's field/value pairs (none: delete the session).
 -- Returns {1} on success, or {0, now, current record} so the caller can retry at once.
 local current = redis.call('HGET', key, 'v')
 if (current or '') ~= ARGV[4] then
   return {0, now, record()}
 end
+local links = tonumber(ARGV[5])
+local first = 6 + 2 * links
 redis.call('DEL', key)
-if #ARGV < 5 then
+if #ARGV < first then
   return {1}
 end
-redis.call('HSET', key, unpack(ARGV, 5))
+redis.call('HSET', key, unpack(ARGV, first))
 if ARGV[4] == '' then
   redis.call('HSET', key, 'v', fresh_version())
 else
@@ -24,5 +27,14 @@ if ttl >= 0 then
   redis.call('PEXPIRE', key, math.max(ttl, 1))
 else
   redis.call('DEL', key)
+  return {1}
+end
+-- Links live the session timeout from now (a hash without an 'id': never a session).
+for i = 1, links do
+  local link = KEYS[i + 1]
+  redis.call('DEL', link)
+  redis.call('HSET', link, 'name', ARGV[4 + 2 * i], 'to', ARGV[5 + 2 * i],
+    'expires_at', now + timeout)
+  redis.call('PEXPIRE', link, math.max(timeout, 1))
 end
 return {1}
