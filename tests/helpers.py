@@ -58,5 +58,8 @@ class PolicyFacade:
     def finish(self, *args: Any, **kwargs: Any) -> Any:
         return self.loop.run_until_complete(self.policy.afinish(*args, **kwargs))
 
+    def response_session(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loop.run_until_complete(self.policy.aresponse_session(*args, **kwargs))
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.policy, name)

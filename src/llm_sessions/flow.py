@@ -35,6 +35,7 @@ REASONS = (
     "escalated",
     "primary_retry",
     "budget_downgrade",
+    "chain_bound",
     "no_session",
     "store_unavailable",
 )
@@ -72,6 +73,8 @@ class Decision:
     sticky_activated: bool = False  # the session turned cache-sticky with this request
     prompt_tokens: int = 0  # the prompt's estimated size (what an unreadable usage is billed)
     source: str = ""  # where the session id came from: an id source, or "derived"
+    scope: str = ""  # the caller's scope
+    links: tuple[str, ...] = ()  # link names `finish` points at this session (a conversation)
     _outcome: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
@@ -106,6 +109,15 @@ class _Request(NamedTuple):
     reservation_id: str
     choices: int = 1  # `n`: the worst case is paid once per choice
     source: str = ""  # where the session id came from (an id source, or "derived")
+    scope: str = ""
+    # Chains of stored responses (the Responses API): the link to look up before the
+    # session is touched ("" none), whether its session is this request's (the id source
+    # that won was previous_response_id), and the links `finish` writes.
+    follow_link: str = ""
+    link_names_session: bool = False
+    links_out: tuple[str, ...] = ()
+    # the only models that can serve it (those of the holder of the state it continues)
+    bound: frozenset[str] | None = None
 
 
 class _Begun(NamedTuple):

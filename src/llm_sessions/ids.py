@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import InvalidSessionId
+from .errors import InvalidRequest, InvalidSessionId
 from .messages import message_role, message_text, utf8
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_ID_SOURCES",
     "MAX_SESSION_ID_LENGTH",
     "InvalidSessionId",
+    "body_id",
     "derive_session_id",
     "derive_session_id_from_messages",
     "check_id_sources",
@@ -35,17 +36,21 @@ _NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 #: ``"header"`` is the configured header (``Config.header_name``); any other name is a
 #: header of that name (``"header:NAME"`` is the same); ``"metadata.user_id"`` the
 #: ``session_id`` of the JSON in a body's ``metadata.user_id`` (Claude Code);
-#: ``"prompt_cache_key"`` that body field.
+#: ``"prompt_cache_key"`` that body field; ``"previous_response_id"`` (the OpenAI
+#: Responses API) names a response, whose session the routing flow looks up;
+#: ``"conversation"`` a Responses conversation (a string id, or an object with ``id``).
 DEFAULT_ID_SOURCES = (
     "header",
     "x-claude-code-session-id",  # Claude Code
     "session_id",  # Codex and others
     "session-id",
     "x-session-affinity",  # opencode
+    "previous_response_id",  # the Responses API, in the body
+    "conversation",
     "metadata.user_id",  # Claude Code, in the body
     "prompt_cache_key",
 )
-_BODY_SOURCES = ("metadata.user_id", "prompt_cache_key")
+_BODY_SOURCES = ("metadata.user_id", "prompt_cache_key", "previous_response_id", "conversation")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
@@ -133,7 +138,7 @@ def check_id_sources(sources: Iterable[str]) -> tuple[str, ...]:
         if not _HEADER_NAME.match(name):
             raise ValueError(
                 f"unknown session id source {source!r}: use 'header' (the configured "
-                "header), a header's name, 'metadata.user_id' or 'prompt_cache_key'"
+                "header), a header's name, or one of the body's: " + ", ".join(_BODY_SOURCES)
             )
         checked.append(name.lower())
     return tuple(checked)
@@ -154,14 +159,28 @@ def find_session_id(
         where = configured if source == "header" else source
         if where == "metadata.user_id":
             value = _metadata_session_id(body)
-        elif where == "prompt_cache_key":
-            raw = body.get(where) if isinstance(body, dict) else None
-            value = _checked(raw, f"'{where}'", where) if isinstance(raw, str) else None
+        elif where in _BODY_SOURCES:
+            value = body_id(body, where)
         else:
             value = get_session_id(headers, where)
         if value is not None:
             return value, where
     return None
+
+
+def body_id(body: Any, name: str) -> str | None:
+    """The id in the body field `name` (a string; for ``conversation`` also an object
+    with an ``id``), stripped; None when absent or blank. `InvalidSessionId` when it can't
+    be an id (see `get_session_id`); `InvalidRequest` when it is not a string."""
+    raw = body.get(name) if isinstance(body, dict) else None
+    if name == "conversation" and isinstance(raw, dict):
+        raw = raw.get("id")
+        name = "conversation.id"
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise InvalidRequest(f"'{name}' must be a string", name)
+    return _checked(raw, f"'{name}'", name)
 
 
 def _metadata_session_id(body: Any) -> str | None:

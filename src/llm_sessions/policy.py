@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import math
 import re
@@ -55,10 +56,12 @@ from .flow import (
 )
 from .ids import (
     DEFAULT_ID_SOURCES,
+    body_id,
     check_id_sources,
     derive_session_id,
     find_session_id,
     session_key,
+    split_key,
 )
 from .messages import message_text
 from .records import EMPTY_FLOW, Entry, FlowState, Reservation
@@ -118,6 +121,13 @@ class SessionPolicy:
     session, unbudgeted). Requests without a cap follow the store's own ``on_error``
     (a ``fail_open`` store routes them without a session). `finish` retries a store that
     can't be reached for up to `finish_retry_ms` before it raises `StoreUnavailable`.
+
+    Chains of stored responses (the OpenAI Responses API): `finish` given a
+    ``response_id`` remembers, in the store, the session and the *holder* of that response
+    (`state_holder(served_model)`, e.g. the name of the upstream that served it). A
+    request with that ``previous_response_id`` (or a stored ``conversation``) then joins
+    that session, and only models of the same holder may serve it (reason
+    ``"chain_bound"`` when that kept the pinned model from an upgrade or escalation).
     """
 
     def __init__(
@@ -136,6 +146,7 @@ class SessionPolicy:
         on_store_error: str = "refuse",
         finish_retry_ms: int = 10_000,
         id_sources: Sequence[str] = DEFAULT_ID_SOURCES,
+        state_holder: Callable[[str], str] | None = None,
     ) -> None:
         if not hasattr(store, "transact") or not hasattr(store, "config"):
             raise TypeError(f"store must be a session store, got {type(store).__name__}")
@@ -174,6 +185,10 @@ class SessionPolicy:
             raise ValueError(f"on_store_error must be 'refuse' or 'allow', got {on_store_error!r}")
         self.on_store_error = on_store_error
         self.id_sources = check_id_sources(id_sources)
+        if state_holder is not None and not callable(state_holder):
+            raise TypeError("state_holder must be a callable (model) -> str")
+        self.state_holder = state_holder
+        self._held: dict[str, frozenset[str]] = {}  # holder -> the table's models it holds
         self._store_fails_open = getattr(store, "on_error", "raise") == "fail_open"
         for name, value, low in (
             ("default_max_tokens", default_max_tokens, 1),
@@ -210,13 +225,17 @@ class SessionPolicy:
         if self._sync_store is None:
             raise TypeError("this policy has an async store: use abegin()")
         request = self._read_request(headers, body, scope)
-        if request.key is None:
-            return self._without_session(request)
+        transacting = False
         try:
+            if request.follow_link:
+                request = self._follow(request, self._sync_store.resolve_link(request.follow_link))
+            if request.key is None:
+                return self._without_session(request)
+            transacting = True
             begun = self._sync_store.transact(request.key, self._begin_step(request))
         except StoreUnavailable as exc:
-            if self.cap_micros is not None and not isinstance(exc, SessionBusy):
-                args = (self._sync_store, request.key, request.reservation_id)
+            if transacting and self.cap_micros is not None and not isinstance(exc, SessionBusy):
+                args = (self._sync_store, request.key or "", request.reservation_id)
                 threading.Thread(target=self._release, args=args, daemon=True).start()
             return self._store_failed(request, exc)
         except LLMSessionsError:
@@ -230,13 +249,19 @@ class SessionPolicy:
         if self._async_store is None:
             raise TypeError("this policy has a sync store: use begin()")
         request = self._read_request(headers, body, scope)
-        if request.key is None:
-            return self._without_session(request)
+        transacting = False
         try:
+            if request.follow_link:
+                link = await self._async_store.resolve_link(request.follow_link)
+                request = self._follow(request, link)
+            if request.key is None:
+                return self._without_session(request)
+            transacting = True
             begun = await self._async_store.transact(request.key, self._begin_step(request))
         except StoreUnavailable as exc:
-            if self.cap_micros is not None and not isinstance(exc, SessionBusy):
-                release = self._arelease(self._async_store, request.key, request.reservation_id)
+            if transacting and self.cap_micros is not None and not isinstance(exc, SessionBusy):
+                key = request.key or ""
+                release = self._arelease(self._async_store, key, request.reservation_id)
                 task = asyncio.get_running_loop().create_task(release)
                 self._releases.add(task)
                 task.add_done_callback(self._releases.discard)
@@ -290,6 +315,7 @@ class SessionPolicy:
         usage: Any = None,
         cost_micros: int | None = None,
         output_bytes: int = 0,
+        response_id: str | None = None,
     ) -> int:
         """Record the outcome of a decided request; returns the session's total in micros.
 
@@ -301,6 +327,8 @@ class SessionPolicy:
         `output_bytes` of generated text). Idempotent: finishing a decision again returns
         the first result and changes nothing. A store that can't be reached is retried for
         `finish_retry_ms`; then `StoreUnavailable` says the cost was not recorded.
+        `response_id` (the id of a stored response: the Responses API) is remembered with
+        the session, for as long as it lives, so that requests continuing it join it.
         """
         if self._sync_store is None:
             raise TypeError("this policy has an async store: use afinish()")
@@ -308,8 +336,11 @@ class SessionPolicy:
         if step is None:
             return decision.settled_total or 0
         store, key = self._sync_store, decision.key or ""
+        links = self._links(decision, served_model, response_id)
         try:
-            total = self._retrying(lambda: store.transact(key, step, busy_timeout_ms=math.inf))
+            total = self._retrying(
+                lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links)
+            )
         except StoreUnavailable as exc:
             raise _unrecorded(exc) from exc
         return decision.settle(total)
@@ -322,6 +353,7 @@ class SessionPolicy:
         usage: Any = None,
         cost_micros: int | None = None,
         output_bytes: int = 0,
+        response_id: str | None = None,
     ) -> int:
         """`finish` for an async store."""
         if self._async_store is None:
@@ -330,9 +362,10 @@ class SessionPolicy:
         if step is None:
             return decision.settled_total or 0
         store, key = self._async_store, decision.key or ""
+        links = self._links(decision, served_model, response_id)
         try:
             total = await self._aretrying(
-                lambda: store.transact(key, step, busy_timeout_ms=math.inf)
+                lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links)
             )
         except StoreUnavailable as exc:
             raise _unrecorded(exc) from exc
@@ -415,6 +448,42 @@ class SessionPolicy:
             decision.settle(0)
             return None
         return self._finish_step(decision, served_model, cost)
+
+    def _links(
+        self, decision: Decision, served_model: str | None, response_id: str | None
+    ) -> dict[str, str] | None:
+        """The links `finish` writes: the decision's, and the response's when it has a
+        usable id, each to the session and the holder of the served model's state."""
+        if served_model is None:
+            return None
+        names = list(decision.links)
+        if _usable_id(response_id):
+            assert response_id is not None
+            names.append(link_name("response", response_id, decision.scope))
+        if not names:
+            return None
+        holder = self.state_holder(served_model) if self.state_holder is not None else ""
+        return dict.fromkeys(names, json.dumps([decision.key, holder]))
+
+    def response_session(self, response_id: str, scope: str = "") -> tuple[str, str] | None:
+        """``(session id, holder)`` of a response `finish` remembered for `scope`, or None.
+        Renews it, like any use."""
+        if self._sync_store is None:
+            raise TypeError("this policy has an async store: use aresponse_session()")
+        if not _usable_id(response_id):
+            return None
+        return _link_target(
+            self._sync_store.resolve_link(link_name("response", response_id, scope))
+        )
+
+    async def aresponse_session(self, response_id: str, scope: str = "") -> tuple[str, str] | None:
+        """`response_session` for an async store."""
+        if self._async_store is None:
+            raise TypeError("this policy has a sync store: use response_session()")
+        if not _usable_id(response_id):
+            return None
+        name = link_name("response", response_id, scope)
+        return _link_target(await self._async_store.resolve_link(name))
 
     def charge_micros(
         self,
@@ -567,24 +636,40 @@ class SessionPolicy:
         if classified is None:
             raise InvalidRequest("classify returned None; it must return a Tier")
         session_id, source = None, ""
+        follow, names_session = "", False
+        links_out: tuple[str, ...] = ()
         if self.config.enabled:
-            try:
-                found = find_session_id(
-                    {} if headers is None else headers,
-                    body,
-                    self.id_sources,
-                    self.config.header_name,
-                )
-            except TypeError as exc:
-                raise InvalidSessionId(str(exc)) from None
-            if found is not None:
-                session_id, source = found
-            else:
+            previous = body_id(body, "previous_response_id")
+            conversation = body_id(body, "conversation")
+            sources = self.id_sources
+            while session_id is None:
+                try:
+                    found = find_session_id(
+                        {} if headers is None else headers, body, sources, self.config.header_name
+                    )
+                except TypeError as exc:
+                    raise InvalidSessionId(str(exc)) from None
+                if found is None:
+                    break
+                if found[1] == "previous_response_id":  # the session is the link's, if known
+                    names_session = True
+                    sources = sources[sources.index("previous_response_id") + 1 :]
+                else:
+                    session_id, source = found
+            if session_id is None:
                 first = next(
                     (t for r, t in zip(roles, texts, strict=True) if r == "user" and t), None
                 )
+                if first is None and names_session and previous is not None:
+                    first = f"previous_response_id:{previous}"  # one new session per unknown id
                 if first is not None:
                     session_id, source = derive_session_id(first, scope=scope), "derived"
+            if previous is not None:
+                follow = link_name("response", previous, scope)
+            elif conversation is not None and body.get("store") is not False:
+                follow = link_name("conversation", conversation, scope)
+            if conversation is not None:
+                links_out = (link_name("conversation", conversation, scope),)
         declared = declared_cache_ttls(messages)
         return _Request(
             session_id=session_id,
@@ -599,7 +684,36 @@ class SessionPolicy:
             reservation_id=new_reservation_id(),
             choices=choices,
             source=source,
+            scope=scope,
+            follow_link=follow,
+            link_names_session=names_session,
+            links_out=links_out,
         )
+
+    def _follow(self, request: _Request, link: str | None) -> _Request:
+        """`request` once its link is looked up: bound to the models of the holder of the
+        state it continues, and in the session of the response it continues when that
+        named its session. An unknown (or unreadable) link changes nothing."""
+        target = _parse_link(link)
+        if target is None:
+            return request
+        key, holder = target
+        bound = self._holds(holder) if self.state_holder is not None else None
+        if request.link_names_session:
+            return request._replace(
+                session_id=split_key(key)[1], key=key, source="previous_response_id", bound=bound
+            )
+        return request._replace(bound=bound)
+
+    def _holds(self, holder: str) -> frozenset[str]:
+        """The models of the routing table whose state `holder` keeps."""
+        held = self._held.get(holder)
+        if held is None:
+            assert self.state_holder is not None
+            models = {m for tier in self.tiers.values() for m in tier.chain}
+            held = frozenset(m for m in models if self.state_holder(m) == holder)
+            self._held[holder] = held
+        return held
 
     def _without_session(self, request: _Request, reason: str = "no_session") -> Decision:
         chain = self.chain(request.tier).chain
@@ -651,6 +765,8 @@ class SessionPolicy:
             session_cost_micros=begun.spent,
             sticky_activated=begun.sticky_activated,
             prompt_tokens=request.prompt_tokens,
+            scope=request.scope,
+            links=request.links_out,
         )
 
     # -- the begin step: rules 2-7, applied to one session atomically ---------------------
@@ -720,20 +836,43 @@ class SessionPolicy:
             model, tier, reason = record[MODEL], record[TIER], "escalated"
             fallback_from, fallback_at = "", 0
 
+        # a chain of stored responses: only models of the state's holder can continue it
+        bound = req.bound if not explicit_session else None
+        if bound is not None and model not in bound:
+            within = self.tiers[tier].primary_in(bound)
+            if within:  # the tier's model on that holder
+                model = record[MODEL] = within
+            elif entry is not None and entry.model in bound:  # no move: the pin stays
+                if reason == "escalated":
+                    record = before_escalation
+                model, reason = entry.model, "chain_bound"
+                tier = self._resolved[entry.tier or req.tier]
+                record[MODEL], record[TIER] = entry.model, entry.tier
+                fallback_from, fallback_at = flow.fallback_from, flow.fallback_at
+            else:  # nothing pinned there: the holder's model of the nearest tier
+                near = sorted(self.tiers, key=lambda t: (abs(t.rank - tier.rank), -t.rank))
+                found = next((t for t in near if self.tiers[t].primary_in(bound)), None)
+                if found is not None:
+                    tier, reason = found, "chain_bound"
+                    model = record[MODEL] = self.tiers[found].primary_in(bound)
+                    record[TIER] = tier
+
         # rule 6: cache stickiness
         sticky_ttl = req.declared_ttl_ms or flow.sticky_ttl_ms
         if req.sticky:
             rules.set_cache_sticky(record, now, provider_from_model(model))
 
         # rule 7: the budget, checked on the final decision before anything is kept
-        fallbacks = [m for m in self.tiers[tier].chain if m != model]
+        fallbacks = [
+            m for m in self.tiers[tier].chain if m != model and (bound is None or m in bound)
+        ]
         reserved = 0
         if self.cap_micros is not None:
             reserved = req.choices * self.worst_case_micros(
                 [model, *fallbacks], req.prompt_tokens, req.max_output_tokens
             )
             if spent + held + reserved > self.cap_micros:
-                downgrade = self._downgrade(req, explicit_session, spent + held)
+                downgrade = self._downgrade(req, explicit_session, spent + held, bound)
                 if downgrade is None:
                     refused = _Begun(model, tier, reason, strikes, spent, held, 0, reserved, [])
                     return entry, refused
@@ -771,18 +910,19 @@ class SessionPolicy:
         return True
 
     def _downgrade(
-        self, req: _Request, explicit_session: bool, committed: int
+        self, req: _Request, explicit_session: bool, committed: int, bound: frozenset[str] | None
     ) -> tuple[str, list[str], int] | None:
-        """Rule 7's downgrade: SIMPLE's primary and fallbacks, if their worst case fits."""
+        """Rule 7's downgrade: SIMPLE's primary and fallbacks (those of a chain's holder),
+        if their worst case fits."""
         if self.budget_mode != "downgrade" or explicit_session or Tier.SIMPLE not in self.tiers:
             return None
-        simple = self.tiers[Tier.SIMPLE]
+        chain = [m for m in self.tiers[Tier.SIMPLE].chain if bound is None or m in bound]
         worst = req.choices * self.worst_case_micros(
-            simple.chain, req.prompt_tokens, req.max_output_tokens
+            chain, req.prompt_tokens, req.max_output_tokens
         )
-        if self.cap_micros is None or committed + worst > self.cap_micros:
+        if not chain or self.cap_micros is None or committed + worst > self.cap_micros:
             return None
-        return simple.primary, list(simple.fallback), worst
+        return chain[0], chain[1:], worst
 
     # -- the finish step: rule 8 -----------------------------------------------------------
 
@@ -857,6 +997,35 @@ def _release_step(reservation_id: str) -> Transition[None]:
         return entry._replace(flow=entry.flow._replace(reservations=kept)), None
 
     return step
+
+
+_LINKABLE_ID = re.compile(r"[\x21-\x7e]{1,256}")
+
+
+def _usable_id(value: object) -> bool:
+    return isinstance(value, str) and _LINKABLE_ID.fullmatch(value) is not None
+
+
+def link_name(kind: str, ident: str, scope: str) -> str:
+    """The store's name for a link: a response's or a conversation's id, in `scope`."""
+    return session_key(f"{kind}:{ident}", scope)
+
+
+def _parse_link(link: str | None) -> tuple[str, str] | None:
+    """``(session key, holder)`` of a link's value; None for none (or an unreadable one)."""
+    try:
+        key, holder = json.loads(link) if link is not None else (None, None)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(key, str) or not isinstance(holder, str):
+        return None
+    return key, holder
+
+
+def _link_target(link: str | None) -> tuple[str, str] | None:
+    """``(session id, holder)`` of a link's value; None for none (or an unreadable one)."""
+    target = _parse_link(link)
+    return None if target is None else (split_key(target[0])[1], target[1])
 
 
 def _valid_model(model: str) -> bool:

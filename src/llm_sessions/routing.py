@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
@@ -62,6 +62,10 @@ class TierModels:
     def chain(self) -> tuple[str, ...]:
         """``(primary, *fallback)``."""
         return (self.primary, *self.fallback)
+
+    def primary_in(self, models: Collection[str]) -> str:
+        """The first model of `chain` among `models`; "" when there is none."""
+        return next((m for m in self.chain if m in models), "")
 
 
 def routing_table(table: Mapping[str, Any]) -> dict[Tier, TierModels]:

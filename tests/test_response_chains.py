@@ -1,0 +1,210 @@
+"""Chains of stored responses (the Responses API's ``previous_response_id`` and
+``conversation``): the session they continue, and the holder that can serve them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from llm_sessions import InvalidRequest, RedisSessionStore, SessionPolicy
+
+from helpers import FakeClock
+from redis_server import CountingConnection, RedisServer
+
+MakePolicy = Callable[..., tuple[Any, Any]]
+
+# Two holders (upstreams): "a" serves the a/ models, "b" the b/ models.
+TWO = {
+    "MEDIUM": {"primary": "a/m", "fallback": ["b/m"]},
+    "COMPLEX": {"primary": "b/c", "fallback": ["a/c"]},  # a has a COMPLEX model, second
+    "REASONING": {"primary": "b/r"},  # only b reasons
+}
+
+
+def holder(model: str) -> str:
+    return model.split("/", maxsplit=1)[0]
+
+
+def turn(previous: str | None = None, text: str | None = "hello", **extra: Any) -> dict[str, Any]:
+    """A view as the Responses protocol hands it over: a tool result when there is no text."""
+    message = (
+        {"role": "user", "content": text}
+        if text is not None
+        else {"role": "tool", "tool_call_id": "call_1", "content": "42"}
+    )
+    body: dict[str, Any] = {"messages": [message], **extra}
+    if previous is not None:
+        body["previous_response_id"] = previous
+    return body
+
+
+def serve(policy: Any, body: dict[str, Any], response_id: str, scope: str = "", **kw: Any) -> Any:
+    decision = policy.begin({}, body, scope=scope, **kw)
+    policy.finish(decision, served_model=decision.model, cost_micros=10, response_id=response_id)
+    return decision
+
+
+def test_a_chain_is_one_session_even_without_user_text(make_policy: MakePolicy) -> None:
+    policy, store = make_policy(TWO, state_holder=holder)
+    first = serve(policy, turn(text="plan a trip"), "resp_1")
+    assert first.source == "derived"
+    second = serve(policy, turn("resp_1", text=None), "resp_2")
+    third = serve(policy, turn("resp_2", text=None), "resp_3")
+    assert second.session_id == third.session_id == first.session_id
+    assert second.source == third.source == "previous_response_id"
+    assert (second.reason, third.reason) == ("pinned", "pinned")
+    assert store.get_session(first.key).session_cost_micros == 30
+    assert policy.response_session("resp_3") == (first.session_id, "a")
+
+
+def test_a_chain_that_loops_escalates_on_its_holder(make_policy: MakePolicy) -> None:
+    """MEDIUM's model is on a; COMPLEX's primary is on b, its fallback on a: the loop
+    escalates to a's COMPLEX model, and nothing of b is in its fallbacks."""
+    policy, _ = make_policy(TWO, state_holder=holder)
+    d = serve(policy, turn(text="fix the bug"), "r0")
+    assert d.model == "a/m"
+    decisions = [d]
+    for i in range(1, 4):  # the same tool result again and again
+        decisions.append(serve(policy, turn(f"r{i - 1}", text=None), f"r{i}"))
+    escalated = [x for x in decisions if x.reason == "escalated"]
+    assert len(escalated) == 1 and escalated[0] is decisions[3]  # the third identical turn
+    assert escalated[0].model == "a/c" and escalated[0].fallbacks == []
+    assert escalated[0].tier.value == "COMPLEX"
+
+
+def test_an_escalation_with_no_model_on_the_holder_keeps_the_pin(make_policy: MakePolicy) -> None:
+    tiers = {**TWO, "COMPLEX": {"primary": "b/c"}}
+    policy, store = make_policy(tiers, state_holder=holder)
+    d = serve(policy, turn(text="fix the bug"), "r0")
+    decisions = [d] + [serve(policy, turn(f"r{i - 1}", text=None), f"r{i}") for i in range(1, 4)]
+    assert decisions[3].reason == "chain_bound"
+    assert decisions[3].model == "a/m" and decisions[3].tier.value == "MEDIUM"
+    assert decisions[3].headers["X-Session-Reason"] == "chain_bound"
+    entry = store.get_session(d.key)
+    assert (entry.model, entry.tier.value, entry.escalated) == ("a/m", "MEDIUM", False)
+    # the same loop outside a chain escalates to b
+    header = {"x-session-id": "free"}
+    loose = [policy.begin(header, turn(text=None)) for _ in range(4)]
+    for d in loose:
+        policy.finish(d, served_model=d.model, cost_micros=1)
+    assert (loose[2].reason, loose[2].model) == ("escalated", "b/c")
+
+
+def test_the_chain_binds_even_when_a_header_names_the_session(make_policy: MakePolicy) -> None:
+    policy, _ = make_policy(TWO, state_holder=holder)
+    serve(policy, turn(text="from a"), "ra")
+    headers = {"x-session-id": "mine"}
+    d = policy.begin(headers, turn("ra", text="explain this proof step by step " * 300))
+    assert d.session_id == "mine" and d.source == "x-session-id"
+    assert all(holder(m) == "a" for m in d.models)
+
+
+def test_a_chain_from_another_scope_is_not_followed(make_policy: MakePolicy) -> None:
+    policy, _ = make_policy(TWO, state_holder=holder)
+    mine = serve(policy, turn(text="hello"), "resp_x", scope="tenant-a")
+    theirs = policy.begin({}, turn("resp_x", text="hello"), scope="tenant-b")
+    assert theirs.key != mine.key and theirs.source == "derived"
+    assert policy.response_session("resp_x", "tenant-b") is None
+    assert policy.response_session("resp_x", "tenant-a") == (mine.session_id, "a")
+
+
+def test_an_unknown_previous_response_id(make_policy: MakePolicy) -> None:
+    policy, _ = make_policy(TWO, state_holder=holder)
+    with_text = policy.begin({}, turn("resp_unknown", text="hello"))
+    assert with_text.source == "derived"
+    assert with_text.session_id == policy.begin({}, turn(text="hello")).session_id
+    # no text to derive from: one new session per unknown id, the same for its retries
+    a = serve(policy, turn("resp_gone", text=None), "resp_next")
+    b = policy.begin({}, turn("resp_gone", text=None))
+    c = policy.begin({}, turn("resp_other", text=None))
+    assert a.session_id is not None and a.session_id == b.session_id != c.session_id
+    assert policy.begin({}, turn("resp_next", text=None)).session_id == a.session_id
+
+
+def test_a_conversation_names_its_session_and_binds_once_stored(make_policy: MakePolicy) -> None:
+    policy, _ = make_policy(TWO, state_holder=holder)
+    body = turn(text="hi", conversation={"id": "conv_1"})
+    first = serve(policy, body, "r1")
+    assert (first.session_id, first.source) == ("conv_1", "conversation")
+    hard = "prove it step by step " * 400
+    bound = policy.begin({}, turn(text=hard, conversation="conv_1"))
+    assert all(holder(m) == "a" for m in bound.models)
+    unstored = policy.begin({}, turn(text=hard, conversation="conv_1", store=False))
+    assert unstored.session_id == "conv_1"
+    assert any(holder(m) == "b" for m in unstored.models)
+
+
+def test_without_a_state_holder_chains_join_sessions_but_bind_nothing(
+    make_policy: MakePolicy,
+) -> None:
+    policy, _ = make_policy(TWO)
+    first = serve(policy, turn(text="hello"), "r1")
+    d = policy.begin({}, turn("r1", text=None))
+    assert d.session_id == first.session_id
+    assert policy.response_session("r1") == (first.session_id, "")
+    assert d.fallbacks == ["b/m"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("previous_response_id", 5), ("conversation", ["c"]), ("conversation", {"id": 3})],
+)
+def test_bad_chain_fields_are_refused(make_policy: MakePolicy, field: str, value: Any) -> None:
+    policy, store = make_policy(TWO, state_holder=holder)
+    with pytest.raises(InvalidRequest) as info:
+        policy.begin({}, {**turn(text="hello"), field: value})
+    assert info.value.param is not None and info.value.param.startswith(field)
+    assert store.get_stats().count == 0
+
+
+def test_a_failed_request_links_nothing(make_policy: MakePolicy) -> None:
+    policy, _ = make_policy(TWO, state_holder=holder)
+    d = policy.begin({}, turn(text="hello"))
+    policy.finish(d, served_model=None, response_id="resp_failed")
+    assert policy.response_session("resp_failed") is None
+
+
+def test_links_expire_with_the_session(make_policy: MakePolicy, clock: FakeClock) -> None:
+    policy, store = make_policy(TWO, state_holder=holder)
+    first = serve(policy, turn(text="hello"), "r1")
+    clock.advance(store.config.timeout_ms + 1)
+    assert store.get_session(first.key) is None
+    assert policy.response_session("r1") is None
+    assert policy.begin({}, turn("r1", text=None)).source == "derived"
+
+
+def test_on_redis_a_chain_costs_one_round_trip_more_and_its_links_none(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    pool = redis.ConnectionPool(port=redis_server.port, connection_class=CountingConnection)
+    store = RedisSessionStore(redis.Redis(connection_pool=pool))
+    policy = SessionPolicy(store, TWO, state_holder=holder)
+    try:
+        plain = serve(policy, turn(text="warm up"), "r0")  # scripts loaded, pool warm
+
+        def count(call: Callable[[], Any]) -> int:
+            before = CountingConnection.sends
+            call()
+            return CountingConnection.sends - before
+
+        body = turn(text="hello")
+        decision = policy.begin({}, body)
+        base_begin = count(lambda: policy.begin({}, body))
+        base_finish = count(
+            lambda: policy.finish(decision, served_model=decision.model, cost_micros=1)
+        )
+        d2 = policy.begin({}, turn(text="again"))
+        linked_finish = count(
+            lambda: policy.finish(d2, served_model=d2.model, cost_micros=1, response_id="r9")
+        )
+        chained_begin = count(lambda: policy.begin({}, turn("r9", text=None)))
+        assert linked_finish == base_finish
+        assert chained_begin == base_begin + 1
+        assert policy.response_session("r9") == (d2.session_id, "a")
+        assert plain.session_id != d2.session_id
+    finally:
+        store.close()
+        pool.disconnect()
