@@ -60,7 +60,9 @@ class Running:
 
 def settings_for(upstream_url: str, **overrides: Any) -> Settings:
     upstream = UpstreamSettings(
-        base_url=f"{upstream_url}/v1", api_key_env="TEST_UPSTREAM_KEY", apis=("chat", "messages")
+        base_url=f"{upstream_url}/v1",
+        api_key_env="TEST_UPSTREAM_KEY",
+        apis=("chat", "messages", "responses", "embeddings"),
     )
     upstream = replace(upstream, **overrides.pop("upstream", {}))
     base = Settings(upstream=upstream, tiers=TIERS, pricing=PRICES)

@@ -36,11 +36,11 @@ __all__ = [
     "redact_url",
 ]
 
-#: The APIs an upstream can serve: Chat Completions, Anthropic Messages, and embeddings
-#: (passed through, no session rules).
-APIS = ("chat", "messages", "embeddings")
+#: The APIs an upstream can serve: Chat Completions, Anthropic Messages, OpenAI
+#: Responses, and embeddings (passed through, no session rules).
+APIS = ("chat", "messages", "responses", "embeddings")
 #: The APIs whose requests are routed (the routing table's tiers must reach them).
-ROUTED_APIS = ("chat", "messages")
+ROUTED_APIS = ("chat", "messages", "responses")
 
 DEFAULT_TIERS = {
     "SIMPLE": {"primary": "gpt-4o-mini"},
@@ -77,7 +77,7 @@ class UpstreamSettings:
     max_attempts: int = 3  # bounded walk of the fallback chain
     max_connections: int = 200
     auth: str = "bearer"  # how the key is sent: "bearer" (Authorization) or "x-api-key"
-    apis: tuple[str, ...] = ("chat",)  # the APIs it serves: "chat", "messages"
+    apis: tuple[str, ...] = ("chat",)  # the APIs it serves: some of `APIS`
     forward_client_key: bool = False  # send the caller's own key instead of the gateway's
 
     @property
@@ -267,8 +267,8 @@ def _upstream(up: _Reader, name: str) -> UpstreamSettings:
         )
     if not upstream.apis or not set(upstream.apis) <= set(APIS):
         raise ConfigError(
-            f"config: {up.name('apis')} must list some of 'chat', 'messages' and 'embeddings', "
-            f"got {list(upstream.apis)!r}"
+            f"config: {up.name('apis')} must list some of "
+            f"{', '.join(repr(a) for a in APIS)}, got {list(upstream.apis)!r}"
         )
     up.done()
     return upstream

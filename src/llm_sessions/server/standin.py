@@ -1,13 +1,16 @@
-"""A stand-in upstream, for the demo and the tests: it answers OpenAI chat completions and
-Anthropic messages (streamed or not, with usage; a Messages request that offers tools is
-answered with a call of the first tool until a tool result comes back), counts tokens,
-records what it receives, and can be told, per model, to fail with a status, to stall,
-or to stream slowly."""
+"""A stand-in upstream, for the demo and the tests: it answers OpenAI chat completions,
+Anthropic messages and OpenAI responses (streamed or not, with usage; a Messages or
+Responses request that offers tools is answered with a call of the first tool until a
+tool result comes back), keeps the responses it made (``previous_response_id`` to one it
+does not hold is a 404, as upstream), counts tokens, records what it receives, and can
+be told, per model, to fail with a status, to stall, or to stream slowly."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -47,6 +50,10 @@ class StandIn:
     behaviour: dict[str, Behaviour] = field(default_factory=dict)
     default: Behaviour = field(default_factory=Behaviour)
     disconnects: int = 0
+    stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # responses by id
+    inputs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # their input items
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _prefix: str = field(default_factory=lambda: secrets.token_hex(4))
 
     def set(self, model: str, **kw: Any) -> None:
         self.behaviour[model] = Behaviour(**kw)
@@ -62,6 +69,10 @@ class StandIn:
                 Route("/v1/messages", self.messages, methods=["POST"]),
                 Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
                 Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/responses", self.responses, methods=["POST"]),
+                Route("/v1/responses/{rid}", self.response, methods=["GET", "DELETE"]),
+                Route("/v1/responses/{rid}/input_items", self.input_items, methods=["GET"]),
+                Route("/v1/responses/{rid}/cancel", self.cancel, methods=["POST"]),
             ]
         )
 
@@ -238,3 +249,125 @@ class StandIn:
                 raise
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    # -- the Responses API ------------------------------------------------------------------
+
+    def _new_id(self, kind: str) -> str:
+        return f"{kind}_{self._prefix}{next(self._ids):04d}"
+
+    async def responses(self, request: Request) -> Response:
+        body, b = await self._take(request)
+        if b.status >= 400:
+            return _openai_error(f"stand-in {b.status}", b.error_type, b.status)
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.stored:
+            message = f"Previous response with id '{previous}' not found."
+            return _openai_error(message, "invalid_request_error", 404, "previous_response_id")
+        given = body.get("input")
+        items = [{"role": "user", "content": given}] if isinstance(given, str) else given or []
+        tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+        answered = bool(items) and items[-1].get("type") == "function_call_output"
+        if tools and not answered:
+            item: dict[str, Any] = {
+                "type": "function_call", "id": self._new_id("fc"), "call_id": self._new_id("call"),
+                "name": tools[0]["name"], "arguments": json.dumps({"path": "t"}),
+                "status": "completed",
+            }  # fmt: skip
+        else:
+            text = {"type": "output_text", "text": b.text, "annotations": []}
+            item = {"type": "message", "id": self._new_id("msg"), "status": "completed",
+                    "role": "assistant", "content": [text]}  # fmt: skip
+        prompt = len(json.dumps([body.get("instructions"), items])) // 4 + 1 + b.cached_tokens
+        output = len(b.text.split(" "))
+        usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": b.cached_tokens},
+                 "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": prompt + output}  # fmt: skip
+        response = {
+            "id": self._new_id("resp"), "object": "response", "created_at": int(time.time()),
+            "status": "completed", "model": body.get("model", ""), "output": [item],
+            "usage": usage if b.usage else None, "error": None, "incomplete_details": None,
+            "instructions": body.get("instructions"), "metadata": body.get("metadata") or {},
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": body.get("tools") or [],
+            "previous_response_id": previous, "store": body.get("store", True),
+            "temperature": 1.0, "top_p": 1.0, "text": {"format": {"type": "text"}},
+            "truncation": "disabled",
+        }  # fmt: skip
+        if body.get("store", True):
+            self.stored[response["id"]] = response
+            self.inputs[response["id"]] = [
+                {"id": self._new_id("item"), "type": "message", **i} for i in items
+            ]
+        if not body.get("stream"):
+            return JSONResponse(response)
+        return StreamingResponse(self._response_events(response, item, b),
+                                 media_type="text/event-stream")  # fmt: skip
+
+    async def _response_events(
+        self, response: dict[str, Any], item: dict[str, Any], b: Behaviour
+    ) -> AsyncIterator[str]:
+        numbers = itertools.count()
+
+        def event(kind: str, **data: Any) -> str:
+            payload = {"type": kind, "sequence_number": next(numbers), **data}
+            return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
+
+        started = {**response, "status": "in_progress", "output": [], "usage": None}
+        yield event("response.created", response=started)
+        yield event("response.in_progress", response=started)
+        if item["type"] == "function_call":
+            yield event("response.output_item.added", output_index=0,
+                        item={**item, "arguments": "", "status": "in_progress"})  # fmt: skip
+            yield event("response.function_call_arguments.delta", item_id=item["id"],
+                        output_index=0, delta=item["arguments"])  # fmt: skip
+            yield event("response.function_call_arguments.done", item_id=item["id"],
+                        output_index=0, arguments=item["arguments"])  # fmt: skip
+        else:
+            where = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+            yield event("response.output_item.added", output_index=0,
+                        item={**item, "content": [], "status": "in_progress"})  # fmt: skip
+            empty = {"type": "output_text", "text": "", "annotations": []}
+            yield event("response.content_part.added", part=empty, **where)
+            for word in b.text.split(" "):
+                if b.chunk_delay_s:
+                    await asyncio.sleep(b.chunk_delay_s)
+                yield event("response.output_text.delta", delta=word + " ", logprobs=[], **where)
+            yield event("response.output_text.done", text=b.text, logprobs=[], **where)
+            yield event("response.content_part.done", part=item["content"][0], **where)
+        yield event("response.output_item.done", output_index=0, item=item)
+        yield event("response.completed", response=response)
+
+    def _stored(self, request: Request) -> dict[str, Any] | None:
+        self.received.append({"path": request.url.path, "method": request.method})
+        self.headers.append(dict(request.headers))
+        return self.stored.get(request.path_params["rid"])
+
+    async def response(self, request: Request) -> Response:
+        found = self._stored(request)
+        if found is None:
+            return _openai_error("No response found.", "invalid_request_error", 404)
+        if request.method == "DELETE":
+            del self.stored[found["id"]]
+            return JSONResponse({"id": found["id"], "object": "response", "deleted": True})
+        return JSONResponse(found)
+
+    async def input_items(self, request: Request) -> Response:
+        found = self._stored(request)
+        if found is None:
+            return _openai_error("No response found.", "invalid_request_error", 404)
+        data = self.inputs.get(found["id"], [])
+        first, last = (data[0].get("id"), data[-1].get("id")) if data else (None, None)
+        page = {"object": "list", "data": data, "first_id": first, "last_id": last,
+                "has_more": False}  # fmt: skip
+        return JSONResponse(page)
+
+    async def cancel(self, request: Request) -> Response:
+        found = self._stored(request)
+        if found is None:
+            return _openai_error("No response found.", "invalid_request_error", 404)
+        return JSONResponse({**found, "status": "cancelled"})
+
+
+def _openai_error(message: str, kind: str, status: int, param: str | None = None) -> Response:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": None}}, status
+    )

@@ -1,0 +1,203 @@
+"""``POST /v1/responses`` end to end, with the official openai SDK against the gateway and
+a stand-in Responses upstream: plain and streamed answers, a tool loop chained by
+``previous_response_id``, the stored-response endpoints, tenancy, budgets and cost."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+
+from gateway_helpers import PRICES, gateway_with_standin
+from llm_sessions import Pricing
+
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "name": "read_file",
+        "description": "Read a file",
+        "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
+    }
+]
+
+
+def create(client: openai.OpenAI, **kw: Any) -> tuple[Any, dict[str, str]]:
+    """``responses.create`` with the gateway's headers."""
+    raw = client.responses.with_raw_response.create(model="auto", **kw)
+    return raw.parse(), dict(raw.headers)
+
+
+def test_a_plain_response_is_routed_pinned_and_billed() -> None:
+    with gateway_with_standin() as gw:
+        client = gw.client()
+        first, headers = create(client, input="Say hello", instructions="Be brief.")
+        assert first.output_text == "Hello from the stand-in."
+        sent = gw.standin.received[-1]
+        assert sent["model"] == headers["x-session-model"] != "auto"  # only model rewritten
+        assert {k: v for k, v in sent.items() if k != "model"} == {
+            "input": "Say hello",
+            "instructions": "Be brief.",
+        }
+        assert headers["x-session-reason"] == "new"
+        session = gw.session(headers["x-session-id"])
+        assert session is not None and session["request_count"] == 1
+        usage = first.usage
+        assert usage is not None
+        # 1 USD / Mtok in, 2 out: what the upstream reported, priced
+        expected = usage.input_tokens * 1 + usage.output_tokens * 2
+        assert session["session_cost_micros"] == expected
+        _, headers2 = create(client, input="Say hello", instructions="Be brief.")
+        assert headers2["x-session-id"] == headers["x-session-id"]
+        assert headers2["x-session-reason"] == "pinned"
+
+
+def test_a_streamed_response_relays_every_event_and_bills_before_it_ends() -> None:
+    with gateway_with_standin() as gw:
+        client = gw.client()
+        with client.responses.with_streaming_response.create(
+            model="auto", input="Stream to me", stream=True
+        ) as raw:
+            session_id = raw.headers["x-session-id"]
+            kinds, costs_at_end = [], []
+            for event in raw.parse():
+                kinds.append(event.type)
+                if event.type == "response.completed":  # held until the cost was recorded
+                    costs_at_end.append(gw.session(session_id)["session_cost_micros"])  # type: ignore[index]
+                    final = event.response
+        assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+        assert kinds.count("response.output_text.delta") == 4  # the stand-in's words
+        assert final.usage is not None
+        assert costs_at_end == [final.usage.input_tokens + 2 * final.usage.output_tokens]
+        # the streamed response was remembered: it can be retrieved and continued
+        assert client.responses.retrieve(final.id).id == final.id
+        _, headers = create(client, input="and then?", previous_response_id=final.id)
+        assert headers["x-session-id"] == session_id
+        assert headers["x-session-source"] == "previous_response_id"
+
+
+def test_a_tool_loop_chained_by_previous_response_id_is_one_session_that_escalates() -> None:
+    with gateway_with_standin() as gw:
+        client = gw.client()
+        first, headers = create(client, input="What is in notes.txt?", tools=TOOLS)
+        call = first.output[0]
+        assert call.type == "function_call" and json.loads(call.arguments) == {"path": "t"}
+        session_id, ids = headers["x-session-id"], [first.id]
+        turns = []
+        for _ in range(3):  # the same tool result, three times in a row
+            output = {"type": "function_call_output", "call_id": call.call_id, "output": "x"}
+            answer, h = create(client, input=[output], tools=TOOLS, previous_response_id=ids[-1])
+            turns.append(h)
+            ids.append(answer.id)
+        assert {h["x-session-id"] for h in turns} == {session_id}
+        assert {h["x-session-source"] for h in turns} == {"previous_response_id"}
+        assert [h["x-session-reason"] for h in turns] == ["pinned", "pinned", "escalated"]
+        assert [h["x-session-strikes"] for h in turns] == ["0", "1", "2"]
+        assert turns[2]["x-session-tier"] != headers["x-session-tier"]
+        assert gw.standin.received[-1]["model"] == turns[2]["x-session-model"]
+        # every turn forwarded its previous_response_id as it came
+        assert [r["previous_response_id"] for r in gw.standin.received[1:]] == ids[:-1]
+        session = gw.session(session_id)
+        assert session is not None and session["request_count"] == 4
+        assert session["session_cost_micros"] > 0
+
+
+def test_stored_responses_are_retrieved_from_the_upstream_for_their_tenant_only() -> None:
+    with gateway_with_standin() as gw:
+        mine, theirs = gw.client("sk-mine"), gw.client("sk-theirs")
+        made, headers = create(mine, input="Remember me")
+        assert mine.responses.retrieve(made.id).output_text == made.output_text
+        items = mine.responses.input_items.list(made.id)
+        assert [i.type for i in items.data] == ["message"]
+        with pytest.raises(openai.NotFoundError):
+            theirs.responses.retrieve(made.id)
+        with pytest.raises(openai.NotFoundError):
+            theirs.responses.delete(made.id)
+        with pytest.raises(openai.NotFoundError):
+            theirs.responses.input_items.list(made.id)
+        with pytest.raises(openai.NotFoundError):
+            theirs.responses.cancel(made.id)
+        assert made.id in gw.standin.stored  # nothing of theirs reached the upstream
+        # their previous_response_id of my response starts a session of their own
+        _, other = create(theirs, input="Remember me", previous_response_id=made.id)
+        assert other["x-session-id"] != headers["x-session-id"]
+        assert other["x-session-source"] == "derived"
+        assert mine.responses.cancel(made.id).status == "cancelled"
+        mine.responses.delete(made.id)
+        assert made.id not in gw.standin.stored
+        with pytest.raises(openai.NotFoundError):
+            mine.responses.retrieve(made.id)  # the upstream's 404, passed on
+        with pytest.raises(openai.NotFoundError) as info:
+            mine.responses.retrieve("resp_never_served")
+        assert "resp_never_served" in str(info.value)
+
+
+def test_an_unknown_previous_response_id_is_forwarded_as_is() -> None:
+    with gateway_with_standin() as gw:
+        client = gw.client()
+        with pytest.raises(openai.NotFoundError):  # the upstream's answer
+            client.responses.create(model="auto", input="hi", previous_response_id="resp_nope")
+        assert gw.standin.received[-1]["previous_response_id"] == "resp_nope"
+        with gw.http() as http:
+            body = {"model": "auto", "input": "hi", "previous_response_id": "resp_nope"}
+            reply = http.post("/v1/responses", json=body)
+            assert reply.status_code == 404
+            assert reply.headers["x-session-source"] == "derived"
+            # a lone tool result: one new session per unknown id, not none
+            output = [{"type": "function_call_output", "call_id": "c", "output": "x"}]
+            body = {"model": "auto", "input": output, "previous_response_id": "resp_gone"}
+            a, b = http.post("/v1/responses", json=body), http.post("/v1/responses", json=body)
+            assert a.headers["x-session-id"] == b.headers["x-session-id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": 5}, "input"),
+        ({}, "input"),
+        ({"input": [5]}, "input[0]"),
+        ({"input": [{"role": 3, "content": "x"}]}, "input[0].role"),
+        ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "x", "instructions": 7}, "instructions"),
+        ({"input": "x", "tools": {}}, "tools"),
+        ({"input": "x", "previous_response_id": 7}, "previous_response_id"),
+        ({"input": "x", "conversation": {"id": []}}, "conversation.id"),
+        ({"input": "x", "stream": "yes"}, "stream"),
+    ],
+)
+def test_bad_requests_are_400_with_the_field_and_change_nothing(
+    body: dict[str, Any], param: str
+) -> None:
+    with gateway_with_standin() as gw, gw.http() as http:
+        reply = http.post("/v1/responses", json={"model": "auto", **body})
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error"
+        assert gw.standin.received == []
+        assert http.get("/v1/sessions").json()["sessions"] == []
+
+
+def test_cache_reads_are_priced_as_cache_reads() -> None:
+    prices = {m: Pricing(1, 2, cache_read_per_mtok=0.1) for m in PRICES}
+    with gateway_with_standin(pricing=prices) as gw:
+        gw.standin.default.cached_tokens = 1000
+        answer, headers = create(gw.client(), input="Use the cache")
+        usage = answer.usage
+        assert usage is not None and usage.input_tokens_details.cached_tokens == 1000
+        uncached = usage.input_tokens - 1000
+        session = gw.session(headers["x-session-id"])
+        assert session is not None
+        assert session["session_cost_micros"] == uncached + 2 * usage.output_tokens + 100
+        assert headers["x-session-cache-read-tokens"] == "1000"
+
+
+def test_the_budget_caps_responses_sessions() -> None:
+    with gateway_with_standin(max_session_cost_usd=0.05) as gw:
+        client = gw.client()
+        with pytest.raises(openai.RateLimitError) as info:
+            client.responses.create(model="auto", input="x", max_output_tokens=100_000)
+        assert info.value.code == "budget_exceeded"
+        assert gw.standin.received == []
+        answer, headers = create(client, input="x", max_output_tokens=100)
+        assert headers["x-session-reason"] == "new" and answer.output_text
