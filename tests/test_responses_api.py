@@ -5,6 +5,9 @@ a stand-in Responses upstream: plain and streamed answers, a tool loop chained b
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -12,6 +15,10 @@ import pytest
 
 from gateway_helpers import PRICES, gateway_with_standin
 from llm_sessions import Pricing
+from llm_sessions.server import Gateway
+from llm_sessions.server.run import running
+from llm_sessions.server.settings import load_settings
+from llm_sessions.server.standin import StandIn
 
 TOOLS: list[Any] = [
     {
@@ -201,3 +208,105 @@ def test_the_budget_caps_responses_sessions() -> None:
         assert gw.standin.received == []
         answer, headers = create(client, input="x", max_output_tokens=100)
         assert headers["x-session-reason"] == "new" and answer.output_text
+
+
+# -- chains across two upstreams ------------------------------------------------------------
+
+TWO_UPSTREAMS = """
+[upstream]
+base_url = "{a}/v1"
+api_key_env = "TEST_A_KEY"
+apis = ["chat", "responses"]
+
+[upstreams.b]
+base_url = "{b}/v1"
+api_key_env = "TEST_B_KEY"
+apis = ["chat", "responses"]
+
+[models."b/medium"]
+upstream = "b"
+[models."b/complex"]
+upstream = "b"
+[models."b/reasoning"]
+upstream = "b"
+name = "reasoning-on-b"
+
+[routing.tiers.MEDIUM]
+primary = "a/medium"
+fallback = ["b/medium"]
+
+[routing.tiers.COMPLEX]  # a request that offers tools
+primary = "a/complex"
+fallback = ["b/complex"]
+
+[routing.tiers.REASONING]
+primary = "b/reasoning"
+fallback = {reasoning_fallback}
+"""
+
+
+@contextmanager
+def two_upstreams(tmp_path: Path, reasoning_fallback: list[str]) -> Iterator[tuple[Any, ...]]:
+    a, b = StandIn(), StandIn()
+    with ExitStack() as stack:
+        a_url = stack.enter_context(running(a.app()))
+        b_url = stack.enter_context(running(b.app()))
+        path = tmp_path / "gateway.toml"
+        fallback = json.dumps(reasoning_fallback)
+        path.write_text(TWO_UPSTREAMS.format(a=a_url, b=b_url, reasoning_fallback=fallback))
+        url = stack.enter_context(running(Gateway(load_settings(path)).app()))
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0)
+        stack.callback(client.close)
+        yield client, a, b
+
+
+def loop(client: openai.OpenAI, turns: int) -> list[dict[str, str]]:
+    """A tool loop chained by previous_response_id: a question, then the same tool result
+    `turns` times. The headers of every request."""
+    first, headers = create(client, input="What is in notes.txt?", tools=TOOLS)
+    seen, previous = [headers], first.id
+    for _ in range(turns):
+        output = {"type": "function_call_output", "call_id": "call_1", "output": "x"}
+        answer, h = create(client, input=[output], tools=TOOLS, previous_response_id=previous)
+        seen.append(h)
+        previous = answer.id
+    return seen
+
+
+def test_a_chain_escalates_to_its_upstreams_model_of_the_next_tier(tmp_path: Path) -> None:
+    with two_upstreams(tmp_path, ["a/reasoning"]) as (client, _, b):
+        seen = loop(client, 3)
+        assert [h["x-session-model"] for h in seen] == ["a/complex"] * 3 + ["a/reasoning"]
+        assert seen[3]["x-session-reason"] == "escalated"
+        assert b.received == []  # b/reasoning, REASONING's primary, lives elsewhere
+        # outside a chain the same escalation goes to b
+        free = client.with_options(default_headers={"x-session-id": "free"})
+        loose = [create(free, input="What is in notes.txt?", tools=TOOLS)[1] for _ in range(3)]
+        assert loose[2]["x-session-model"] == "b/reasoning"
+        assert b.received[-1]["model"] == "reasoning-on-b"
+
+
+def test_a_chain_keeps_its_pin_when_the_next_tier_has_no_model_on_its_upstream(
+    tmp_path: Path,
+) -> None:
+    with two_upstreams(tmp_path, []) as (client, a, b):
+        seen = loop(client, 3)
+        assert [h["x-session-model"] for h in seen] == ["a/complex"] * 4
+        assert seen[3]["x-session-reason"] == "chain_bound"
+        assert b.received == []
+        last = a.received[-1]
+        assert last["model"] == "a/complex" and last["previous_response_id"] in a.stored
+
+
+def test_a_chain_never_falls_back_to_another_upstream(tmp_path: Path) -> None:
+    with two_upstreams(tmp_path, []) as (client, a, b):
+        first, _ = create(client, input="What is in notes.txt?", tools=TOOLS)
+        a.set("a/complex", status=503)
+        with pytest.raises(openai.APIStatusError) as info:
+            create(client, input="go on", tools=TOOLS, previous_response_id=first.id)
+        assert info.value.status_code == 502
+        assert b.received == []  # b/complex can't continue a's response
+        retrieved = client.responses.retrieve(first.id)  # from a, which made it
+        assert retrieved.id == first.id and b.received == []
+        _, fell_back = create(client, input="a fresh question", tools=TOOLS)  # no chain
+        assert fell_back["x-session-served-model"] == "b/complex"
