@@ -4,6 +4,7 @@ a stand-in Responses upstream: plain and streamed answers, a tool loop chained b
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -310,3 +311,42 @@ def test_a_chain_never_falls_back_to_another_upstream(tmp_path: Path) -> None:
         assert retrieved.id == first.id and b.received == []
         _, fell_back = create(client, input="a fresh question", tools=TOOLS)  # no chain
         assert fell_back["x-session-served-model"] == "b/complex"
+
+
+# -- the OpenAI Agents SDK, on its default model (the Responses API) ------------------------
+
+
+def test_an_agents_sdk_tool_loop_is_one_session_charged_every_turn() -> None:
+    import agents  # the OpenAI Agents SDK (a dev dependency)
+
+    agents.set_tracing_disabled(True)
+    read: list[str] = []
+
+    @agents.function_tool
+    def read_file(path: str) -> str:
+        """Read a file."""
+        read.append(path)
+        return "the notes say hello"
+
+    with gateway_with_standin() as gw:
+
+        async def run() -> Any:
+            async with openai.AsyncOpenAI(
+                base_url=f"{gw.url}/v1", api_key="sk-agent", max_retries=0
+            ) as client:
+                model = agents.OpenAIResponsesModel(model="auto", openai_client=client)
+                agent = agents.Agent(name="reader", instructions="Read files.", model=model,
+                                     tools=[read_file])  # fmt: skip
+                return await agents.Runner.run(agent, "What is in notes.txt?")
+
+        result = asyncio.run(run())
+        assert result.final_output == "Hello from the stand-in."
+        assert read == ["t"]  # the stand-in's call, run by the agent
+        assert len(gw.standin.received) == 2
+        assert gw.standin.received[1]["input"][-1]["type"] == "function_call_output"
+        with gw.http("sk-agent") as http:
+            sessions = http.get("/v1/sessions").json()["sessions"]
+        assert len(sessions) == 1 and sessions[0]["request_count"] == 2
+        usages = [r.usage for r in result.raw_responses]
+        expected = sum(u.input_tokens + 2 * u.output_tokens for u in usages)
+        assert gw.session(sessions[0]["id"], "sk-agent")["session_cost_micros"] == expected  # type: ignore[index]
