@@ -30,7 +30,7 @@ def test_embeddings_go_to_the_upstream_with_tenancy_and_cost() -> None:
 
 def test_embeddings_need_an_upstream_that_serves_them() -> None:
     with (
-        gateway_with_standin() as gw,  # chat and messages only
+        gateway_with_standin(upstream={"apis": ("chat", "messages", "responses")}) as gw,
         pytest.raises(openai.BadRequestError) as info,
     ):
         gw.client().embeddings.create(model="text-embedding-3-small", input="x")
@@ -51,7 +51,8 @@ def test_model_lookups() -> None:
 
 def test_an_unknown_path_lists_what_is_served() -> None:
     with gateway_with_standin() as gw:
-        reply = httpx.post(f"{gw.url}/v1/responses", json={"model": "auto", "input": "hi"})
+        reply = httpx.post(f"{gw.url}/v1/assistants", json={"model": "auto", "input": "hi"})
     assert reply.status_code == 404
     message = reply.json()["error"]["message"]
     assert "POST /v1/chat/completions" in message and "POST /v1/messages" in message
+    assert "POST /v1/responses" in message

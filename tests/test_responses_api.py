@@ -350,3 +350,11 @@ def test_an_agents_sdk_tool_loop_is_one_session_charged_every_turn() -> None:
         usages = [r.usage for r in result.raw_responses]
         expected = sum(u.input_tokens + 2 * u.output_tokens for u in usages)
         assert gw.session(sessions[0]["id"], "sk-agent")["session_cost_micros"] == expected  # type: ignore[index]
+
+
+def test_without_an_upstream_for_the_responses_api_it_is_a_clear_400() -> None:
+    with gateway_with_standin(upstream={"apis": ("chat",)}) as gw:
+        with pytest.raises(openai.BadRequestError) as info:
+            gw.client().responses.create(model="auto", input="hi")
+        assert "responses API" in info.value.message
+        assert gw.standin.received == []
