@@ -8,8 +8,9 @@ a small keep-alive HTTP/1.1 load generator written on asyncio streams (so the ge
 costs little next to what it measures). For non-streaming and streaming requests at
 concurrency 1 and 64, it measures (a) the stand-in directly and (b) the gateway in front
 of it, and reports the latency the gateway adds (p50, p99) and its throughput as a
-ratio of the direct one, for each API (Chat Completions and Anthropic Messages). Then 100k requests over 10k sessions through the gateway, with
-its resident memory sampled along the way.
+ratio of the direct one, for each API (Chat Completions, Anthropic Messages, OpenAI
+Responses). Then 100k requests over 10k sessions through the gateway, with its resident
+memory sampled along the way.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ CONFIG = """
 [upstream]
 base_url = "http://127.0.0.1:{upstream}/v1"
 api_key_env = "BENCH_KEY"
-apis = ["chat", "messages"]
+apis = ["chat", "messages", "responses"]
 [server]
 port = {port}
 [sessions]
@@ -72,10 +73,14 @@ def request_bytes(port: int, session: str, stream: bool, turn: int = 0, api: str
         path, auth = "/v1/chat/completions", "authorization: Bearer bench"
         payload = {"model": "auto", "stream": stream,
                    "messages": [{"role": "system", "content": system}, question]}  # fmt: skip
-    else:
+    elif api == "messages":
         path, auth = "/v1/messages", "x-api-key: bench\r\nanthropic-version: 2023-06-01"
         payload = {"model": "auto", "stream": stream, "max_tokens": 256, "system": system,
                    "messages": [question]}  # fmt: skip
+    else:
+        path, auth = "/v1/responses", "authorization: Bearer bench"
+        payload = {"model": "auto", "stream": stream, "max_output_tokens": 256,
+                   "instructions": system, "input": question["content"]}  # fmt: skip
     body = json.dumps(payload).encode()
     head = (
         f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
@@ -178,7 +183,7 @@ def main() -> None:
             )
             cells = [
                 (api, stream, concurrency, total)
-                for api in ("chat", "messages")
+                for api in ("chat", "messages", "responses")
                 for stream in (False, True)
                 for concurrency, total in ((1, n1), (64, n64))
             ]
