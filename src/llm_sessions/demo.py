@@ -51,7 +51,7 @@ def run_demo(out: Callable[[str], None] = print) -> None:
             upstream=UpstreamSettings(
                 base_url=f"{upstream_url}/v1",
                 api_key_env="DEMO_UPSTREAM_KEY",
-                apis=("chat", "messages"),
+                apis=("chat", "messages", "responses"),
             ),
             tiers=TIERS,
             pricing=PRICES,
@@ -68,6 +68,7 @@ def run_demo(out: Callable[[str], None] = print) -> None:
             _conversation(client, standin, out)
             standin.behaviour.clear()  # the primary the chat part took down is back
             _messages_session(client, out)
+            _responses_session(client, out)
 
 
 def _conversation(client: httpx.Client, standin: StandIn, out: Callable[[str], None]) -> None:
@@ -162,3 +163,26 @@ def _messages_session(client: httpx.Client, out: Callable[[str], None]) -> None:
             messages.append({"role": "user", "content": [result]})
         else:
             messages.append({"role": "user", "content": "Now commit it."})
+
+
+def _responses_session(client: httpx.Client, out: Callable[[str], None]) -> None:
+    """An agent on the OpenAI Responses API, each turn sending only what is new."""
+    out("\nAnd on the OpenAI Responses API, each turn naming the one before it:\n")
+    schema = {"type": "object", "properties": {"path": {"type": "string"}}}
+    tools = [{"type": "function", "name": "read_file", "parameters": schema}]
+    body: dict[str, Any] = {"model": "auto", "tools": tools, "input": "What is in notes.txt?"}
+    notes = ["a new session", "only the tool result: previous_response_id names the session",
+             "the chain goes on: same session, same model"]  # fmt: skip
+    for turn, note in enumerate(notes, 1):
+        raw = client.post("/responses", json=body)
+        h, reply = raw.headers, raw.json()
+        cost = client.get(f"/sessions/{h['x-session-id']}").json()["session_cost_usd"]
+        out(f"{turn:>4}  {h['x-session-reason']:<16} {h['x-session-model']:<28} "
+            f"{h['x-session-tier']:<9} {h['x-session-strikes']:>7} {cost:>10}  {note}")  # fmt: skip
+        item = reply["output"][0]
+        if item["type"] == "function_call":
+            new = {"type": "function_call_output", "call_id": item["call_id"], "output": "hi"}
+        else:
+            new = {"role": "user", "content": "Summarise it in one line."}
+        body = {"model": "auto", "tools": tools, "input": [new],
+                "previous_response_id": reply["id"]}  # fmt: skip
