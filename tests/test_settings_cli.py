@@ -97,11 +97,15 @@ def test_demo_shows_the_whole_story() -> None:
     lines: list[str] = []
     run_demo(lines.append)
     split = next(i for i, line in enumerate(lines) if "Anthropic Messages API" in line)
+    split2 = next(i for i, line in enumerate(lines) if "OpenAI Responses API" in line)
     rows = [line for line in lines[:split] if line[:4].strip().isdigit()]
     reasons = [row.split()[1] for row in rows]
-    messages_rows = [line for line in lines[split:] if line[:4].strip().isdigit()]
-    assert [row.split()[1] for row in messages_rows] == ["new", "pinned", "pinned"]
-    assert len({row.split()[2] for row in messages_rows}) == 1  # one model all along
+    for part in (lines[split:split2], lines[split2:]):  # Messages, then Responses
+        part_rows = [line for line in part if line[:4].strip().isdigit()]
+        assert [row.split()[1] for row in part_rows] == ["new", "pinned", "pinned"]
+        assert len({row.split()[2] for row in part_rows}) == 1  # one model all along
+        part_costs = [float(row.split()[5]) for row in part_rows]
+        assert part_costs == sorted(part_costs) and part_costs[0] > 0
     assert reasons == [
         "new", "pinned", "upgraded", "pinned", "pinned", "escalated",
         "pinned", "cache_sticky", "cache_sticky", "cache_sticky", "(refused)",
