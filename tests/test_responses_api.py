@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from gateway_helpers import PRICES, gateway_with_standin
+from gateway_helpers import PRICES, gateway_with_standin, settings_for
 from llm_sessions import Pricing
 from llm_sessions.server import Gateway
 from llm_sessions.server.run import running
@@ -358,3 +358,28 @@ def test_without_an_upstream_for_the_responses_api_it_is_a_clear_400() -> None:
             gw.client().responses.create(model="auto", input="hi")
         assert "responses API" in info.value.message
         assert gw.standin.received == []
+
+
+def test_replicas_on_redis_follow_each_others_chains(redis_url: str) -> None:
+    """The link from a response to its session and upstream lives in the shared store: a
+    chain started on one replica continues, and is retrieved, on another."""
+    standin = StandIn()
+    with ExitStack() as stack:
+        upstream = stack.enter_context(running(standin.app()))
+        urls = [
+            stack.enter_context(running(Gateway(settings_for(upstream, store_url=redis_url)).app()))
+            for _ in range(2)
+        ]
+        one, two = (openai.OpenAI(base_url=f"{u}/v1", api_key="sk-r", max_retries=0) for u in urls)
+        stack.callback(one.close)
+        stack.callback(two.close)
+        first, headers = create(one, input="What is in notes.txt?", tools=TOOLS)
+        output = {"type": "function_call_output", "call_id": "c", "output": "x"}
+        _, h2 = create(two, input=[output], tools=TOOLS, previous_response_id=first.id)
+        assert h2["x-session-id"] == headers["x-session-id"]
+        assert h2["x-session-source"] == "previous_response_id"
+        assert two.responses.retrieve(first.id).id == first.id
+        other = openai.OpenAI(base_url=f"{urls[1]}/v1", api_key="sk-other", max_retries=0)
+        stack.callback(other.close)
+        with pytest.raises(openai.NotFoundError):
+            other.responses.retrieve(first.id)
