@@ -1,0 +1,161 @@
+"""Real coding agents, headless and offline, through `llm-sessions serve` to the stand-in
+upstream: Claude Code on the Anthropic Messages API, Codex on the OpenAI Responses API.
+
+    npm install --prefix /opt/agents @anthropic-ai/claude-code @openai/codex   # once
+    .venv/bin/python scripts/agent_check.py claude|codex [--bin PATH]
+
+Starts the stand-in upstream and the gateway (memory store, a budget on) on loopback
+ports, runs two conversations of the agent in one directory with its base URL pointing
+at the gateway, and checks what the operator would: every request of a conversation (a
+tool loop of several turns) is one session, keyed by the session id the agent sends, and
+the two conversations are two sessions although they open with the same project
+instructions; every turn was charged. Prints what it saw; exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from gateway_helpers import gateway_processes, standin_process
+
+KEY = "sk-agent-check"
+
+
+@dataclass(frozen=True)
+class Agent:
+    binary: str
+    api: str  # the API it speaks, as upstream.apis names it
+    source: str  # the id source its sessions should come from
+    auth: str  # how the gateway lists sessions for its key
+
+    def command(self, prompt: str) -> list[str]:
+        if self.api == "messages":
+            return [self.binary, "-p", prompt]
+        return [self.binary, "exec", "--skip-git-repo-check", prompt]
+
+    def env(self, gateway: str, home: Path) -> dict[str, str]:
+        if self.api == "messages":
+            return {
+                "ANTHROPIC_BASE_URL": gateway,
+                "ANTHROPIC_API_KEY": KEY,
+                "ANTHROPIC_MODEL": "auto",  # let the gateway route (pin, escalate, cap)
+                "DISABLE_TELEMETRY": "1",
+                "DISABLE_AUTOUPDATER": "1",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            }
+        (home / "config.toml").write_text(
+            'model = "auto"\nmodel_provider = "gateway"\n[model_providers.gateway]\n'
+            f'name = "llm-sessions"\nbase_url = "{gateway}/v1"\nenv_key = "GATEWAY_KEY"\n'
+            'wire_api = "responses"\n'
+        )
+        return {"CODEX_HOME": str(home), "GATEWAY_KEY": KEY}
+
+
+AGENTS = {
+    "claude": Agent(
+        "/opt/agents/node_modules/.bin/claude", "messages", "x-claude-code-session-id", "x-api-key"
+    ),
+    "codex": Agent(
+        "/opt/agents/node_modules/.bin/codex", "responses", "session-id", "authorization"
+    ),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("agent", choices=sorted(AGENTS))
+    parser.add_argument("--bin", help="the agent's executable (default: under /opt/agents)")
+    args = parser.parse_args()
+    agent = AGENTS[args.agent]
+    if args.bin:
+        agent = Agent(args.bin, agent.api, agent.source, agent.auth)
+    if not Path(agent.binary).exists():
+        raise SystemExit(f"no {args.agent} at {agent.binary}: see this script's docstring")
+    work = Path(tempfile.mkdtemp(prefix=f"{args.agent}-check-"))
+    home = Path(tempfile.mkdtemp(prefix=f"{args.agent}-home-"))
+    (work / "CLAUDE.md").write_text("# Project\nAlways run the tests before you answer.\n")
+    (work / "AGENTS.md").write_text("# Project\nAlways run the tests before you answer.\n")
+    (work / "app.py").write_text("print('hello')\n")
+    with standin_process() as upstream:
+        auth = "x-api-key" if agent.api == "messages" else "bearer"
+        toml = (
+            f'[upstream]\nbase_url = "{upstream}/v1"\napis = ["chat", "{agent.api}"]\n'
+            f'auth = "{auth}"\n'
+            '[pricing."gpt-4o-mini"]\ninput_per_mtok = 0.15\noutput_per_mtok = 0.6\n'
+            '[pricing."gpt-4o"]\ninput_per_mtok = 2.5\noutput_per_mtok = 10\n'
+            "[budget]\nmax_session_cost_usd = 1.0\n"
+        )
+        with gateway_processes(work, toml, count=1) as ports:
+            gateway = f"http://127.0.0.1:{ports[0]}"
+            env = {**os.environ, **agent.env(gateway, home)}
+            runs = []
+            for prompt in ("Run the tests, then say done.", "Run the tests again, then say done."):
+                started = time.monotonic()
+                done = subprocess.run(agent.command(prompt), cwd=work, env=env,
+                                      capture_output=True, text=True, timeout=300, check=False,
+                                      stdin=subprocess.DEVNULL)  # fmt: skip
+                runs.append((done.returncode, time.monotonic() - started,
+                             done.stdout.strip()[:200], done.stderr.strip()[-400:]))  # fmt: skip
+            key = (
+                {"x-api-key": KEY}
+                if agent.auth == "x-api-key"
+                else {"authorization": f"Bearer {KEY}"}
+            )
+            listing = httpx.get(f"{gateway}/v1/sessions", headers=key, timeout=10)
+            sessions = listing.json()["sessions"]
+    log = work / f"gateway-{ports[0]}.log"
+    access = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if line.startswith('{"event": "chat"')
+    ]
+    version = subprocess.run(
+        [agent.binary, "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    print(f"{args.agent}: {version}")
+    for i, (code, seconds, out, err) in enumerate(runs, 1):
+        print(f"conversation {i}: exit {code} in {seconds:.1f} s; said: {out!r}")
+        if code != 0:
+            print(f"  stderr: {err}")
+    print(f"gateway requests: {len(access)}")
+    for line in access:
+        print(f"  session {line['session']} api={line['api']} source={line['source']} "
+              f"reason={line['reason']} model={line['model']} status={line['status']} "
+              f"stream={line['stream']} cost={line['cost_usd']}")  # fmt: skip
+    print(f"sessions listed for this key: {len(sessions)}")
+    for row in sessions:
+        print(f"  {row['id']}: {row['request_count']} requests, {row['session_cost_usd']} USD")
+    failures = []
+    if any(code != 0 for code, *_ in runs):
+        failures.append(f"a {args.agent} run failed")
+    if not access:
+        failures.append("no request reached the gateway")
+    if any(line["api"] != agent.api or line["source"] != agent.source for line in access):
+        failures.append(f"a request was not on the {agent.api} API keyed by {agent.source}")
+    if any(line["status"] != 200 or line["cost_usd"] == "0.000000" for line in access):
+        failures.append("a request failed, or was not charged")
+    if len(sessions) != 2:  # (the log cuts ids to 8 characters: UUIDv7s share those)
+        failures.append(f"expected 2 sessions, the gateway lists {len(sessions)}")
+    if sum(row["request_count"] for row in sessions) != len(access):
+        failures.append("the sessions do not account for every request")
+    if not any(row["request_count"] >= 2 for row in sessions):
+        failures.append("no conversation had several turns")
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    print("OK" if not failures else f"{len(failures)} check(s) failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
