@@ -18,7 +18,7 @@ import openai
 from llm_sessions import Pricing, routing_table
 from llm_sessions.server import Gateway
 from llm_sessions.server.run import running
-from llm_sessions.server.settings import Settings, UpstreamSettings
+from llm_sessions.server.settings import Settings, UpstreamSettings, load_settings
 from llm_sessions.server.standin import StandIn
 
 TIERS = routing_table(
@@ -83,6 +83,22 @@ def gateway_with_standin(**overrides: Any) -> Iterator[Running]:
         finally:
             for client in gw.clients:
                 client.close()
+
+
+@contextmanager
+def gateway_over_standins(
+    directory: Path, template: str, names: tuple[str, ...], **fields: str
+) -> Iterator[tuple[str, dict[str, StandIn], Gateway]]:
+    """A stand-in upstream per name, and a gateway configured by `template` (TOML, with
+    each name's ``{name}`` filled with that stand-in's URL, and `fields`); yields the
+    gateway's URL, the stand-ins by name, and the gateway."""
+    standins = {name: StandIn() for name in names}
+    with ExitStack() as stack:
+        urls = {name: stack.enter_context(running(s.app())) for name, s in standins.items()}
+        path = directory / "gateway.toml"
+        path.write_text(template.format(**urls, **fields))
+        gateway = Gateway(load_settings(path))
+        yield stack.enter_context(running(gateway.app())), standins, gateway
 
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:

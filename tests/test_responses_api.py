@@ -14,11 +14,10 @@ from typing import Any
 import openai
 import pytest
 
-from gateway_helpers import PRICES, gateway_with_standin, settings_for
+from gateway_helpers import PRICES, gateway_over_standins, gateway_with_standin, settings_for
 from llm_sessions import Pricing
 from llm_sessions.server import Gateway
 from llm_sessions.server.run import running
-from llm_sessions.server.settings import load_settings
 from llm_sessions.server.standin import StandIn
 
 TOOLS: list[Any] = [
@@ -248,17 +247,15 @@ fallback = {reasoning_fallback}
 
 @contextmanager
 def two_upstreams(tmp_path: Path, reasoning_fallback: list[str]) -> Iterator[tuple[Any, ...]]:
-    a, b = StandIn(), StandIn()
-    with ExitStack() as stack:
-        a_url = stack.enter_context(running(a.app()))
-        b_url = stack.enter_context(running(b.app()))
-        path = tmp_path / "gateway.toml"
-        fallback = json.dumps(reasoning_fallback)
-        path.write_text(TWO_UPSTREAMS.format(a=a_url, b=b_url, reasoning_fallback=fallback))
-        url = stack.enter_context(running(Gateway(load_settings(path)).app()))
+    fallback = json.dumps(reasoning_fallback)
+    with gateway_over_standins(
+        tmp_path, TWO_UPSTREAMS, ("a", "b"), reasoning_fallback=fallback
+    ) as (url, standins, _):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0)
-        stack.callback(client.close)
-        yield client, a, b
+        try:
+            yield client, standins["a"], standins["b"]
+        finally:
+            client.close()
 
 
 def loop(client: openai.OpenAI, turns: int) -> list[dict[str, str]]:

@@ -4,7 +4,7 @@ key forwarding, and the start-up checks."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +13,9 @@ import anthropic
 import httpx
 import pytest
 
+from gateway_helpers import gateway_over_standins
 from llm_sessions import Pricing
 from llm_sessions.server import Gateway
-from llm_sessions.server.run import running
 from llm_sessions.server.settings import ConfigError, load_settings
 from llm_sessions.server.standin import StandIn
 
@@ -64,17 +64,10 @@ def two_upstreams(
 ) -> Iterator[Two]:
     monkeypatch.setenv("TEST_OPENAI_KEY", "sk-gateway-openai")
     monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-gateway-anthropic")
-    openai_standin, anthropic_standin = StandIn(), StandIn()
-    with ExitStack() as stack:
-        openai_url = stack.enter_context(running(openai_standin.app()))
-        anthropic_url = stack.enter_context(running(anthropic_standin.app()))
-        path = tmp_path / "gateway.toml"
-        path.write_text(
-            TOML.format(openai=openai_url, anthropic=anthropic_url, forward=str(forward).lower())
-        )
-        gateway = Gateway(load_settings(path))
-        url = stack.enter_context(running(gateway.app()))
-        yield Two(url, openai_standin, anthropic_standin, gateway)
+    with gateway_over_standins(
+        tmp_path, TOML, ("openai", "anthropic"), forward=str(forward).lower()
+    ) as (url, standins, gateway):
+        yield Two(url, standins["openai"], standins["anthropic"], gateway)
 
 
 def messages_body(text: str, **extra: Any) -> dict[str, Any]:
