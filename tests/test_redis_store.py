@@ -19,6 +19,7 @@ from llm_sessions import (
     AsyncRedisSessionStore,
     Config,
     Entry,
+    Pricing,
     RedisSessionStore,
     StoreUnavailable,
     Tier,
@@ -426,3 +427,45 @@ def test_a_client_is_reused_with_retries_off(redis_server: RedisServer, redis_ur
         RedisSessionStore(object(), CFG)
     store.close()
     client.close()
+
+
+def test_a_routed_request_is_two_round_trips_in_the_steady_state(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """begin and finish each send one compare-and-set against the version this process
+    wrote last; only a write by someone else in between costs more (the failed
+    compare-and-set answers with the current record), and nothing is lost to it."""
+    from llm_sessions import SessionPolicy
+
+    from conftest import TIERS
+
+    pool = redis.ConnectionPool(port=redis_server.port, connection_class=CountingConnection)
+    store = RedisSessionStore(redis.Redis(connection_pool=pool), CFG)
+    other = RedisSessionStore(redis_url, CFG)  # another replica
+    prices = {
+        m: Pricing(1, 2) for t in TIERS.values() for m in [t["primary"], *t.get("fallback", [])]
+    }
+    policy = SessionPolicy(store, TIERS, pricing=prices, max_session_cost_usd=100)
+    replica = SessionPolicy(other, TIERS, pricing=prices, max_session_cost_usd=100)
+    headers = {"x-session-id": "s"}
+
+    def turn(flow: SessionPolicy, i: int) -> int:
+        before = CountingConnection.sends
+        body = {"messages": [{"role": "user", "content": f"turn {i}"}]}
+        decision = flow.begin(headers, body)
+        flow.finish(decision, served_model=decision.model, cost_micros=5)
+        return CountingConnection.sends - before
+
+    try:
+        turn(policy, 0)  # scripts loaded, the session created (a read: nothing known yet)
+        assert [turn(policy, i) for i in range(1, 6)] == [2] * 5
+        turn(replica, 6)  # the other replica writes
+        assert turn(policy, 7) == 3  # one compare-and-set lost, with the record in its reply
+        assert turn(policy, 8) == 2
+        entry = store.get_session("s")
+        assert entry is not None and entry.session_cost_micros == 9 * 5
+        assert entry.request_count == 9 and entry.reserved_micros == 0
+    finally:
+        store.close()
+        other.close()
+        pool.disconnect()

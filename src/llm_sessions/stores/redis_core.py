@@ -14,11 +14,13 @@ the record version ``v``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -107,6 +109,9 @@ def _load_scripts() -> dict[str, str]:
 SCRIPTS = _load_scripts()
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+#: Sessions whose last written record a process remembers, to write the next version
+#: without reading it first (least recently written forgotten first).
+KNOWN_SESSIONS = 10_000
 _BACKOFF_BASE_S = 0.001  # the first pause after a lost compare-and-set; doubles to the cap
 _BACKOFF_CAP_S = 0.05
 
@@ -321,6 +326,11 @@ class RedisOps:
         self._enabled = config.enabled
         self._timeout = config.timeout_ms
         self._timeout_arg = b"%d" % config.timeout_ms
+        # session id -> (the record this process last wrote, its version). A transaction
+        # starts from it instead of a read; the compare-and-set fails (and answers with
+        # the current record) when another writer got there first.
+        self._known: OrderedDict[str, tuple[Entry, bytes]] = OrderedDict()
+        self._server_offset_ms: int | None = None  # the server's clock minus ours
 
     def key(self, session_id: str) -> str:
         """The session's key: the prefix, its scope's tag and a 128-bit digest of the id."""
@@ -342,6 +352,8 @@ class RedisOps:
         return b"" if self.clock is None else b"%d" % self.clock()
 
     def _eval(self, script: str, session_id: str, *args: bytes) -> Eval:
+        """One of the single-script writes: the record this process remembers is stale."""
+        self._known.pop(session_id, None)
         return Eval(
             script,
             self.key(session_id),
@@ -356,10 +368,42 @@ class RedisOps:
         """The session in a record's `values` as a reader sees it at `now`, or None."""
         if values[0] != _b(session_id):
             return None  # no key, or (never in practice) another id with the same digest
-        entry = decode_entry(values)
+        return self._alive(decode_entry(values), now)
+
+    def _alive(self, entry: Entry, now: int) -> Entry | None:
         if rules.is_expired(entry, now, self._timeout):
             return None
         return rules.snapshot(list(entry), now) if entry.flow.reservations else entry
+
+    def _note_time(self, server_ms: int) -> None:
+        if self.clock is None:
+            self._server_offset_ms = server_ms - time.time_ns() // 1_000_000
+
+    def _remembered(self, session_id: str) -> tuple[int, Entry, bytes] | None:
+        """``(now, entry, version)`` of the record this process last wrote for the
+        session, with the time as the server's clock has it; None when there is none."""
+        known = self._known.get(session_id)
+        if known is None:
+            return None
+        if self.clock is not None:
+            now = self.clock()
+        elif self._server_offset_ms is not None:
+            now = time.time_ns() // 1_000_000 + self._server_offset_ms
+        else:
+            return None
+        entry, version = known
+        return max(now, entry.last_used_at), entry, version
+
+    def _remember(self, session_id: str, entry: Entry | None, version: bytes | None) -> None:
+        known = self._known
+        if entry is None or version is None:
+            known.pop(session_id, None)
+            return
+        known[session_id] = (entry, version)
+        known.move_to_end(session_id)
+        if len(known) > KNOWN_SESSIONS:
+            with contextlib.suppress(KeyError):
+                known.popitem(last=False)
 
     def _off(self, session_id: str) -> bool:
         return not self._enabled or not session_id
@@ -553,12 +597,14 @@ class RedisOps:
         check_id(session_id)
 
         def steps() -> Generator[Command, Any, None]:
+            self._known.pop(session_id, None)
             yield Unlink((self.key(session_id).encode(),))
 
         return Op(steps(), lambda: None, True)
 
     def clear_all(self) -> Op[None]:
         def steps() -> Generator[Command, Any, None]:
+            self._known.clear()
             cursor, match = 0, self.scope_match(None)
             while True:
                 cursor, keys = yield Scan(cursor, match)
@@ -607,13 +653,26 @@ class RedisOps:
                 now = self.clock() if self.clock is not None else time.time_ns() // 1_000_000
                 return fn(None, now)[1]
             key = self.key(session_id)
-            now, values = yield self._read(session_id)
+            old: Entry | None
+            remembered = self._remembered(session_id)
+            if remembered is not None:  # what this process wrote last: no read
+                now, last, version = remembered
+                old = self._alive(last, now)
+            else:
+                now, values = yield self._read(session_id)
+                self._note_time(now)
+                old, version = self._live(session_id, values, now), values[-1] or b""
             lost = 0
             while True:
-                old = self._live(session_id, values, now)
                 new, result = fn(old, now)
-                if new is old:
+                if new is old and remembered is None:
                     return result
+                if new is old:  # a result from what may be stale: only a read confirms it
+                    remembered = None
+                    now, values = yield self._read(session_id)
+                    self._note_time(now)
+                    old, version = self._live(session_id, values, now), values[-1] or b""
+                    continue
                 record = [] if new is None else encode_entry(session_id, new)
                 written = link_keys if new is not None else ()
                 reply = yield Eval(
@@ -623,7 +682,7 @@ class RedisOps:
                         self._now_arg(),
                         self._timeout_arg,
                         _b(session_id),
-                        values[-1] or b"",
+                        version,
                         b"%d" % len(written),
                         *(link_args if written else ()),
                         *record,
@@ -631,20 +690,29 @@ class RedisOps:
                     keys=written,
                 )
                 if reply[0] == 1:
+                    self._remember(session_id, new, reply[1] if len(reply) > 1 else None)
                     return result
-                lost += 1
+                self._remember(session_id, None, None)
+                if remembered is not None:  # another writer came first: it is not contention
+                    remembered = None
+                else:
+                    lost += 1
                 if deadline is not None and time.monotonic() >= deadline:
                     raise SessionBusy(
                         f"session busy: other writers won {lost} compare-and-sets in a row "
                         f"within busy_timeout_ms={limit_ms:g}"
                     )
-                if lost == 1:  # the reply carries the current record: try again at once
+                if lost <= 1:  # the reply carries the current record: try again at once
                     now, values = int(reply[1]), reply[2]
+                    self._note_time(now)
+                    old, version = self._live(session_id, values, now), values[-1] or b""
                     continue
                 pause = random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (lost - 2)))
                 if deadline is not None:
                     pause = min(pause, max(deadline - time.monotonic(), 0.0))
                 yield Sleep(pause)
                 now, values = yield self._read(session_id)
+                self._note_time(now)
+                old, version = self._live(session_id, values, now), values[-1] or b""
 
         return Op(steps(), None, True, self.key(session_id), deadline)

@@ -2,7 +2,8 @@
 -- read. ARGV[4]: the version that was read ('' when there was no key); ARGV[5]: how many
 -- links follow (n), then n (name, value) pairs whose keys are KEYS[2..n+1]; after them
 -- the new record's field/value pairs (none: delete the session).
--- Returns {1} on success, or {0, now, current record} so the caller can retry at once.
+-- Returns {1, new version} on success ({1} when the session was deleted), or
+-- {0, now, current record} so the caller can retry at once.
 local current = redis.call('HGET', key, 'v')
 if (current or '') ~= ARGV[4] then
   return {0, now, record()}
@@ -37,4 +38,4 @@ for i = 1, links do
     'expires_at', now + timeout)
   redis.call('PEXPIRE', link, math.max(timeout, 1))
 end
-return {1}
+return {1, redis.call('HGET', key, 'v')}
