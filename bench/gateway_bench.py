@@ -1,16 +1,21 @@
-"""Benchmark of the gateway against the stand-in upstream it fronts, in one run.
+"""Benchmark of the gateway against a bare passthrough and the upstream it fronts, in one run.
 
-    python bench/gateway_bench.py [--quick]
+    python bench/gateway_bench.py [--quick] [--seconds S] [--rounds N]
 
-Starts the stand-in upstream and the gateway (``llm-sessions serve``, memory store,
-pricing and a budget on) as their own processes on loopback ports, then drives them with
-a small keep-alive HTTP/1.1 load generator written on asyncio streams (so the generator
-costs little next to what it measures). For non-streaming and streaming requests at
-concurrency 1 and 64, it measures (a) the stand-in directly and (b) the gateway in front
-of it, and reports the latency the gateway adds (p50, p99) and its throughput as a
-ratio of the direct one, for each API (Chat Completions, Anthropic Messages, OpenAI
-Responses). Then 100k requests over 10k sessions through the gateway, with its resident
-memory sampled along the way.
+Starts, each as its own process on loopback ports: the stand-in upstream; the *floor*, a
+bare aiohttp passthrough that forwards each request's bytes to the stand-in without
+parsing them and relays the answer as it comes; `llm-sessions serve` with the memory
+store; and `llm-sessions serve` with a Redis store (its own redis-server). A small
+keep-alive HTTP/1.1 load generator on asyncio streams drives each in turn, for every API
+the gateway serves (Chat Completions, Anthropic Messages, OpenAI Responses), plain and
+streamed, at concurrency 1, 16 and 64, each cell for a fixed time, in interleaved rounds.
+
+Reported per cell: p50 latency added to the stand-in's own, throughput, and the CPU
+seconds the proxy process spent per 1,000 requests (the steadiest figure on a shared
+machine); then the ratios the efficiency goals are stated in: gateway CPU / floor CPU,
+gateway throughput / floor throughput at c=16, Redis gateway CPU / memory gateway CPU,
+and Redis round trips (scripts run) per routed request. Then 100k requests over 10k sessions through the
+memory gateway, with its resident memory sampled along the way.
 """
 
 from __future__ import annotations
@@ -25,12 +30,51 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
+
+import redis
 
 STANDIN = """
 import uvicorn
 from llm_sessions.server.standin import StandIn
 uvicorn.run(StandIn().app(), host="127.0.0.1", port={port}, log_level="warning", access_log=False)
+"""
+
+# The floor: what any proxy must do at least (accept, forward the bytes, relay the answer).
+FLOOR = """
+import aiohttp
+from aiohttp import web
+
+UPSTREAM = "http://127.0.0.1:{upstream}"
+HOP = {{"host", "content-length", "transfer-encoding", "connection"}}
+
+async def start(app):
+    app["client"] = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=200), auto_decompress=False
+    )
+
+async def stop(app):
+    await app["client"].close()
+
+async def forward(request):
+    body = await request.read()
+    headers = {{k: v for k, v in request.headers.items() if k.lower() not in HOP}}
+    async with request.app["client"].post(UPSTREAM + request.path, data=body,
+                                          headers=headers) as upstream:
+        out = web.StreamResponse(status=upstream.status)
+        out.content_type = upstream.content_type
+        await out.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await out.write(chunk)
+        await out.write_eof()
+        return out
+
+app = web.Application()
+app.on_startup.append(start)
+app.on_cleanup.append(stop)
+app.router.add_post("/{{tail:.*}}", forward)
+web.run_app(app, host="127.0.0.1", port={port}, access_log=None, print=None)
 """
 
 CONFIG = """
@@ -40,6 +84,8 @@ api_key_env = "BENCH_KEY"
 apis = ["chat", "messages", "responses"]
 [server]
 port = {port}
+[store]
+url = "{store}"
 [sessions]
 max_sessions = 100000
 [routing.tiers.SIMPLE]
@@ -59,6 +105,15 @@ output_per_mtok = 5
 max_session_cost_usd = 1000.0
 """
 
+APIS = ("chat", "messages", "responses")
+TARGETS = ("direct", "floor", "memory", "redis")
+# A 10-message agent conversation of about 4 KB, as the efficiency issue measures.
+HISTORY = [
+    {"role": "user" if i % 2 == 0 else "assistant",
+     "content": f"Step {i}: " + "the design notes say the cache must stay warm. " * 8}
+    for i in range(9)
+]  # fmt: skip
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -69,18 +124,19 @@ def free_port() -> int:
 def request_bytes(port: int, session: str, stream: bool, turn: int = 0, api: str = "chat") -> bytes:
     system = "You are a helpful assistant."
     question = {"role": "user", "content": f"Summarise the design notes, part {turn % 7}."}
+    messages = [*HISTORY, question]
     if api == "chat":
         path, auth = "/v1/chat/completions", "authorization: Bearer bench"
         payload = {"model": "auto", "stream": stream,
-                   "messages": [{"role": "system", "content": system}, question]}  # fmt: skip
+                   "messages": [{"role": "system", "content": system}, *messages]}  # fmt: skip
     elif api == "messages":
         path, auth = "/v1/messages", "x-api-key: bench\r\nanthropic-version: 2023-06-01"
         payload = {"model": "auto", "stream": stream, "max_tokens": 256, "system": system,
-                   "messages": [question]}  # fmt: skip
+                   "messages": messages}  # fmt: skip
     else:
         path, auth = "/v1/responses", "authorization: Bearer bench"
-        payload = {"model": "auto", "stream": stream, "max_output_tokens": 256,
-                   "instructions": system, "input": question["content"]}  # fmt: skip
+        payload = {"model": "auto", "stream": stream, "max_output_tokens": 256, "store": False,
+                   "instructions": system, "input": messages}  # fmt: skip
     body = json.dumps(payload).encode()
     head = (
         f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
@@ -109,29 +165,52 @@ async def read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def load(
-    port: int, concurrency: int, total: int, stream: bool, sessions: int, api: str = "chat"
+    port: int,
+    concurrency: int,
+    stream: bool,
+    sessions: int,
+    api: str = "chat",
+    seconds: float = 0.0,
+    total: int = 0,
 ) -> tuple[list[float], float]:
-    """Send `total` requests over `concurrency` keep-alive connections; return the
-    per-request latencies (s) and the requests/s."""
+    """Requests over `concurrency` keep-alive connections for `seconds` (or `total`
+    requests); the per-request latencies (s) and the requests/s."""
     latencies: list[float] = []
-    per = total // concurrency
+    stop = time.perf_counter() + seconds
+    per = total // concurrency if total else 0
 
     async def worker(w: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for i in range(per):
-            n = w * per + i
-            data = request_bytes(port, f"s{n % sessions}", stream, n // sessions, api)
+        i = 0
+        while (i < per) if per else (time.perf_counter() < stop):
+            n = w * 1_000_003 + i
+            data = request_bytes(port, f"s{n % sessions}", stream, i, api)
             t0 = time.perf_counter()
             writer.write(data)
             status = await read_response(reader)
             latencies.append(time.perf_counter() - t0)
             if status != 200:
-                raise RuntimeError(f"HTTP {status}")
+                raise RuntimeError(f"HTTP {status} from port {port}")
+            i += 1
         writer.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     return latencies, len(latencies) / (time.perf_counter() - t0)
+
+
+def scripts_run(client: redis.Redis) -> int:
+    """Scripts Redis has run: each is one round trip of the store (the commands a script
+    runs inside are not)."""
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+               for name in ("evalsha", "evalsha_ro", "eval", "eval_ro"))  # fmt: skip
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kb(pid: int) -> int:
@@ -152,69 +231,117 @@ def wait_ready(port: int) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="short cells, one round, small soak")
+    ap.add_argument("--seconds", type=float, default=None, help="seconds per cell")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     args = ap.parse_args()
-    n1, n64, soak = (300, 3_000, 10_000) if args.quick else (2_000, 20_000, 100_000)
-    up_port, gw_port = free_port(), free_port()
+    seconds = args.seconds or (1.5 if args.quick else 5.0)
+    rounds = args.rounds or (1 if args.quick else 3)
+    soak = 10_000 if args.quick else 100_000
+    ports = {name: free_port() for name in (*TARGETS, "redis-server")}
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "gateway.toml"
-        config.write_text(CONFIG.format(upstream=up_port, port=gw_port))
         env = {**os.environ, "BENCH_KEY": "sk-bench"}
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
-        standin = subprocess.Popen([sys.executable, "-c", STANDIN.format(port=up_port)], **quiet)  # type: ignore[call-overload]
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "llm_sessions", "serve", "--config", str(config)], **quiet
-        )  # type: ignore[call-overload]
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        redis_url = f"redis://127.0.0.1:{ports['redis-server']}/0"
         try:
-            wait_ready(up_port)
-            wait_ready(gw_port)
-            asyncio.run(load(gw_port, 8, 400, False, 100))  # warm up both
-            asyncio.run(load(up_port, 8, 400, False, 100))
-            print(
-                f"{'':24} {'direct p50':>10} {'gateway p50':>11} {'added p50':>9} {'added p99':>9}"
-                f" {'direct rps':>10} {'gateway rps':>11} {'ratio':>6}"
-            )
-            cells = [
-                (api, stream, concurrency, total)
-                for api in ("chat", "messages", "responses")
-                for stream in (False, True)
-                for concurrency, total in ((1, n1), (64, n64))
-            ]
-            for api, stream, concurrency, total in cells:
-                direct, direct_rps = asyncio.run(
-                    load(up_port, concurrency, total, stream, 10_000, api)
+            procs["redis-server"] = subprocess.Popen(
+                ["redis-server", "--port", str(ports["redis-server"]), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", tmp], **quiet,
+            )  # type: ignore[call-overload]  # fmt: skip
+            script = STANDIN.format(port=ports["direct"])
+            procs["direct"] = subprocess.Popen([sys.executable, "-c", script], **quiet)  # type: ignore[call-overload]
+            script = FLOOR.format(port=ports["floor"], upstream=ports["direct"])
+            procs["floor"] = subprocess.Popen([sys.executable, "-c", script], **quiet)  # type: ignore[call-overload]
+            for name, store in (("memory", "memory://"), ("redis", redis_url)):
+                config = Path(tmp) / f"{name}.toml"
+                config.write_text(
+                    CONFIG.format(upstream=ports["direct"], port=ports[name], store=store)
                 )
-                via, via_rps = asyncio.run(load(gw_port, concurrency, total, stream, 10_000, api))
-                name = f"{api} {'stream' if stream else 'plain'} c={concurrency}"
-                d50, v50 = statistics.median(direct) * 1e3, statistics.median(via) * 1e3
-                d99, v99 = pct(direct, 0.99) * 1e3, pct(via, 0.99) * 1e3
-                print(
-                    f"{name:24} {d50:8.2f}ms {v50:9.2f}ms {v50 - d50:7.2f}ms {v99 - d99:7.2f}ms"
-                    f" {direct_rps:10.0f} {via_rps:11.0f} {via_rps / direct_rps:6.2f}"
-                )
-            print(f"\nsoak: {soak} requests over 10000 sessions through the gateway (c=64)")
+                procs[name] = subprocess.Popen(  # type: ignore[call-overload]
+                    [sys.executable, "-m", "llm_sessions", "serve", "--config", str(config),
+                     "--log-level", "warning"], **quiet,
+                )  # fmt: skip
+            for name in (*TARGETS, "redis-server"):
+                wait_ready(ports[name])
+            counter = redis.Redis(port=ports["redis-server"])
+            for name in TARGETS:  # warm up every process and connection pool
+                asyncio.run(load(ports[name], 8, False, 100, total=800))
+            cells = [(api, stream, c) for api in APIS for stream in (False, True)
+                     for c in (1, 16, 64)]  # fmt: skip
+            lat: dict[tuple[object, ...], list[float]] = defaultdict(list)
+            rps: dict[tuple[object, ...], list[float]] = defaultdict(list)
+            cpu: dict[tuple[object, ...], list[float]] = defaultdict(list)
+            commands: list[float] = []
+            for _ in range(rounds):
+                for api, stream, c in cells:
+                    for name in TARGETS:
+                        pid = procs[name].pid
+                        before = cpu_s(pid)
+                        cmds = scripts_run(counter)
+                        done, rate = asyncio.run(
+                            load(ports[name], c, stream, 10_000, api, seconds=seconds)
+                        )
+                        key = (api, stream, c, name)
+                        cpu[key].append((cpu_s(pid) - before) / len(done) * 1000)
+                        lat[key] += done
+                        rps[key].append(rate)
+                        if name == "redis":
+                            cmds = scripts_run(counter) - cmds
+                            commands.append((cmds - 1) / len(done))  # less the first INFO
+            report(cells, lat, rps, cpu, commands)
+            print(f"\nsoak: {soak} requests over 10000 sessions through the memory gateway (c=64)")
             samples = []
             for step in range(5):
-                asyncio.run(load(gw_port, 64, soak // 5, False, 10_000))
-                samples.append(rss_kb(gateway.pid))
-                print(
-                    f"  after {(step + 1) * soak // 5:>7} requests: gateway RSS {samples[-1] / 1024:.1f} MB"
-                )
-            print(
-                f"  growth from the first fifth to the end: {(samples[-1] - samples[0]) / 1024:+.1f} MB "
-                f"({(samples[-1] / samples[0] - 1) * 100:+.1f}%)"
-            )
+                asyncio.run(load(ports["memory"], 64, False, 10_000, total=soak // 5))
+                samples.append(rss_kb(procs["memory"].pid))
+                done_n = (step + 1) * soak // 5
+                print(f"  after {done_n:>7} requests: gateway RSS {samples[-1] / 1024:.1f} MB")
+            growth = (samples[-1] - samples[0]) / 1024
+            print(f"  growth from the first fifth to the end: {growth:+.1f} MB "
+                  f"({(samples[-1] / samples[0] - 1) * 100:+.1f}%)")  # fmt: skip
         finally:
-            for proc in (gateway, standin):
+            for proc in procs.values():
                 proc.terminate()
                 proc.wait(15)
+
+
+def report(
+    cells: list[tuple[str, bool, int]],
+    lat: dict[tuple[object, ...], list[float]],
+    rps: dict[tuple[object, ...], list[float]],
+    cpu: dict[tuple[object, ...], list[float]],
+    commands: list[float],
+) -> None:
+    """The table per cell, then the goal ratios (medians over rounds)."""
+    med = statistics.median
+    print(f"{'':22} {'added p50 ms':>27}   {'req/s':>23}   {'proxy CPU s / 1k req':>23}")
+    print(f"{'':22} {'floor':>8} {'memory':>9} {'redis':>8}   {'floor':>7} {'memory':>7} "
+          f"{'redis':>7}   {'floor':>7} {'memory':>7} {'redis':>7}")  # fmt: skip
+    ratios: dict[str, list[float]] = defaultdict(list)
+    for api, stream, c in cells:
+        base = med(lat[(api, stream, c, "direct")])
+        added = [
+            (med(lat[(api, stream, c, t)]) - base) * 1000 for t in ("floor", "memory", "redis")
+        ]
+        rates = [med(rps[(api, stream, c, t)]) for t in ("floor", "memory", "redis")]
+        cpus = [med(cpu[(api, stream, c, t)]) for t in ("floor", "memory", "redis")]
+        name = f"{api} {'stream' if stream else 'plain'} c={c}"
+        print(f"{name:22} {added[0]:8.2f} {added[1]:9.2f} {added[2]:8.2f}   "
+              f"{rates[0]:7.0f} {rates[1]:7.0f} {rates[2]:7.0f}   "
+              f"{cpus[0]:7.3f} {cpus[1]:7.3f} {cpus[2]:7.3f}")  # fmt: skip
+        kind = "stream" if stream else "plain"
+        ratios[f"memory CPU / floor CPU ({kind})"].append(cpus[1] / cpus[0])
+        ratios["redis CPU / memory CPU"].append(cpus[2] / cpus[1])
+        if c == 16:
+            ratios[f"memory req/s / floor req/s at c=16 ({kind})"].append(rates[1] / rates[0])
+    print("\nratios (median over the cells; goals: CPU <= 2x the floor, c=16 throughput "
+          ">= 0.5x the floor, Redis CPU <= 1.5x memory):")  # fmt: skip
+    for label, values in ratios.items():
+        print(f"  {label:48} {med(values):5.2f}  (range {min(values):.2f}-{max(values):.2f})")
+    print(f"  Redis round trips per routed request             {med(commands):5.2f}")
 
 
 if __name__ == "__main__":

@@ -688,9 +688,8 @@ class Gateway:
             started = time.perf_counter()
 
             async def done(meter: StreamMeter, complete: bool) -> None:
-                cost = await self._charge(
-                    decision, model, meter.usage, meter.text_bytes, meter.answer_id
-                )
+                answer_id = meter.answer_id if body.get("store") is not False else None
+                cost = await self._charge(decision, model, meter.usage, meter.text_bytes, answer_id)
                 record.update(cost=cost, complete=complete)
                 self._log(record, 200, started)
 
@@ -709,7 +708,9 @@ class Gateway:
             data = None
         usage = data.get("usage") if isinstance(data, dict) else None
         output = wire.text_bytes(data)
-        record["cost"] = await self._charge(decision, model, usage, output, wire.answer_id(data))
+        stored = body.get("store") is not False  # an answer that was not stored can't be continued
+        answer_id = wire.answer_id(data) if stored else None
+        record["cost"] = await self._charge(decision, model, usage, output, answer_id)
         headers["X-Session-Cache-Read-Tokens"] = str(_cache_read(usage))
         return Response(content, 200, headers=headers, media_type="application/json")
 
