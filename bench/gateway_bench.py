@@ -236,6 +236,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short cells, one round, small soak")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per cell")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
+    ap.add_argument("--apis", default=",".join(APIS), help="which APIs (comma-separated)")
     args = ap.parse_args()
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -269,7 +270,8 @@ def main() -> None:
             counter = redis.Redis(port=ports["redis-server"])
             for name in TARGETS:  # warm up every process and connection pool
                 asyncio.run(load(ports[name], 8, False, 100, total=800))
-            cells = [(api, stream, c) for api in APIS for stream in (False, True)
+            apis = [a for a in args.apis.split(",") if a in APIS]
+            cells = [(api, stream, c) for api in apis for stream in (False, True)
                      for c in (1, 16, 64)]  # fmt: skip
             lat: dict[tuple[object, ...], list[float]] = defaultdict(list)
             rps: dict[tuple[object, ...], list[float]] = defaultdict(list)

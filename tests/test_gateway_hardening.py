@@ -279,16 +279,15 @@ def test_an_upstream_url_with_credentials_is_refused_at_start_up() -> None:
         load_settings(upstream_url="https://user:secret@api.example.com/v1")
 
 
-class _BrokenTransport(httpx.AsyncBaseTransport):
-    """An upstream client that fails with something other than a transport error."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        raise RuntimeError("a bug in the client, not a network error")
+async def _broken_send(*args: Any, **kwargs: Any) -> Any:
+    """An upstream client that fails with something other than a network error."""
+    raise RuntimeError("a bug in the client, not a network error")
 
 
 def test_a_non_transport_error_is_a_502_that_releases_the_reservation() -> None:
     settings = settings_for("http://127.0.0.1:9", max_session_cost_usd=1.0)
-    gateway = Gateway(settings, transport=_BrokenTransport())
+    gateway = Gateway(settings)
+    gateway.upstreams["default"].send = _broken_send  # type: ignore[method-assign]
     with running(gateway.app()) as url, httpx.Client(base_url=url, timeout=30) as http:
         reply = http.post("/v1/chat/completions", json=chat("hi"), headers={"x-session-id": "b"})
         session = http.get("/v1/sessions/b").json()

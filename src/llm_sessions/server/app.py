@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -45,7 +45,7 @@ from ..stores.base import AsyncStore
 from ..stores.urls import open_async_store
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .settings import Settings, UpstreamSettings, redact_url
-from .upstream import Attempt, RelayResponse, StreamMeter, Upstream
+from .upstream import Attempt, RelayResponse, StreamMeter, Upstream, UpstreamBroke
 
 __all__ = ["Gateway", "create_app"]
 
@@ -218,7 +218,6 @@ class Gateway:
         settings: Settings,
         *,
         store: AsyncStore | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
         if store is None:
@@ -249,7 +248,7 @@ class Gateway:
             id_sources=settings.id_sources,
             state_holder=self._upstream_of,
         )
-        self.upstreams = {up.name: Upstream(up, transport) for up in settings.upstreams}
+        self.upstreams = {up.name: Upstream(up) for up in settings.upstreams}
         self.max_attempts = settings.upstream.max_attempts
         self.metrics = Metrics(lambda: float(getattr(self.store, "errors", 0)))
         self.api_keys = load_api_keys(settings.api_keys_file) if settings.api_keys_file else None
@@ -390,20 +389,19 @@ class Gateway:
             record["session"] = found[0]
             headers = _headers_for(upstream.settings, request)
             path = request.url.path.removeprefix("/v1")
+            body = await self._read_body(request) if request.method == "POST" else None
             try:
-                answer = await upstream.client.request(
-                    request.method,
-                    upstream.url(path),
-                    params=request.url.query,
-                    headers=headers,
-                    content=await self._read_body(request) if request.method == "POST" else None,
-                )
-            except httpx.HTTPError as exc:
+                answer = await upstream.send(request.method, path, headers, body, request.url.query)
+                try:
+                    content = await answer.aread()
+                finally:
+                    await answer.aclose()
+            except (aiohttp.ClientError, TimeoutError, UpstreamBroke) as exc:
                 raise _Reject(
                     502, f"the upstream failed: {type(exc).__name__}", "upstream_error"
                 ) from None
             media = answer.headers.get("content-type", "application/json")
-            result: Response = Response(answer.content, answer.status_code, media_type=media)
+            result: Response = Response(content, answer.status_code, media_type=media)
         except _Reject as reject:
             result = self._error(CHAT, reject)
         self._log(record, result.status_code, started)
@@ -429,7 +427,7 @@ class Gateway:
                 raise _Reject(502, f"counting tokens failed upstream: {attempt.failure}")
             try:
                 content = await attempt.response.aread()
-            except httpx.HTTPError:
+            except UpstreamBroke:
                 raise _Reject(502, "counting tokens failed upstream: broken response") from None
             finally:
                 await attempt.response.aclose()
@@ -674,7 +672,7 @@ class Gateway:
                 self.metrics.upstream_errors.labels(attempt.error_kind).inc()
             try:
                 content = await upstream.aread()
-            except httpx.HTTPError:
+            except UpstreamBroke:
                 content = json.dumps(
                     error_body("the upstream refused the request", "upstream_error")
                 ).encode()
@@ -698,7 +696,7 @@ class Gateway:
 
         try:
             content = await upstream.aread()
-        except httpx.HTTPError:
+        except UpstreamBroke:
             return None
         finally:
             await upstream.aclose()
@@ -847,7 +845,7 @@ class Gateway:
                 raise _Reject(502, f"the upstream failed: {attempt.failure}", "upstream_error")
             try:
                 content = await attempt.response.aread()
-            except httpx.HTTPError:
+            except UpstreamBroke:
                 raise _Reject(502, "the upstream broke its response", "upstream_error") from None
             finally:
                 await attempt.response.aclose()

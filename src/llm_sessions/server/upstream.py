@@ -1,33 +1,81 @@
 """Talking to the upstream: attempts along the fallback chain, and relaying a stream.
 
-One shared `httpx.AsyncClient` (pooled keep-alive connections, timeouts) serves every
-request. `Upstream.attempt` opens one attempt and classifies its outcome before a byte
-reaches the client; `RelayResponse` passes a stream through chunk by chunk, watches for
-the client going away, and reports what was generated exactly once.
+One `aiohttp.ClientSession` per upstream (pooled keep-alive connections, timeouts)
+serves every request; the body is encoded once, here. `Upstream.attempt` opens one
+attempt and classifies its outcome before a byte reaches the client; `RelayResponse`
+passes a stream through chunk by chunk, watches for the client going away, and reports
+what was generated exactly once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
-from collections.abc import Awaitable, Callable
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import anyio
-import httpx
-from httpx_aiohttp import AiohttpTransport
+from multidict import CIMultiDictProxy
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+from yarl import URL
 
 from ..protocols.chat import Verdict, stream_reader
 from .settings import UpstreamSettings
 
-__all__ = ["Attempt", "RelayResponse", "StreamMeter", "Upstream"]
+__all__ = [
+    "Attempt",
+    "RelayResponse",
+    "StreamMeter",
+    "Upstream",
+    "UpstreamBroke",
+    "UpstreamResponse",
+]
 
 # Upstream refusals that no other model will fix: don't walk the fallback chain for them.
 _TERMINAL_CODES = ("insufficient_quota", "budget_exceeded", "billing_hard_limit_reached")
+# What a broken connection, a timeout or a cut payload raises while reading.
+_BROKEN = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class UpstreamBroke(Exception):
+    """The upstream's answer broke off while it was being read (connection, timeout)."""
+
+
+class UpstreamResponse:
+    """An upstream answer whose headers have arrived; its body is read, or streamed, once."""
+
+    def __init__(self, raw: aiohttp.ClientResponse) -> None:
+        self._raw = raw
+        self._body: bytes | None = None
+        self.status_code = raw.status
+        self.headers: CIMultiDictProxy[str] = raw.headers
+
+    async def aread(self) -> bytes:
+        """The whole body (read once; again, the same bytes)."""
+        if self._body is None:
+            try:
+                self._body = await self._raw.read()
+            except _BROKEN as exc:
+                raise UpstreamBroke(f"{type(exc).__name__}: {exc}") from exc
+        return self._body
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive."""
+        try:
+            async for chunk in self._raw.content.iter_any():
+                yield chunk
+        except _BROKEN as exc:
+            raise UpstreamBroke(f"{type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Give the connection back (a body not read to its end closes it)."""
+        self._raw.release()
 
 
 @dataclass
@@ -36,16 +84,14 @@ class Attempt:
     client, else `failure` says why the next model should be tried."""
 
     model: str
-    response: httpx.Response | None = None
+    response: UpstreamResponse | None = None
     failure: str = ""  # "connect error", "timeout", "HTTP 503"...
     error_kind: str = ""  # metrics label: "connect", "timeout" or the status code
     terminal: bool = False  # a refusal that ends the request (quota, budget)
 
 
 class Upstream:
-    def __init__(
-        self, settings: UpstreamSettings, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
         headers = {"accept-encoding": "identity"}  # relay bytes as they are; parse them too
         key = None if settings.forward_client_key else settings.api_key
@@ -53,31 +99,56 @@ class Upstream:
             headers["x-api-key"] = key
         elif key:
             headers["authorization"] = f"Bearer {key}"
-        limits = httpx.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
+        self._headers = headers
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.timeout_s
         )
-        # httpx's default pool (httpcore) checks every pooled connection with socket
-        # syscalls on every request, which caps a busy gateway at a few hundred requests
-        # a second; the aiohttp transport keeps httpx's interface on aiohttp's pool.
-        self.client = httpx.AsyncClient(
-            base_url=settings.base_url.rstrip("/"),
-            headers=headers,
-            timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
-            transport=transport if transport is not None else AiohttpTransport(limits=limits),
-        )
+        self._session: aiohttp.ClientSession | None = None  # made in the serving event loop
         self.max_attempts = settings.max_attempts
         self._base = settings.base_url.rstrip("/")
-        self._urls: dict[str, httpx.URL] = {}
+        self._urls: dict[str, URL] = {}
+        # HTTP(S)_PROXY / NO_PROXY, read once: looking them up per request (aiohttp's
+        # trust_env) costs more than the rest of the client together
+        self._proxy = _proxy_for(self._base)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.settings.max_connections, limit_per_host=0)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                timeout=self._timeout,
+                auto_decompress=False,
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    def url(self, path: str) -> httpx.URL:
+    def url(self, path: str) -> URL:
         url = self._urls.get(path)
         if url is None:
-            url = self._urls[path] = httpx.URL(self._base + path)
+            url = self._urls[path] = URL(self._base + path)
         return url
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        query: str = "",
+    ) -> UpstreamResponse:
+        """One request, open once its headers arrived; `aiohttp.ClientError` or
+        `TimeoutError` when it could not be made."""
+        url = self.url(path)
+        if query:
+            url = url.with_query(query)
+        raw = await self.session.request(method, url, data=body, headers=headers, proxy=self._proxy)
+        return UpstreamResponse(raw)
 
     async def attempt(
         self,
@@ -87,34 +158,37 @@ class Upstream:
         headers: dict[str, str] | None = None,
     ) -> Attempt:
         """Send one request; return it open when it should reach the client."""
-        request = self.client.build_request("POST", self.url(path), json=payload, headers=headers)
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        sent = {"content-type": "application/json", **(headers or {})}
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            # The aiohttp transport reports a refused connection as a ConnectTimeout:
-            # what it wraps tells a timeout from a connection that could not be made.
-            cause = exc.__cause__ or exc
-            timed_out = isinstance(cause, TimeoutError) or (
-                cause is exc and isinstance(exc, httpx.TimeoutException)
-            )
-            if timed_out:
-                return Attempt(model, failure="timeout", error_kind="timeout")
-            kind = type(cause).__name__
+            response = await self.send("POST", path, sent, body)
+        except asyncio.TimeoutError:
+            return Attempt(model, failure="timeout", error_kind="timeout")
+        except (aiohttp.ClientError, OSError) as exc:
+            kind = type(exc).__name__
             return Attempt(model, failure=f"connect error ({kind})", error_kind="connect")
         status = response.status_code  # (529: Anthropic's overloaded_error, a 5xx too)
         if status == 429 or status >= 500 or status == 402:
-            body = await _read_quietly(response)
-            terminal = status == 402 or _error_code(body) in _TERMINAL_CODES
+            content = await _read_quietly(response)
+            terminal = status == 402 or _error_code(content) in _TERMINAL_CODES
             if terminal:  # passed on as it is: the client must see the refusal
                 return Attempt(model, response=response, terminal=True, error_kind=str(status))
             return Attempt(model, failure=f"HTTP {status}", error_kind=str(status))
         return Attempt(model, response=response)
 
 
-async def _read_quietly(response: httpx.Response) -> bytes:
+def _proxy_for(base_url: str) -> str | None:
+    """The proxy the environment names for `base_url` (HTTP(S)_PROXY, NO_PROXY), if any."""
+    url = URL(base_url)
+    if url.host is None or urllib.request.proxy_bypass(url.host):
+        return None
+    return urllib.request.getproxies().get(url.scheme)
+
+
+async def _read_quietly(response: UpstreamResponse) -> bytes:
     try:
         return await response.aread()
-    except httpx.HTTPError:
+    except UpstreamBroke:
         return b""
     finally:
         await response.aclose()
@@ -200,7 +274,7 @@ class RelayResponse(Response):
 
     def __init__(
         self,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         on_done: Callable[[StreamMeter, bool], Awaitable[None]],
         headers: dict[str, str],
         meter: StreamMeter,
@@ -243,7 +317,7 @@ class RelayResponse(Response):
                 group.cancel_scope.cancel()
         except Exception as exc:
             # anyio wraps what the task group's body raised in an exception group
-            if not _only(exc, (OSError, httpx.HTTPError)):
+            if not _only(exc, (OSError, UpstreamBroke)):
                 raise
             # the client's socket or the upstream broke: bill what was streamed
         finally:
