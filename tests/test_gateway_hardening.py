@@ -391,3 +391,30 @@ def test_async_stores_list_too(redis_url: str) -> None:
     with pytest.raises(ValueError, match="cursor"):
         sync.list_sessions("", cursor="not-a-cursor")
     sync.close()
+
+
+def test_the_body_is_forwarded_exactly_but_for_the_model() -> None:
+    """Integers past 64 bits, floats, escapes and non-ASCII text reach the upstream as
+    they were sent (the fast JSON path must not round them)."""
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": 'h\u00e9llo \u2603 \\n "q" \U0001f600'}],
+        "seed": 123456789012345678901234567890,
+        "temperature": 0.1,
+        "top_p": 1e-7,
+        "logit_bias": {"50256": -100},
+        "user": "x" * 19 + "1234567890123456789",
+    }
+    with gateway_with_standin() as gw, gw.http() as http:
+        reply = http.post("/v1/chat/completions", content=json.dumps(body).encode())
+        assert reply.status_code == 200
+        small = {**body, "seed": 7, "user": "u"}  # the orjson path
+        assert http.post("/v1/chat/completions", json=small).status_code == 200
+    first, second = gw.standin.received
+    assert {k: v for k, v in first.items() if k != "model"} == {
+        k: v for k, v in body.items() if k != "model"
+    }
+    assert isinstance(first["seed"], int) and first["seed"] == body["seed"]
+    assert {k: v for k, v in second.items() if k not in ("model", "stream_options")} == {
+        k: v for k, v in small.items() if k != "model"
+    }

@@ -11,6 +11,7 @@ models, embeddings, ``/health``, ``/metrics`` and the sessions endpoints (`ENDPO
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import (
     BudgetExceeded,
@@ -56,6 +59,7 @@ errors_log = logging.getLogger("llm_sessions.gateway")
 MAX_JSON_DEPTH = 128
 MAX_LOG_FIELD = 256  # characters of any one string field of a log line
 _LONE_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 @dataclass(frozen=True)
@@ -142,13 +146,22 @@ _STRICT_JSON = json.JSONDecoder(parse_constant=_no_constants)
 
 def parse_body(raw: bytes) -> dict[str, Any]:
     """A request body as strict JSON: UTF-8, no NaN/Infinity, no lone surrogates, nested
-    at most `MAX_JSON_DEPTH` deep, an object. Anything else is a 400 naming the problem."""
-    try:
-        body = _STRICT_JSON.decode(raw.decode("utf-8"))
-    except RecursionError:
-        raise _Reject(400, "the request body is nested too deeply") from None
-    except ValueError as exc:  # UnicodeDecodeError included
-        raise _Reject(400, f"the request body is not valid JSON: {exc}") from None
+    at most `MAX_JSON_DEPTH` deep, an object. Anything else is a 400 naming the problem.
+
+    orjson reads it when it can read it exactly (it turns integers of 19 digits and more
+    into floats: those bodies, and any it refuses, go to the standard library's decoder,
+    which also says what is wrong)."""
+    body = None
+    if not _LONG_NUMBER.search(raw):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            body = orjson.loads(raw)
+    if not isinstance(body, dict):
+        try:
+            body = _STRICT_JSON.decode(raw.decode("utf-8"))
+        except RecursionError:
+            raise _Reject(400, "the request body is nested too deeply") from None
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise _Reject(400, f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise _Reject(400, "the request body must be a JSON object")
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(body) > MAX_JSON_DEPTH:
@@ -265,7 +278,27 @@ class Gateway:
 
     # -- the app ----------------------------------------------------------------------------
 
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
+        """The ASGI app: the three LLM endpoints dispatched directly (they are the hot
+        path, and do their own error handling), everything else by Starlette."""
+        routed = self._starlette()
+        hot = {"/v1/chat/completions": CHAT, "/v1/messages": MESSAGES, "/v1/responses": RESPONSES}
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            wire = hot.get(scope["path"]) if scope["type"] == "http" else None
+            if wire is None or scope["method"] != "POST":
+                await routed(scope, receive, send)
+                return
+            request = Request(scope, receive)
+            try:
+                response = await self._serve(request, wire)
+            except Exception as exc:
+                response = await self._crash(request, exc)
+            await response(scope, receive, send)
+
+        return app
+
+    def _starlette(self) -> Starlette:
         @asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             await self._check_start_up()
@@ -992,6 +1025,6 @@ def _cache_read(usage: Any) -> int:
         return 0
 
 
-def create_app(settings: Settings, **kw: Any) -> Starlette:
+def create_app(settings: Settings, **kw: Any) -> ASGIApp:
     """The gateway's ASGI app (see `Gateway`)."""
     return Gateway(settings, **kw).app()

@@ -127,13 +127,13 @@ class Settings:
     reservation_ttl_ms: int = 600_000
     stats_limit: int = 100
 
-    @property
+    @cached_property
     def upstreams(self) -> tuple[UpstreamSettings, ...]:
         """Every upstream, the default first when there is one."""
         default = (self.upstream,) if self.use_default_upstream else ()
         return (*default, *self.named_upstreams)
 
-    @property
+    @cached_property
     def apis(self) -> tuple[str, ...]:
         """The APIs some upstream serves, in `APIS` order."""
         served = {api for up in self.upstreams for api in up.apis}

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import orjson
 from multidict import CIMultiDictProxy
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -158,7 +159,10 @@ class Upstream:
         headers: dict[str, str] | None = None,
     ) -> Attempt:
         """Send one request; return it open when it should reach the client."""
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            body = orjson.dumps(payload)
+        except orjson.JSONEncodeError:  # an integer past 64 bits: the standard library
+            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         sent = {"content-type": "application/json", **(headers or {})}
         try:
             response = await self.send("POST", path, sent, body)
