@@ -59,7 +59,6 @@ errors_log = logging.getLogger("llm_sessions.gateway")
 MAX_JSON_DEPTH = 128
 MAX_LOG_FIELD = 256  # characters of any one string field of a log line
 _LONE_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 @dataclass(frozen=True)
@@ -148,14 +147,13 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     """A request body as strict JSON: UTF-8, no NaN/Infinity, no lone surrogates, nested
     at most `MAX_JSON_DEPTH` deep, an object. Anything else is a 400 naming the problem.
 
-    orjson reads it when it can read it exactly (it turns integers of 19 digits and more
-    into floats: those bodies, and any it refuses, go to the standard library's decoder,
-    which also says what is wrong)."""
+    orjson reads it when it can read it exactly (it turns integers past 64 bits into
+    floats: a body with such a float, and any it refuses, goes to the standard library's
+    decoder, which also says what is wrong)."""
     body = None
-    if not _LONG_NUMBER.search(raw):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            body = orjson.loads(raw)
-    if not isinstance(body, dict):
+    with contextlib.suppress(orjson.JSONDecodeError):
+        body = orjson.loads(raw)
+    if not isinstance(body, dict) or _may_hold_huge_int(body):
         try:
             body = _STRICT_JSON.decode(raw.decode("utf-8"))
         except RecursionError:
@@ -174,6 +172,21 @@ def parse_body(raw: bytes) -> dict[str, Any]:
                 400, "the request body has a lone UTF-16 surrogate (\\ud800-\\udfff)"
             ) from None
     return body
+
+
+def _may_hold_huge_int(value: Any) -> bool:
+    """`value` holds a whole float of 2**63 or more: perhaps an integer orjson rounded."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is float and abs(item) >= 2.0**63 and item.is_integer():
+            return True
+    return False
 
 
 def _depth(value: Any) -> int:

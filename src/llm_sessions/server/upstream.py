@@ -14,12 +14,11 @@ import contextlib
 import json
 import re
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import anyio
 import orjson
 from multidict import CIMultiDictProxy
 from starlette.responses import Response
@@ -77,6 +76,10 @@ class UpstreamResponse:
     async def aclose(self) -> None:
         """Give the connection back (a body not read to its end closes it)."""
         self._raw.release()
+
+    def abort(self) -> None:
+        """Close the connection now: a read waiting on it stops (`UpstreamBroke`)."""
+        self._raw.close()
 
 
 @dataclass
@@ -269,9 +272,10 @@ class StreamMeter:
 class RelayResponse(Response):
     """Streams an open upstream response to the client event by event, as it arrives.
 
-    The client going away cancels the upstream request. Whatever happens — the stream
-    ends, the upstream breaks, the client leaves — `on_done(meter, complete)` is called
-    exactly once, shielded from cancellation, after the upstream connection is closed;
+    The client going away closes the upstream connection (a task waits for it). Whatever
+    happens — the stream ends, the upstream breaks, the client leaves —
+    `on_done(meter, complete)` is called exactly once, shielded from cancellation, after
+    the upstream connection is closed;
     only then does a complete stream's ``data: [DONE]`` reach the client, so a client that
     asks right after it sees the cost recorded.
     """
@@ -292,50 +296,53 @@ class RelayResponse(Response):
         self.init_headers({"cache-control": "no-cache", **headers})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        meter = self.meter
+        meter, upstream = self.meter, self.upstream
+        left = False
+
+        async def watch_for_disconnect() -> None:
+            nonlocal left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left = True
+            upstream.abort()  # the client left: the relay below stops at once
+
+        watcher = asyncio.ensure_future(watch_for_disconnect())
         complete = False
         try:
-            async with anyio.create_task_group() as group:
-
-                async def watch_for_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    group.cancel_scope.cancel()  # the client left: stop relaying
-
-                group.start_soon(watch_for_disconnect)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": self.status_code,
-                        "headers": self.raw_headers,
-                    }
-                )
-                async for chunk in self.upstream.aiter_raw():
-                    out = meter.feed(chunk)
-                    if out:
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
-                rest = meter.rest()
-                if rest:
-                    await send({"type": "http.response.body", "body": rest, "more_body": True})
-                complete = True
-                group.cancel_scope.cancel()
-        except Exception as exc:
-            # anyio wraps what the task group's body raised in an exception group
-            if not _only(exc, (OSError, UpstreamBroke)):
-                raise
-            # the client's socket or the upstream broke: bill what was streamed
+            start = {"type": "http.response.start", "status": self.status_code,
+                     "headers": self.raw_headers}  # fmt: skip
+            await send(start)
+            async for chunk in upstream.aiter_raw():
+                out = meter.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            rest = meter.rest()
+            if rest:
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
+            complete = not left
+        except (OSError, UpstreamBroke):
+            pass  # the client's socket or the upstream broke: bill what was streamed
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.upstream.aclose()
-                await self.on_done(meter, complete)
+            watcher.cancel()
+            await _shielded(self._close(complete))
         if complete:  # the cost is recorded: now the stream may end
             with contextlib.suppress(OSError):
                 await send({"type": "http.response.body", "body": meter.held, "more_body": False})
 
+    async def _close(self, complete: bool) -> None:
+        await self.upstream.aclose()
+        await self.on_done(self.meter, complete)
 
-def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
-    """`exc` is one of `kinds`, or a group of nothing else."""
-    if isinstance(exc, kinds):
-        return True
-    inner = getattr(exc, "exceptions", None) or ()
-    return bool(inner) and all(_only(e, kinds) for e in inner)
+
+async def _shielded(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` to its end even if this task is cancelled meanwhile (then re-raise)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
