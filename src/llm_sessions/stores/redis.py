@@ -283,9 +283,10 @@ class RedisSessionStore(_RedisStoreBase):
                 try:
                     if type(cmd) is Eval:
                         try:
-                            reply = client.evalsha(
-                                shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
-                            )
+                            reply = client.execute_command(
+                                "EVALSHA", shas[cmd.script], 1 + len(cmd.keys), cmd.key,
+                                *cmd.keys, *cmd.args,
+                            )  # fmt: skip
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = self._eval_again(cmd, exc)
                     elif type(cmd) is Sleep:
@@ -446,9 +447,10 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                 try:
                     if type(cmd) is Eval:
                         try:
-                            reply = await client.evalsha(
-                                shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
-                            )
+                            reply = await client.execute_command(
+                                "EVALSHA", shas[cmd.script], 1 + len(cmd.keys), cmd.key,
+                                *cmd.keys, *cmd.args,
+                            )  # fmt: skip
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = await self._eval_again(cmd, exc)
                     elif type(cmd) is Sleep:
