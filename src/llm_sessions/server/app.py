@@ -48,7 +48,14 @@ from ..stores.base import AsyncStore
 from ..stores.urls import open_async_store
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .settings import Settings, UpstreamSettings, redact_url
-from .upstream import Attempt, RelayResponse, StreamMeter, Upstream, UpstreamBroke
+from .upstream import (
+    Attempt,
+    RelayResponse,
+    StreamMeter,
+    Upstream,
+    UpstreamBroke,
+    read_json,
+)
 
 __all__ = ["Gateway", "create_app"]
 
@@ -747,7 +754,7 @@ class Gateway:
         finally:
             await upstream.aclose()
         try:
-            data = json.loads(content)
+            data = read_json(content)
         except ValueError:
             data = None
         usage = data.get("usage") if isinstance(data, dict) else None
@@ -806,6 +813,8 @@ class Gateway:
         self.metrics.responses.labels(str(status)).inc()
         latency = time.perf_counter() - started
         self.metrics.latency.labels("true" if record.get("stream") else "false").observe(latency)
+        if not log.isEnabledFor(logging.INFO):
+            return
         session = record.get("session")
         line = {
             "event": "chat",
@@ -912,7 +921,7 @@ class Gateway:
         if price is None:
             return
         try:
-            usage = json.loads(content).get("usage") or {}
+            usage = read_json(content).get("usage") or {}
             tokens = usage.get("prompt_tokens") or usage.get("total_tokens") or 0
             cost = price.cost_micros(int(tokens), 0)
         except (ValueError, AttributeError, TypeError):

@@ -184,6 +184,15 @@ class Upstream:
         return Attempt(model, response=response)
 
 
+def read_json(raw: bytes) -> Any:
+    """JSON an upstream sent, read for what the gateway needs from it (usage, ids): orjson,
+    else the standard library (NaN, Infinity); `ValueError` when neither reads it."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 def _proxy_for(base_url: str) -> str | None:
     """The proxy the environment names for `base_url` (HTTP(S)_PROXY, NO_PROXY), if any."""
     url = URL(base_url)
@@ -203,7 +212,7 @@ async def _read_quietly(response: UpstreamResponse) -> bytes:
 
 def _error_code(body: bytes) -> str:
     try:
-        error = json.loads(body).get("error") or {}
+        error = read_json(body).get("error") or {}
     except (ValueError, AttributeError):
         return ""
     if not isinstance(error, dict):
@@ -263,7 +272,7 @@ class StreamMeter:
         if payload == b"[DONE]":
             return "hold"
         try:
-            data = json.loads(payload)
+            data = read_json(payload)
         except ValueError:
             return "pass"
         return self.reader(self, data) if isinstance(data, dict) else "pass"
