@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -56,6 +56,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise MissingDependency(
         "the Redis store needs the redis client: pip install 'llm-sessions[redis]'"
     ) from exc
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is in the extra; redis-py packs without it
+    _hiredis_pack = None
 
 __all__ = ["AsyncRedisSessionStore", "OnError", "RedisSessionStore"]
 
@@ -440,17 +445,16 @@ class AsyncRedisSessionStore(_RedisStoreBase):
             raise self._busy(exc) from None
 
     async def _steps(self, op: Op[R]) -> R:
-        steps, client, shas = op.steps, self._client, self._shas
+        steps, shas = op.steps, self._shas
         try:
             cmd = next(steps)
             while True:
                 try:
                     if type(cmd) is Eval:
                         try:
-                            reply = await client.execute_command(
-                                "EVALSHA", shas[cmd.script], 1 + len(cmd.keys), cmd.key,
-                                *cmd.keys, *cmd.args,
-                            )  # fmt: skip
+                            reply = await self._evalsha(
+                                shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
+                            )
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = await self._eval_again(cmd, exc)
                     elif type(cmd) is Sleep:
@@ -463,6 +467,29 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                 cmd = steps.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    async def _evalsha(self, *args: Any) -> Any:
+        """EVALSHA on a pooled connection, packed by hiredis: redis-py's command path (its
+        retry wrapper, observability hooks and pure-Python packer) cost more CPU than the
+        round trip itself. A connection that failed mid-command is closed, as redis-py
+        does; an error reply (``NOSCRIPT``, ``OOM``...) is raised as redis-py raises it."""
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            packed = (
+                _hiredis_pack(("EVALSHA", *args))
+                if _hiredis_pack is not None
+                else conn.pack_command("EVALSHA", *args)
+            )
+            await conn.send_packed_command(packed)
+            return await conn.read_response()
+        except ResponseError:
+            raise
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     async def _eval_again(self, cmd: Eval, exc: RedisError) -> Any:
         """A script's second chance: load a script Redis lost (it did not run), or repeat a
