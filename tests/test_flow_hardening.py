@@ -4,6 +4,7 @@ store is down, and nothing but the documented exceptions out of `begin`/`finish`
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
@@ -416,3 +417,37 @@ def test_begin_raises_only_documented_errors(body: Any, header: Any, scope: Any)
     for usage in (None, {"prompt_tokens": "x"}, body):
         policy.finish(d, served_model=d.model, usage=usage)
     store.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_restarted_redis_is_used_again_at_once(own_server: RedisServer, kind: str) -> None:
+    """Pooled connections the restart closed are not handed to a write: the first request
+    after it is served, not refused."""
+    from llm_sessions import AsyncRedisSessionStore
+
+    loop = asyncio.new_event_loop()
+    made = RedisSessionStore if kind == "sync" else AsyncRedisSessionStore
+    store = made(own_server.url, CFG)
+    policy = SessionPolicy(store, TIERS, pricing=PRICES, max_session_cost_usd=1)
+    begin = (
+        policy.begin if kind == "sync" else lambda *a: loop.run_until_complete(policy.abegin(*a))
+    )
+    finish = (
+        policy.finish
+        if kind == "sync"
+        else lambda d, **kw: loop.run_until_complete(policy.afinish(d, **kw))
+    )
+    d = begin({"x-session-id": "s"}, chat("hi"))
+    finish(d, served_model=d.model, cost_micros=5)
+    own_server.stop()
+    own_server.start()
+    # a serving event loop sees the closed sockets' end as it comes; this one runs now
+    loop.run_until_complete(asyncio.sleep(0.1))
+    d = begin({"x-session-id": "s"}, chat("again"))
+    finish(d, served_model=d.model, cost_micros=5)
+    assert d.reason in ("pinned", "new")  # served (the session persisted, or starts anew)
+    if kind == "sync":
+        store.close()
+    else:
+        loop.run_until_complete(store.aclose())
+    loop.close()

@@ -219,6 +219,12 @@ class _RedisStoreBase:
         )
         self._client = self._module.Redis(connection_pool=self._pool)
         self._locks = self._lock_kind()
+        # Connections of the pool that the async store's scripts reuse without handing them
+        # back (the pool's wait, lock and bookkeeping cost more than a round trip): still
+        # the pool's, so max_connections bounds them, at most all but one of them (the
+        # other commands always find one), and a failed one goes back to it, closed.
+        self._idle: list[Any] = []
+        self._idle_cap = max(int(getattr(self._pool, "max_connections", 1) or 1) - 1, 0)
 
     @property
     def config(self) -> Config:
@@ -452,9 +458,10 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                 try:
                     if type(cmd) is Eval:
                         try:
-                            reply = await self._evalsha(
-                                shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
-                            )
+                            reply = await self._command(
+                                "EVALSHA", shas[cmd.script], 1 + len(cmd.keys), cmd.key,
+                                *cmd.keys, *cmd.args,
+                            )  # fmt: skip
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = await self._eval_again(cmd, exc)
                     elif type(cmd) is Sleep:
@@ -468,38 +475,49 @@ class AsyncRedisSessionStore(_RedisStoreBase):
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    async def _evalsha(self, *args: Any) -> Any:
-        """EVALSHA on a pooled connection, packed by hiredis: redis-py's command path (its
-        retry wrapper, observability hooks and pure-Python packer) cost more CPU than the
-        round trip itself. A connection that failed mid-command is closed, as redis-py
-        does; an error reply (``NOSCRIPT``, ``OOM``...) is raised as redis-py raises it."""
-        pool = self._client.connection_pool
-        conn = await pool.get_connection()
+    async def _command(self, *args: Any) -> Any:
+        """One command (EVALSHA, SCRIPT LOAD) on a pooled connection, packed by hiredis:
+        redis-py's command path (its retry wrapper, observability hooks and pure-Python
+        packer) cost more CPU than the round trip itself. A connection the server closed
+        since its last use (a restart) is reopened before anything is sent on it; one that
+        fails mid-command is closed, as redis-py does; an error reply (``NOSCRIPT``,
+        ``OOM``...) is raised as redis-py raises it."""
+        idle = self._idle
+        conn = idle.pop() if idle else await self._pool.get_connection()
         try:
-            packed = (
-                _hiredis_pack(("EVALSHA", *args))
-                if _hiredis_pack is not None
-                else conn.pack_command("EVALSHA", *args)
-            )
+            reader = getattr(conn, "_reader", None)
+            if reader is None or reader.at_eof():
+                await conn.disconnect()
+                await conn.connect()
+            packed = _hiredis_pack(args) if _hiredis_pack is not None else conn.pack_command(*args)
             await conn.send_packed_command(packed)
-            return await conn.read_response()
+            reply = await conn.read_response()
         except ResponseError:
+            await self._put_back(conn)
             raise
         except BaseException:
             await conn.disconnect()
+            await self._pool.release(conn)
             raise
-        finally:
-            await pool.release(conn)
+        await self._put_back(conn)
+        return reply
+
+    async def _put_back(self, conn: Any) -> None:
+        if len(self._idle) < self._idle_cap:
+            self._idle.append(conn)
+        else:
+            await self._pool.release(conn)
 
     async def _eval_again(self, cmd: Eval, exc: RedisError) -> Any:
         """A script's second chance: load a script Redis lost (it did not run), or repeat a
         read whose pooled connection died. A write that may have run is never repeated."""
         if isinstance(exc, NoScriptError):
-            self._shas[cmd.script] = await self._client.script_load(SCRIPTS[cmd.script])
+            sha = await self._command("SCRIPT", "LOAD", SCRIPTS[cmd.script])
+            self._shas[cmd.script] = sha.decode() if isinstance(sha, bytes) else sha
         elif not cmd.read:
             raise exc
-        return await self._client.evalsha(
-            self._shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
+        return await self._command(
+            "EVALSHA", self._shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
         )
 
     async def _keyspace(self, cmd: Any) -> Any:
@@ -600,6 +618,9 @@ class AsyncRedisSessionStore(_RedisStoreBase):
 
     async def aclose(self) -> None:
         """Close the store's connection pool and its connections. Idempotent."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._pool.release(conn)
         await self._client.aclose()
         await self._pool.disconnect()
 
