@@ -380,3 +380,24 @@ def test_replicas_on_redis_follow_each_others_chains(redis_url: str) -> None:
         stack.callback(other.close)
         with pytest.raises(openai.NotFoundError):
             other.responses.retrieve(first.id)
+
+
+@pytest.mark.parametrize("api", ["responses", "messages"])
+def test_a_stream_without_usage_is_billed_like_the_same_answer_unstreamed(api: str) -> None:
+    """Without usage the cost is the estimate from the prompt and the generated text: the
+    stream's text deltas (read only then) count as the unstreamed answer's text."""
+    with gateway_with_standin() as gw, gw.http() as http:
+        gw.standin.default.usage = False
+        costs = []
+        for stream in (False, True):
+            if api == "responses":
+                path, body = "/v1/responses", {"model": "auto", "input": "count me"}
+            else:
+                path = "/v1/messages"
+                body = {"model": "auto", "max_tokens": 50,
+                        "messages": [{"role": "user", "content": "count me"}]}  # fmt: skip
+            headers = {"x-session-id": f"{api}-{stream}"}
+            reply = http.post(path, json={**body, "stream": stream}, headers=headers)
+            assert reply.status_code == 200
+            costs.append(gw.session(f"{api}-{stream}")["session_cost_micros"])  # type: ignore[index]
+        assert costs[0] > 0 and costs[0] == costs[1]

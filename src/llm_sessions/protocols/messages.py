@@ -11,6 +11,7 @@ from .chat import Verdict
 
 __all__ = [
     "ERROR_TYPES",
+    "UNREAD_EVENTS",
     "error_body",
     "read_stream_event",
     "text_bytes",
@@ -29,6 +30,16 @@ ERROR_TYPES = {
     502: "api_error",
     503: "overloaded_error",
     529: "overloaded_error",
+}
+
+
+#: Stream events (by their ``event:`` name) a meter need not parse as they pass: the text
+#: deltas (counted only when no usage comes) and what carries nothing the gateway reads.
+UNREAD_EVENTS = {
+    b"content_block_delta": "defer",
+    b"content_block_start": "pass",
+    b"content_block_stop": "pass",
+    b"ping": "pass",
 }
 
 

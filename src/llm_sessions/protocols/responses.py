@@ -9,7 +9,14 @@ from typing import Any
 from ..errors import InvalidRequest
 from .chat import Verdict
 
-__all__ = ["TERMINAL_EVENTS", "read_stream_event", "response_id", "text_bytes", "to_view"]
+__all__ = [
+    "TERMINAL_EVENTS",
+    "UNREAD_EVENTS",
+    "read_stream_event",
+    "response_id",
+    "text_bytes",
+    "to_view",
+]
 
 #: The events that end a stream; the one that comes is held until the cost is recorded.
 TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
@@ -28,6 +35,17 @@ _DELTAS = (
     "response.reasoning_summary_text.delta",
     "response.reasoning_text.delta",
 )
+
+#: Stream events (by their ``event:`` name) a meter need not parse as they pass: the
+#: deltas (their text is counted only when no usage comes) and what carries nothing the
+#: gateway reads.
+UNREAD_EVENTS = {
+    **{kind.encode(): "defer" for kind in _DELTAS},
+    **dict.fromkeys((b"response.in_progress", b"response.output_item.added",
+                     b"response.output_item.done", b"response.content_part.added",
+                     b"response.content_part.done", b"response.output_text.done",
+                     b"response.function_call_arguments.done"), "pass"),
+}  # fmt: skip
 
 
 def to_view(body: dict[str, Any]) -> dict[str, Any]:

@@ -136,6 +136,8 @@ class StandIn:
         message = {"id": f"msg_{len(self.received)}", "type": "message", "role": "assistant",
                    "model": model, "content": [block], "stop_reason": stop,
                    "stop_sequence": None, "usage": usage}  # fmt: skip
+        if not b.usage:
+            del message["usage"]
         if not body.get("stream"):
             return JSONResponse(message)
 
@@ -143,8 +145,9 @@ class StandIn:
             def event(kind: str, data: dict[str, Any]) -> str:
                 return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
 
-            start = {**message, "content": [], "stop_reason": None,
-                     "usage": {**usage, "output_tokens": 1}}  # fmt: skip
+            start = {**message, "content": [], "stop_reason": None}
+            if b.usage:
+                start["usage"] = {**usage, "output_tokens": 1}
             yield event("message_start", {"message": start})
             empty = (
                 {"type": "text", "text": ""} if block["type"] == "text" else {**block, "input": {}}
@@ -152,18 +155,18 @@ class StandIn:
             yield event("content_block_start", {"index": 0, "content_block": empty})
             yield event("ping", {})
             if block["type"] == "text":
-                for word in b.text.split(" "):
+                for piece in _pieces(b.text):
                     if b.chunk_delay_s:
                         await asyncio.sleep(b.chunk_delay_s)
-                    delta = {"type": "text_delta", "text": word + " "}
+                    delta = {"type": "text_delta", "text": piece}
                     yield event("content_block_delta", {"index": 0, "delta": delta})
             else:
                 delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
                 yield event("content_block_delta", {"index": 0, "delta": delta})
             yield event("content_block_stop", {"index": 0})
             end = {"stop_reason": stop, "stop_sequence": None}
-            output = {"output_tokens": usage["output_tokens"]}
-            yield event("message_delta", {"delta": end, "usage": output})
+            output = {"usage": {"output_tokens": usage["output_tokens"]}} if b.usage else {}
+            yield event("message_delta", {"delta": end, **output})
             yield event("message_stop", {})
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -327,10 +330,10 @@ class StandIn:
                         item={**item, "content": [], "status": "in_progress"})  # fmt: skip
             empty = {"type": "output_text", "text": "", "annotations": []}
             yield event("response.content_part.added", part=empty, **where)
-            for word in b.text.split(" "):
+            for piece in _pieces(b.text):
                 if b.chunk_delay_s:
                     await asyncio.sleep(b.chunk_delay_s)
-                yield event("response.output_text.delta", delta=word + " ", logprobs=[], **where)
+                yield event("response.output_text.delta", delta=piece, logprobs=[], **where)
             yield event("response.output_text.done", text=b.text, logprobs=[], **where)
             yield event("response.content_part.done", part=item["content"][0], **where)
         yield event("response.output_item.done", output_index=0, item=item)
@@ -365,6 +368,12 @@ class StandIn:
         if found is None:
             return _openai_error("No response found.", "invalid_request_error", 404)
         return JSONResponse({**found, "status": "cancelled"})
+
+
+def _pieces(text: str) -> list[str]:
+    """`text` in word-sized deltas that join back to exactly `text`."""
+    words = text.split(" ")
+    return [words[0], *(" " + w for w in words[1:])]
 
 
 def _openai_error(message: str, kind: str, status: int, param: str | None = None) -> Response:

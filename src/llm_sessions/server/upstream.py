@@ -14,7 +14,7 @@ import contextlib
 import json
 import re
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,15 +234,21 @@ class StreamMeter:
     comes), notes the id of a stored answer, and says what to do with each event. `feed`
     returns what to pass on now; an event held back (the stream's last: ``data: [DONE]``,
     ``message_stop``, ``response.completed``) waits in `held` until the relay has recorded
-    the cost."""
+    the cost.
+
+    `unread` (by the name on an event's ``event:`` line) spares the parsing of what the
+    gateway needs nothing from (``"pass"``) and of the deltas of generated text
+    (``"defer"``: kept, and read by `generated_bytes` only when no usage came)."""
 
     reader: Callable[[StreamMeter, dict[str, Any]], Verdict] = field(
         default_factory=lambda: stream_reader(keep_usage=True)
     )
+    unread: Mapping[bytes, str] = field(default_factory=dict)
     usage: dict[str, Any] | None = None
     text_bytes: int = 0
     answer_id: str | None = None  # the id of a stored answer (a Responses response)
     held: bytes = b""
+    deferred: list[bytes] = field(default_factory=list)
     _pending: bytes = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -263,14 +269,34 @@ class StreamMeter:
         rest, self._pending = self._pending, b""
         return rest if rest.strip() and self._verdict(rest) == "pass" else b""
 
+    def generated_bytes(self) -> int:
+        """UTF-8 bytes of generated text, the deferred deltas read now."""
+        deferred, self.deferred = self.deferred, []
+        for payload in deferred:
+            self._read(payload)
+        return self.text_bytes
+
     def _verdict(self, event: bytes) -> Verdict:
-        payload = b"\n".join(
-            line[5:].strip() for line in event.splitlines() if line.startswith(b"data:")
-        )
+        name, lines = b"", []
+        for line in event.splitlines():
+            if line.startswith(b"data:"):
+                lines.append(line[5:].strip())
+            elif line.startswith(b"event:"):
+                name = line[6:].strip()
+        payload = b"\n".join(lines)
         if not payload:
             return "pass"
         if payload == b"[DONE]":
             return "hold"
+        unread = self.unread.get(name) if name else None
+        if unread == "defer":
+            self.deferred.append(payload)
+            return "pass"
+        if unread == "pass":
+            return "pass"
+        return self._read(payload)
+
+    def _read(self, payload: bytes) -> Verdict:
         try:
             data = read_json(payload)
         except ValueError:
