@@ -35,6 +35,7 @@ __all__ = [
     "Upstream",
     "UpstreamBroke",
     "UpstreamResponse",
+    "read_json",
 ]
 
 # Upstream refusals that no other model will fix: don't walk the fallback chain for them.
