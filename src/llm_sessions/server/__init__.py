@@ -1,7 +1,10 @@
-"""The gateway: an OpenAI-compatible proxy built on `SessionPolicy` (extra ``server``)."""
+"""The gateway: an OpenAI- and Anthropic-compatible proxy built on `SessionPolicy` (extra
+``server``)."""
 
 try:
+    import aiohttp  # noqa: F401
     import httpx  # noqa: F401
+    import orjson  # noqa: F401
     import prometheus_client  # noqa: F401
     import starlette  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without the extra

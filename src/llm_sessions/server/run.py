@@ -27,7 +27,7 @@ __all__ = ["configure_logging", "running", "serve", "serve_standin", "startup_li
 
 def configure_logging(level: str) -> None:
     """One line per record on stderr: the gateway's own loggers at `level`, every other
-    library's (httpx logs each upstream call at info) at warning."""
+    library's at warning."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
     logging.getLogger("llm_sessions").setLevel(level.upper())
 
