@@ -253,16 +253,20 @@ class StreamMeter:
     _pending: bytes = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._pending + chunk
-        events = _EVENT_END.split(data)
+        data = self._pending + chunk if self._pending else chunk
+        events = _EVENT_END.split(data) if b"\r" in data else data.split(b"\n\n")
         self._pending = events.pop()
         out: list[bytes] = []
+        passed = 0
         for event in events:
             verdict = self._verdict(event)
             if verdict == "pass":
                 out += (event, b"\n\n")
+                passed += 1
             elif verdict == "hold":
                 self.held = event + b"\n\n"
+        if passed == len(events) and b"\r" not in data:  # all of it, as it came
+            return data[: len(data) - len(self._pending)]
         return b"".join(out)
 
     def rest(self) -> bytes:
@@ -278,6 +282,15 @@ class StreamMeter:
         return self.text_bytes
 
     def _verdict(self, event: bytes) -> Verdict:
+        if self.unread and event.startswith(b"event:"):  # "event: NAME\ndata: {...}"
+            end = event.find(b"\n")
+            unread = self.unread.get(event[6:end].strip()) if end > 0 else None
+            if unread == "pass":
+                return "pass"
+            one_data_line = event.startswith(b"data:", end + 1) and event.find(b"\n", end + 1) < 0
+            if unread == "defer" and one_data_line:
+                self.deferred.append(event[end + 6 :].strip())
+                return "pass"
         name, lines = b"", []
         for line in event.splitlines():
             if line.startswith(b"data:"):
