@@ -375,9 +375,14 @@ class RedisOps:
             return None
         return rules.snapshot(list(entry), now) if entry.flow.reservations else entry
 
-    def _note_time(self, server_ms: int) -> None:
+    def _as_read(
+        self, session_id: str, values: list[bytes | None], now: int
+    ) -> tuple[Entry | None, bytes]:
+        """The live entry and version in a record read at `now` (the server's time, which
+        the next writes without a read estimate from)."""
         if self.clock is None:
-            self._server_offset_ms = server_ms - time.time_ns() // 1_000_000
+            self._server_offset_ms = now - time.time_ns() // 1_000_000
+        return self._live(session_id, values, now), values[-1] or b""
 
     def _remembered(self, session_id: str) -> tuple[int, Entry, bytes] | None:
         """``(now, entry, version)`` of the record this process last wrote for the
@@ -660,8 +665,7 @@ class RedisOps:
                 old = self._alive(last, now)
             else:
                 now, values = yield self._read(session_id)
-                self._note_time(now)
-                old, version = self._live(session_id, values, now), values[-1] or b""
+                old, version = self._as_read(session_id, values, now)
             lost = 0
             while True:
                 new, result = fn(old, now)
@@ -670,8 +674,7 @@ class RedisOps:
                 if new is old:  # a result from what may be stale: only a read confirms it
                     remembered = None
                     now, values = yield self._read(session_id)
-                    self._note_time(now)
-                    old, version = self._live(session_id, values, now), values[-1] or b""
+                    old, version = self._as_read(session_id, values, now)
                     continue
                 record = [] if new is None else encode_entry(session_id, new)
                 written = link_keys if new is not None else ()
@@ -703,16 +706,14 @@ class RedisOps:
                         f"within busy_timeout_ms={limit_ms:g}"
                     )
                 if lost <= 1:  # the reply carries the current record: try again at once
-                    now, values = int(reply[1]), reply[2]
-                    self._note_time(now)
-                    old, version = self._live(session_id, values, now), values[-1] or b""
+                    now = int(reply[1])
+                    old, version = self._as_read(session_id, reply[2], now)
                     continue
                 pause = random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (lost - 2)))
                 if deadline is not None:
                     pause = min(pause, max(deadline - time.monotonic(), 0.0))
                 yield Sleep(pause)
                 now, values = yield self._read(session_id)
-                self._note_time(now)
-                old, version = self._live(session_id, values, now), values[-1] or b""
+                old, version = self._as_read(session_id, values, now)
 
         return Op(steps(), None, True, self.key(session_id), deadline)
