@@ -168,18 +168,21 @@ def fingerprint_turn(messages: Sequence[Any], roles: Sequence[str], texts: Seque
         if roles[i] == "assistant":
             last_assistant = i
             break
-    digest = hashlib.sha256()
-    for i in range(last_assistant + 1, len(roles)):
-        text = texts[i]
-        for part in (roles[i], normalized_head(text), normalized_tail(text)):
-            digest.update(utf8(part))
-            digest.update(b"\x1f")
-        digest.update(b"\x1e")
+    # each field ends with \x1f and each item with \x1e; hashed in one call
+    items = [
+        "\x1f".join((roles[i], *_normalized_ends(texts[i]), "\x1e"))
+        for i in range(last_assistant + 1, len(roles))
+    ]
     if last_assistant >= 0:
-        digest.update(b"|tools:")
+        items.append("|tools:")
         for name, arguments in sorted(tool_calls_of(messages[last_assistant])):
-            for part in (name, normalized_head(arguments), normalized_tail(arguments)):
-                digest.update(utf8(part))
-                digest.update(b"\x1f")
-            digest.update(b"\x1e")
-    return digest.hexdigest()[:32]
+            items.append("\x1f".join((name, *_normalized_ends(arguments), "\x1e")))
+    return hashlib.sha256(utf8("".join(items))).hexdigest()[:32]
+
+
+def _normalized_ends(text: str) -> tuple[str, str]:
+    """`normalized_head` and `normalized_tail` of `text` (a short one normalized once)."""
+    if len(text) <= _WINDOW:
+        normalized = " ".join(text.split())
+        return normalized[:HASH_PREFIX_CHARS], normalized[-HASH_PREFIX_CHARS:]
+    return normalized_head(text), normalized_tail(text)

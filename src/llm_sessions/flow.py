@@ -163,6 +163,8 @@ def declared_cache_ttls(messages: Sequence[Any]) -> list[int] | None:
     found: list[int] | None = None
     for message in messages:
         parts = message.get("content")
+        if type(parts) is not list and "cache_control" not in message:
+            continue  # the common case: a string content, nothing declared
         holders = [message, *parts] if type(parts) is list else (message,)
         for holder in holders:
             control = holder.get("cache_control") if type(holder) is dict else None

@@ -63,7 +63,7 @@ from .ids import (
     session_key,
     split_key,
 )
-from .messages import message_text
+from .messages import content_text
 from .records import EMPTY_FLOW, Entry, FlowState, Reservation
 from .routing import (
     Classifier,
@@ -598,6 +598,7 @@ class SessionPolicy:
             raise InvalidRequest("'messages' must be a non-empty array", "messages")
         roles: list[str] = []
         texts: list[str] = []
+        sizes: list[int] = []
         extra = 0
         for i, message in enumerate(messages):  # one pass: every rule reads these
             role = message.get("role") if isinstance(message, dict) else None
@@ -606,10 +607,12 @@ class SessionPolicy:
                     f"'messages[{i}]' must be an object with a string 'role'", f"messages[{i}]"
                 )
             roles.append(role)
-            texts.append(message_text(message))
-            if type(message.get("content")) is list or "tool_calls" in message:
+            content = message.get("content")
+            text = content if type(content) is str else content_text(content)
+            texts.append(text)
+            sizes.append(len(text) if text.isascii() else utf8_len(text))
+            if type(content) is list or "tool_calls" in message:
                 extra += extra_prompt_bytes(message)
-        sizes = [utf8_len(t) for t in texts]
         model = body.get("model")
         if model is not None and (type(model) is not str or not _valid_model(model)):
             raise InvalidRequest(
