@@ -6,10 +6,11 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .messages import is_mapping
 from .records import Entry, FlowState, format_usd
 from .rules import FLOW, Record
 from .tiers import Tier
@@ -177,7 +178,7 @@ def declared_cache_ttls(messages: Sequence[Any]) -> list[int] | None:
 
 
 def usage_field(usage: Any, name: str) -> Any:
-    return usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
+    return usage.get(name) if is_mapping(usage) else getattr(usage, name, None)
 
 
 def usage_int(usage: Any, name: str) -> int:

@@ -8,9 +8,16 @@ legally carry lone surrogates (``"\\ud800"``) and they must not crash a hash.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
-__all__ = ["content_text", "message_content", "message_role", "message_text", "utf8"]
+__all__ = [
+    "content_text",
+    "is_mapping",
+    "message_content",
+    "message_role",
+    "message_text",
+    "utf8",
+]
 
 
 def utf8(text: str) -> bytes:
@@ -18,16 +25,19 @@ def utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+def is_mapping(value: Any) -> TypeGuard[Mapping[Any, Any]]:
+    """`isinstance(value, Mapping)`, answered at once for a dict (what parsed JSON holds;
+    the abstract class's check is slow)."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def message_role(message: Any) -> str:
-    if type(message) is dict or isinstance(message, Mapping):
-        role = message.get("role")
-    else:
-        role = getattr(message, "role", "")
+    role = message.get("role") if is_mapping(message) else getattr(message, "role", "")
     return role if isinstance(role, str) else ""
 
 
 def message_content(message: Any) -> Any:
-    if type(message) is dict or isinstance(message, Mapping):
+    if is_mapping(message):
         return message.get("content")
     return getattr(message, "content", None)
 
@@ -45,7 +55,7 @@ def _part_texts(parts: Iterable[Any]) -> Iterable[str]:
     for part in parts:
         if isinstance(part, str):
             yield part
-        elif type(part) is dict or isinstance(part, Mapping):
+        elif is_mapping(part):
             text = part.get("text")
             if isinstance(text, str) and part.get("type", "text") in ("text", "input_text"):
                 yield text

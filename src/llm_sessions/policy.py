@@ -63,7 +63,7 @@ from .ids import (
     session_key,
     split_key,
 )
-from .messages import content_text
+from .messages import content_text, is_mapping
 from .records import EMPTY_FLOW, Entry, FlowState, Reservation
 from .routing import (
     Classifier,
@@ -591,7 +591,7 @@ class SessionPolicy:
     def _read(self, headers: Any, body: Mapping[str, Any], scope: str) -> _Request:
         if not isinstance(scope, str):
             raise InvalidRequest(f"scope must be a str, got {type(scope).__name__}", "scope")
-        if not isinstance(body, Mapping):
+        if not is_mapping(body):
             raise InvalidRequest("the request body must be a JSON object")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .fingerprint import utf8_len
 from .flow import usage_field, usage_int
-from .messages import message_role, message_text
+from .messages import is_mapping, message_role, message_text
 from .tiers import Tier, coerce_tier
 
 __all__ = [
@@ -287,13 +287,13 @@ def extra_prompt_bytes(message: Any) -> int:
     """What a message adds to the prompt beyond its text (`message_text`): the JSON of its
     tool calls and of content parts that are not text, and media parts at their fixed
     token count (in bytes, at 3 a token)."""
-    if not isinstance(message, Mapping):
+    if not is_mapping(message):
         return 0
     extra = 0
     content = message.get("content")
     if type(content) is list:
         for part in content:
-            kind = part.get("type", "text") if isinstance(part, Mapping) else "text"
+            kind = part.get("type", "text") if is_mapping(part) else "text"
             if kind in _TEXT_PARTS:
                 continue
             tokens = _MEDIA_TOKENS.get(kind) if isinstance(kind, str) else None
@@ -315,8 +315,8 @@ _CALL_OVERHEAD = 64  # bytes of the JSON around one tool call's name and argumen
 
 def _call_size(call: Any) -> int:
     """A tool call's size: its name and arguments, and the JSON around them."""
-    function = call.get("function") if isinstance(call, Mapping) else None
-    if not isinstance(function, Mapping):
+    function = call.get("function") if is_mapping(call) else None
+    if not is_mapping(function):
         return _json_size(call)
     name, arguments = function.get("name"), function.get("arguments")
     if not isinstance(name, str) or not isinstance(arguments, str):

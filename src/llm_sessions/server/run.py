@@ -68,6 +68,7 @@ def serve(settings: Settings, *, config_path: str | None = None, log_level: str 
         host=settings.host,
         port=settings.port,
         access_log=False,  # the gateway logs one structured line per request itself
+        proxy_headers=False,  # nothing reads the client's address or scheme
         log_level=log_level,
     )
 
