@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 __all__ = ["AsyncKeyedLock", "KeyedLock", "LockTimeout"]
 
@@ -69,9 +69,12 @@ class AsyncKeyedLock:
     def __len__(self) -> int:
         return len(self._slots)
 
-    @asynccontextmanager
-    async def hold(self, key: str, timeout: float | None) -> AsyncIterator[None]:
-        """Hold `key`'s lock; `LockTimeout` when not had within `timeout` seconds."""
+    def hold(self, key: str, timeout: float | None) -> _Held:
+        """Hold `key`'s lock (``async with``); `LockTimeout` when not had within `timeout`
+        seconds."""
+        return _Held(self, key, timeout)
+
+    async def _acquire(self, key: str, timeout: float | None) -> _Slot:
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = _Slot()
@@ -79,10 +82,7 @@ class AsyncKeyedLock:
             await self._wait(key, slot, timeout)
         else:
             slot.held = True
-        try:
-            yield
-        finally:
-            self._release(key, slot)
+        return slot
 
     async def _wait(self, key: str, slot: _Slot, timeout: float | None) -> None:
         loop = asyncio.get_running_loop()
@@ -117,3 +117,21 @@ class AsyncKeyedLock:
                 return
         slot.held = False
         del self._slots[key]
+
+
+class _Held:
+    """One ``async with`` of `AsyncKeyedLock.hold` (a class: a generator-based context
+    manager costs more than the lock itself)."""
+
+    __slots__ = ("_key", "_locks", "_slot", "_timeout")
+
+    def __init__(self, locks: AsyncKeyedLock, key: str, timeout: float | None) -> None:
+        self._locks, self._key, self._timeout = locks, key, timeout
+        self._slot: _Slot | None = None
+
+    async def __aenter__(self) -> None:
+        self._slot = await self._locks._acquire(self._key, self._timeout)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._slot is not None
+        self._locks._release(self._key, self._slot)

@@ -477,11 +477,15 @@ class AsyncRedisSessionStore(_RedisStoreBase):
 
     async def _command(self, *args: Any) -> Any:
         """One command (EVALSHA, SCRIPT LOAD) on a pooled connection, packed by hiredis:
-        redis-py's command path (its retry wrapper, observability hooks and pure-Python
-        packer) cost more CPU than the round trip itself. A connection the server closed
-        since its last use (a restart) is reopened before anything is sent on it; one that
-        fails mid-command is closed, as redis-py does; an error reply (``NOSCRIPT``,
-        ``OOM``...) is raised as redis-py raises it."""
+        redis-py's command path (its retry wrapper, observability hooks, pure-Python
+        packer, and a task per write to time it) cost more CPU than the round trip itself.
+        The command goes to the connection's writer as redis-py writes it, without waiting:
+        a connection carries one command at a time, which its transport takes whole, and
+        the reply is read by redis-py under the socket timeout, which so bounds a server
+        that never answers. A connection the server closed since its last use (a restart)
+        is reopened before anything is sent on it; one that fails mid-command is closed,
+        as redis-py does; an error reply (``NOSCRIPT``, ``OOM``...) is raised as redis-py
+        raises it."""
         idle = self._idle
         conn = idle.pop() if idle else await self._pool.get_connection()
         try:
@@ -489,8 +493,8 @@ class AsyncRedisSessionStore(_RedisStoreBase):
             if reader is None or reader.at_eof():
                 await conn.disconnect()
                 await conn.connect()
-            packed = _hiredis_pack(args) if _hiredis_pack is not None else conn.pack_command(*args)
-            await conn.send_packed_command(packed)
+            packed = conn.pack_command(*args) if _hiredis_pack is None else [_hiredis_pack(args)]
+            conn._writer.writelines(packed)
             reply = await conn.read_response()
         except ResponseError:
             await self._put_back(conn)
