@@ -139,7 +139,16 @@ def redis_bench(n: int) -> None:
                     while True:
                         version = versions.get(sid, b"")
                         reply = raw.evalsha(
-                            cas_sha, 1, key, b"", timeout, sid.encode(), version, b"0", *record
+                            cas_sha,
+                            1,
+                            key,
+                            b"",
+                            timeout,
+                            sid.encode(),
+                            version,
+                            b"0",
+                            b"-1",
+                            *record,
                         )
                         if reply[0] == 1:
                             versions[sid] = reply[1]

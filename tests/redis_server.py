@@ -13,12 +13,15 @@ import redis
 
 
 class CountingConnection(redis.Connection):
-    """Counts socket writes: one per round trip (a pipeline is sent in one write)."""
+    """Counts socket writes: one per round trip (a pipeline is sent in one write); `last`
+    is what the latest one sent."""
 
     sends = 0
+    last = b""
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         type(self).sends += 1
+        type(self).last = command if isinstance(command, bytes) else b"".join(command)
         super().send_packed_command(command, check_health)
 
 

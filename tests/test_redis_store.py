@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llm_sessions import (
     AsyncRedisSessionStore,
@@ -26,6 +28,7 @@ from llm_sessions import (
     open_async_store,
     open_store,
 )
+from llm_sessions.records import EMPTY_FLOW, FlowState, Reservation
 from llm_sessions.stores.redis_core import SCRIPTS
 
 import workers
@@ -469,3 +472,95 @@ def test_a_routed_request_is_two_round_trips_in_the_steady_state(
         store.close()
         other.close()
         pool.disconnect()
+
+
+# -- a write against the version this process wrote carries only what changed ------------
+
+_NOW = 1_700_000_000_000
+_hex = st.text(alphabet="0123456789abcdef", min_size=1, max_size=10)
+_text = st.text(max_size=6)
+_flows = st.one_of(
+    st.just(EMPTY_FLOW),
+    st.builds(
+        FlowState,
+        st.lists(
+            st.builds(
+                Reservation, _hex, st.integers(0, 10**9), st.integers(_NOW + 1, _NOW + 10**6)
+            ),
+            max_size=3,
+        ).map(tuple),
+        _text,
+        _text,
+        st.integers(0, _NOW),
+        st.integers(0, 10**7),
+        _text,
+        st.lists(st.tuples(_hex, st.integers(0, 2**63 - 1)), max_size=4).map(tuple),
+    ),
+)
+_entries = st.builds(
+    Entry,
+    model=st.sampled_from(["", "openai/gpt-4o-mini", "anthropic/claude-sonnet-4.6"]),
+    tier=st.sampled_from([None, *Tier]),
+    created_at=st.integers(_NOW - 10**6, _NOW),
+    last_used_at=st.just(_NOW),
+    request_count=st.integers(0, 10**6),
+    recent_hashes=st.lists(_hex, max_size=3).map(tuple),
+    strikes=st.integers(0, 5),
+    escalated=st.booleans(),
+    user_explicit=st.booleans(),
+    cache_sticky=st.booleans(),
+    cache_sticky_at=st.integers(0, _NOW),
+    provider=st.sampled_from(["", "openai", "anthropic"]),
+    session_cost_micros=st.integers(0, 2**63 - 1),
+    flow=_flows,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(_entries, min_size=2, max_size=6))
+def test_a_record_written_change_by_change_is_the_record_written_whole(
+    redis_url: str, entries: list[Entry]
+) -> None:
+    """Each write after this process's own sends only the fields that changed (and
+    deletes the hashes and flow fields that went): whatever the sequence, the hash is the
+    one a whole write of the last record makes, and another process reads that record."""
+    clock = FakeClock(_NOW)
+    writer = RedisSessionStore(redis_url, CFG, clock=clock)
+    reader = RedisSessionStore(redis_url, CFG, clock=clock)  # knows nothing: reads
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        writer.clear_all()
+        for n, entry in enumerate(entries):
+            writer.transact("s", lambda old, now, e=entry: (e, None))  # type: ignore[misc]
+            reader.transact(f"whole-{n}", lambda old, now, e=entry: (e, None))  # type: ignore[misc]
+            assert reader.get_session("s") == entry
+            changed = raw.hgetall(writer.key("s"))
+            whole = raw.hgetall(reader.key(f"whole-{n}"))
+            for fields in (changed, whole):
+                del fields[b"id"], fields[b"v"]
+            assert changed == whole
+    finally:
+        raw.close()
+        writer.close()
+        reader.close()
+
+
+def test_a_steady_state_write_sends_only_what_changed(
+    counted_store: RedisSessionStore, clock: FakeClock
+) -> None:
+    store = RedisSessionStore(counted_store._client, CFG, clock=clock)
+    entry = Entry("openai/gpt-4o-mini", Tier.SIMPLE, clock(), clock(), 1, ("a" * 32,), 0,
+                  False, False, False, 0, "", 5)  # fmt: skip
+    try:
+        store.transact("s", lambda old, now: (entry, None))  # created: the whole record
+        assert b"$5\r\nmodel\r\n" in CountingConnection.last
+        whole = len(CountingConnection.last)
+        store.transact("s", lambda old, now: (entry._replace(session_cost_micros=9), None))
+        sent = CountingConnection.last
+        assert b"$4\r\ncost\r\n$1\r\n9\r\n" in sent and b"$5\r\nmodel\r\n" not in sent
+        assert len(sent) < whole / 2
+        assert store.get_session("s") == entry._replace(session_cost_micros=9)
+    finally:
+        store.close()

@@ -254,39 +254,76 @@ def _decode_finished(raw: bytes) -> tuple[tuple[str, int], ...]:
     return tuple((rid.decode(), int(total)) for rid, total in pairs)
 
 
+def _int_arg(value: int) -> bytes:
+    return b"%d" % value
+
+
+def _flag_arg(value: bool) -> bytes:
+    return b"1" if value else b"0"
+
+
+def _reservations_arg(reservations: tuple[Reservation, ...]) -> bytes:
+    return b";".join(b"%s,%d,%d" % (r.id.encode(), r.micros, r.expires_at) for r in reservations)
+
+
+def _finished_arg(finished: tuple[tuple[str, int], ...]) -> bytes:
+    return b";".join(b"%s,%d" % (rid.encode(), total) for rid, total in finished)
+
+
+# (index in Entry / FlowState, hash field, encoder) of the fields always written; the
+# hashes h1-h3 are written as many as there are, the flow's fields all or none.
+_ENTRY_ARGS: tuple[tuple[int, bytes, Callable[[Any], bytes]], ...] = (
+    (0, b"model", _b), (1, b"tier", _tier_arg), (2, b"created_at", _int_arg),
+    (3, b"last_used_at", _int_arg), (4, b"request_count", _int_arg), (6, b"strikes", _int_arg),
+    (7, b"escalated", _flag_arg), (8, b"user_explicit", _flag_arg),
+    (9, b"cache_sticky", _flag_arg), (10, b"cache_sticky_at", _int_arg),
+    (11, b"provider", _b), (12, b"cost", _int_arg),
+)  # fmt: skip
+_FLOW_ARGS: tuple[tuple[int, bytes, Callable[[Any], bytes]], ...] = (
+    (0, b"reservations", _reservations_arg), (1, b"explicit_model", _b),
+    (2, b"fallback_from", _b), (3, b"fallback_at", _int_arg), (4, b"sticky_ttl_ms", _int_arg),
+    (5, b"failed_fingerprint", _b), (6, b"finished", _finished_arg),
+)  # fmt: skip
+_FLOW_FIELDS = tuple(name for _, name, _ in _FLOW_ARGS)
+
+
 def encode_entry(session_id: str, entry: Entry) -> list[bytes]:
     """Field/value pairs of a whole session record (without its version)."""
-    out = [
-        b"id", _b(session_id),
-        b"model", _b(entry.model),
-        b"tier", _tier_arg(entry.tier),
-        b"created_at", b"%d" % entry.created_at,
-        b"last_used_at", b"%d" % entry.last_used_at,
-        b"request_count", b"%d" % entry.request_count,
-        b"strikes", b"%d" % entry.strikes,
-        b"escalated", b"1" if entry.escalated else b"0",
-        b"user_explicit", b"1" if entry.user_explicit else b"0",
-        b"cache_sticky", b"1" if entry.cache_sticky else b"0",
-        b"cache_sticky_at", b"%d" % entry.cache_sticky_at,
-        b"provider", _b(entry.provider),
-        b"cost", b"%d" % entry.session_cost_micros,
-    ]  # fmt: skip
+    out = [b"id", _b(session_id)]
+    for i, name, arg in _ENTRY_ARGS:
+        out += (name, arg(entry[i]))
     for name, value in zip(_HASH_FIELDS, entry.recent_hashes, strict=False):
         out += (name, _b(value))
     flow = entry.flow
     if flow != EMPTY_FLOW:
-        out += (
-            b"reservations", b";".join(
-                b"%s,%d,%d" % (r.id.encode(), r.micros, r.expires_at) for r in flow.reservations
-            ),
-            b"explicit_model", _b(flow.explicit_model),
-            b"fallback_from", _b(flow.fallback_from),
-            b"fallback_at", b"%d" % flow.fallback_at,
-            b"sticky_ttl_ms", b"%d" % flow.sticky_ttl_ms,
-            b"failed_fingerprint", _b(flow.failed_fingerprint),
-            b"finished", b";".join(b"%s,%d" % (rid.encode(), t) for rid, t in flow.finished),
-        )  # fmt: skip
+        for i, name, arg in _FLOW_ARGS:
+            out += (name, arg(flow[i]))
     return out
+
+
+def encode_changes(stored: Entry, entry: Entry) -> tuple[list[bytes], list[bytes]]:
+    """What turns the hash of `stored` (as `encode_entry` wrote it) into that of `entry`:
+    the fields to delete, and the field/value pairs to set (only those that differ)."""
+    pairs: list[bytes] = []
+    for i, name, arg in _ENTRY_ARGS:
+        if entry[i] != stored[i]:
+            pairs += (name, arg(entry[i]))
+    dropped: list[bytes] = []
+    hashes, before = entry.recent_hashes, stored.recent_hashes
+    if hashes != before:
+        for name, value in zip(_HASH_FIELDS, hashes, strict=False):
+            pairs += (name, _b(value))
+        dropped += _HASH_FIELDS[len(hashes) : len(before)]
+    flow, was = entry.flow, stored.flow
+    if flow is not was and flow != was:
+        if flow == EMPTY_FLOW:
+            dropped += _FLOW_FIELDS  # the flow's fields go together
+        else:
+            whole = was == EMPTY_FLOW  # ... and come together
+            for i, name, arg in _FLOW_ARGS:
+                if whole or flow[i] != was[i]:
+                    pairs += (name, arg(flow[i]))
+    return dropped, pairs
 
 
 @functools.lru_cache(maxsize=4096)
@@ -659,10 +696,11 @@ class RedisOps:
                 return fn(None, now)[1]
             key = self.key(session_id)
             old: Entry | None
+            stored: Entry | None = None  # what the hash holds at `version`, when known
             remembered = self._remembered(session_id)
             if remembered is not None:  # what this process wrote last: no read
-                now, last, version = remembered
-                old = self._alive(last, now)
+                now, stored, version = remembered
+                old = self._alive(stored, now)
             else:
                 now, values = yield self._read(session_id)
                 old, version = self._as_read(session_id, values, now)
@@ -672,11 +710,17 @@ class RedisOps:
                 if new is old and remembered is None:
                     return result
                 if new is old:  # a result from what may be stale: only a read confirms it
-                    remembered = None
+                    remembered = stored = None
                     now, values = yield self._read(session_id)
                     old, version = self._as_read(session_id, values, now)
                     continue
-                record = [] if new is None else encode_entry(session_id, new)
+                if new is None:
+                    change: list[bytes] = [b"-1"]  # the whole record: none
+                elif stored is None:
+                    change = [b"-1", *encode_entry(session_id, new)]
+                else:  # only what changed since the version this process wrote
+                    dropped, pairs = encode_changes(stored, new)
+                    change = [b"%d" % len(dropped), *dropped, *pairs]
                 written = link_keys if new is not None else ()
                 reply = yield Eval(
                     "compare_and_set",
@@ -688,7 +732,7 @@ class RedisOps:
                         version,
                         b"%d" % len(written),
                         *(link_args if written else ()),
-                        *record,
+                        *change,
                     ),
                     keys=written,
                 )
@@ -696,6 +740,7 @@ class RedisOps:
                     self._remember(session_id, new, reply[1] if len(reply) > 1 else None)
                     return result
                 self._remember(session_id, None, None)
+                stored = None
                 if remembered is not None:  # another writer came first: it is not contention
                     remembered = None
                 else:

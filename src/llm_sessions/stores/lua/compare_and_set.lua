@@ -1,7 +1,9 @@
--- The write half of `transact`: replace the whole record if nobody wrote since it was
--- read. ARGV[4]: the version that was read ('' when there was no key); ARGV[5]: how many
--- links follow (n), then n (name, value) pairs whose keys are KEYS[2..n+1]; after them
--- the new record's field/value pairs (none: delete the session).
+-- The write half of `transact`: write the record if nobody wrote since it was read.
+-- ARGV[4]: the version that was read ('' when there was no key); ARGV[5]: how many
+-- links follow (n), then n (name, value) pairs whose keys are KEYS[2..n+1]; then d: -1
+-- when the field/value pairs after it are the whole new record (none: delete the
+-- session), else the number of field names that follow it to delete before the pairs
+-- after them are set (the changes to the record of version ARGV[4]).
 -- Returns {1, new version} on success ({1} when the session was deleted), or
 -- {0, now, current record} so the caller can retry at once.
 local current = redis.call('HGET', key, 'v')
@@ -9,12 +11,20 @@ if (current or '') ~= ARGV[4] then
   return {0, now, record()}
 end
 local links = tonumber(ARGV[5])
-local first = 6 + 2 * links
-redis.call('DEL', key)
-if #ARGV < first then
-  return {1}
+local at = 6 + 2 * links
+local dropped = tonumber(ARGV[at])
+local first = at + 1 + math.max(dropped, 0)
+if dropped < 0 then
+  redis.call('DEL', key)
+  if #ARGV < first then
+    return {1}
+  end
+elseif dropped > 0 then
+  redis.call('HDEL', key, unpack(ARGV, at + 1, first - 1))
 end
-redis.call('HSET', key, unpack(ARGV, first))
+if #ARGV >= first then
+  redis.call('HSET', key, unpack(ARGV, first))
+end
 if ARGV[4] == '' then
   redis.call('HSET', key, 'v', fresh_version())
 else
