@@ -689,12 +689,12 @@ class RedisOps:
         link_args = [_b(part) for pair in (links or {}).items() for part in pair]
         limit_ms = self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
         deadline = None if math.isinf(limit_ms) else time.monotonic() + limit_ms / 1000
+        key = self.key(session_id)
 
         def steps() -> Generator[Command, Any, T]:
             if self._off(session_id):
                 now = self.clock() if self.clock is not None else time.time_ns() // 1_000_000
                 return fn(None, now)[1]
-            key = self.key(session_id)
             old: Entry | None
             stored: Entry | None = None  # what the hash holds at `version`, when known
             remembered = self._remembered(session_id)
@@ -761,4 +761,4 @@ class RedisOps:
                 now, values = yield self._read(session_id)
                 old, version = self._as_read(session_id, values, now)
 
-        return Op(steps(), None, True, self.key(session_id), deadline)
+        return Op(steps(), None, True, key, deadline)
