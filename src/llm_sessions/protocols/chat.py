@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-__all__ = ["Verdict", "stream_reader", "text_bytes"]
+__all__ = ["USAGE_MARKER", "Verdict", "stream_reader", "text_bytes"]
 
 #: What the relay does with a stream event: pass it on now, drop it, or hold it back
 #: until the request's cost is recorded (the stream's final event).
@@ -35,6 +35,12 @@ def text_bytes(data: Any) -> int:
             if isinstance(arguments, str):
                 total += _utf8_len(arguments)
     return total
+
+
+#: The key of a stream chunk's usage: only a chunk where it holds an object carries usage
+#: (the others say ``"usage": null``, or nothing); they are read only to estimate, when
+#: no usage came.
+USAGE_MARKER = b'"usage"'
 
 
 def stream_reader(keep_usage: bool) -> Callable[[Any, dict[str, Any]], Verdict]:

@@ -81,6 +81,7 @@ class _Wire:
     forward_headers: tuple[str, ...] = ()  # client headers passed on upstream
     answer_id: Callable[[Any], str | None] = lambda data: None  # a stored answer's id
     unread: Mapping[bytes, str] = field(default_factory=dict)  # stream events not parsed
+    read_marker: bytes | None = None  # unnamed stream events without it are not parsed
 
 
 def _chat_stream_reader(body: dict[str, Any]) -> Callable[[Any, dict[str, Any]], Any]:
@@ -88,7 +89,14 @@ def _chat_stream_reader(body: dict[str, Any]) -> Callable[[Any, dict[str, Any]],
     return chat.stream_reader(keep_usage=include is True)
 
 
-CHAT = _Wire("chat", "/chat/completions", lambda body: body, _chat_stream_reader, chat.text_bytes)
+CHAT = _Wire(
+    "chat",
+    "/chat/completions",
+    lambda body: body,
+    _chat_stream_reader,
+    chat.text_bytes,
+    read_marker=chat.USAGE_MARKER,
+)
 MESSAGES = _Wire(
     "messages",
     "/messages",
@@ -750,7 +758,7 @@ class Gateway:
                 self._log(record, 200, started)
 
             record["relaying"] = True  # from here the relay records the outcome
-            meter = StreamMeter(wire.reader(body), wire.unread)
+            meter = StreamMeter(wire.reader(body), wire.unread, wire.read_marker)
             return RelayResponse(upstream, done, headers, meter)
 
         try:

@@ -239,12 +239,16 @@ class StreamMeter:
 
     `unread` (by the name on an event's ``event:`` line) spares the parsing of what the
     gateway needs nothing from (``"pass"``) and of the deltas of generated text
-    (``"defer"``: kept, and read by `generated_bytes` only when no usage came)."""
+    (``"defer"``: kept, and read by `generated_bytes` only when no usage came); with
+    `read_marker` (a JSON key, quoted), an event without a name is deferred unless that key
+    has an object in its data (Chat Completions: only such a chunk carries usage; the
+    others say ``"usage": null`` or nothing)."""
 
     reader: Callable[[StreamMeter, dict[str, Any]], Verdict] = field(
         default_factory=lambda: stream_reader(keep_usage=True)
     )
     unread: Mapping[bytes, str] = field(default_factory=dict)
+    read_marker: bytes | None = None
     usage: dict[str, Any] | None = None
     text_bytes: int = 0
     answer_id: str | None = None  # the id of a stored answer (a Responses response)
@@ -291,18 +295,26 @@ class StreamMeter:
             if unread == "defer" and one_data_line:
                 self.deferred.append(event[end + 6 :].strip())
                 return "pass"
-        name, lines = b"", []
-        for line in event.splitlines():
-            if line.startswith(b"data:"):
-                lines.append(line[5:].strip())
-            elif line.startswith(b"event:"):
-                name = line[6:].strip()
-        payload = b"\n".join(lines)
+        if event.startswith(b"data:") and event.find(b"\n") < 0:  # "data: {...}" alone
+            name, payload = b"", event[5:].strip()
+        else:
+            name, lines = b"", []
+            for line in event.splitlines():
+                if line.startswith(b"data:"):
+                    lines.append(line[5:].strip())
+                elif line.startswith(b"event:"):
+                    name = line[6:].strip()
+            payload = b"\n".join(lines)
         if not payload:
             return "pass"
         if payload == b"[DONE]":
             return "hold"
-        unread = self.unread.get(name) if name else None
+        if name:
+            unread = self.unread.get(name)
+        elif self.read_marker is not None and not _holds_object(payload, self.read_marker):
+            unread = "defer"
+        else:
+            unread = None
         if unread == "defer":
             self.deferred.append(payload)
             return "pass"
@@ -316,6 +328,18 @@ class StreamMeter:
         except ValueError:
             return "pass"
         return self.reader(self, data) if isinstance(data, dict) else "pass"
+
+
+def _holds_object(payload: bytes, key: bytes) -> bool:
+    """Whether the JSON `payload` has the (quoted) `key` with an object as its value, read
+    from the bytes: a key in a string has its quotes escaped, so it never matches."""
+    at = payload.find(key)
+    while at >= 0:
+        after = payload[at + len(key) : at + len(key) + 32].lstrip()
+        if after.startswith(b":") and after[1:].lstrip().startswith(b"{"):
+            return True
+        at = payload.find(key, at + 1)
+    return False
 
 
 class RelayResponse(Response):
