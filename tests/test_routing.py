@@ -5,8 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from llm_sessions import Pricing, Tier, TierModels, default_classify, routing_table
+from llm_sessions import Pricing, Tier, TierModels, default_classify, routing, routing_table
 from llm_sessions.routing import estimate_prompt_tokens, usd_to_micros
 
 
@@ -103,3 +105,26 @@ def test_default_classifier_reads_the_latest_user_message() -> None:
     ]
     assert default_classify(msgs, None) == Tier.SIMPLE
     assert default_classify([], None) == Tier.SIMPLE
+
+
+_CODE_PIECES = ["```", "def ", "class ", "function ", "#include", "=>", "SELECT", "select",
+                "de", "f ", "=", ">", "`", "x", " ", "\n", "SELECTED", "_def ", "é"]  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(_CODE_PIECES) | st.text(max_size=3), max_size=12).map("".join))
+def test_the_code_cue_is_searched_only_where_it_can_match(text: str) -> None:
+    """The classifier skips the code regex for a text without any of its literals: that
+    never changes what the regex would find."""
+    found = routing._CODE.search(text) is not None
+    assert found == (routing._has_any(text, routing._CODE_LITERALS) and found)
+    messages = [{"role": "user", "content": text}]
+    assert default_classify(messages) == (
+        Tier.REASONING
+        if routing._REASONING_CUES.search(text)
+        else Tier.COMPLEX
+        if found
+        else Tier.MEDIUM
+        if routing._ANALYSIS_CUES.search(text)
+        else Tier.SIMPLE
+    )

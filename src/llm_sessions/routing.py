@@ -367,6 +367,9 @@ _ANALYSIS_CUES = re.compile(
     re.IGNORECASE,
 )
 _CODE = re.compile(r"```|\bdef |\bclass |\bfunction |#include|=>|\bSELECT\b")
+# What `_CODE` can match starts with one of these: a text without any is not searched
+# (the regex tries every alternative at every position).
+_CODE_LITERALS = ("```", "def ", "class ", "function ", "#include", "=>", "SELECT")
 
 
 def default_classify(messages: Sequence[Any], tools: Sequence[Any] | None = None) -> Tier:
@@ -399,8 +402,12 @@ def classify_by_text(
     tokens = math.ceil(sum(sizes) / 3)
     if _REASONING_CUES.search(latest):
         return Tier.REASONING
-    if tools or tokens > 2000 or _CODE.search(latest):
+    if tools or tokens > 2000 or (_has_any(latest, _CODE_LITERALS) and _CODE.search(latest)):
         return Tier.COMPLEX
     if tokens > 300 or _ANALYSIS_CUES.search(latest):
         return Tier.MEDIUM
     return Tier.SIMPLE
+
+
+def _has_any(text: str, literals: Sequence[str]) -> bool:
+    return any(literal in text for literal in literals)
