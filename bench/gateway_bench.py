@@ -10,6 +10,10 @@ keep-alive HTTP/1.1 load generator on asyncio streams drives each in turn, for e
 the gateway serves (Chat Completions, Anthropic Messages, OpenAI Responses), plain and
 streamed, at concurrency 1, 16 and 64, each cell for a fixed time, in interleaved rounds.
 
+With ``--litellm PATH`` (the ``litellm`` command of a LiteLLM proxy installed elsewhere,
+e.g. ``pip install 'litellm[proxy]'`` in its own virtualenv), that proxy runs too, one
+worker and no database, in front of the same stand-in, as a peer: for Chat Completions.
+
 Reported per cell: p50 latency added to the stand-in's own, throughput, and the CPU
 seconds the proxy process spent per 1,000 requests (the steadiest figure on a shared
 machine); then the ratios the efficiency goals are stated in: gateway CPU / floor CPU,
@@ -103,6 +107,17 @@ input_per_mtok = 1
 output_per_mtok = 5
 [budget]
 max_session_cost_usd = 1000.0
+"""
+
+LITELLM = """
+model_list:
+  - model_name: auto
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:{upstream}/v1
+      api_key: sk-bench
+litellm_settings:
+  drop_params: true
 """
 
 APIS = ("chat", "messages", "responses")
@@ -242,11 +257,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=None, help="seconds per cell")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     ap.add_argument("--apis", default=",".join(APIS), help="which APIs (comma-separated)")
+    ap.add_argument("--litellm", help="a LiteLLM proxy's `litellm` command, to run as a peer")
     args = ap.parse_args()
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     rounds = args.rounds or (1 if args.quick else 3)
     soak = 10_000 if args.quick else 100_000
-    ports = {name: free_port() for name in (*TARGETS, "redis-server")}
+    targets = (*TARGETS, "litellm") if args.litellm else TARGETS
+    ports = {name: free_port() for name in (*targets, "redis-server")}
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "BENCH_KEY": "sk-bench"}
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
@@ -270,11 +287,20 @@ def main() -> None:
                     [sys.executable, "-m", "llm_sessions", "serve", "--config", str(config),
                      "--log-level", "warning"], **quiet,
                 )  # fmt: skip
-            for name in (*TARGETS, "redis-server"):
+            if args.litellm:
+                config = Path(tmp) / "litellm.yaml"
+                config.write_text(LITELLM.format(upstream=ports["direct"]))
+                procs["litellm"] = subprocess.Popen(  # type: ignore[call-overload]
+                    [args.litellm, "--config", str(config), "--host", "127.0.0.1",
+                     "--port", str(ports["litellm"]), "--num_workers", "1"],
+                    **{**quiet, "env": {**env,
+                       "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}},
+                )  # fmt: skip
+            for name in (*targets, "redis-server"):
                 wait_ready(ports[name])
             print("ports: " + ", ".join(f"{name} {port}" for name, port in ports.items()))
             counter = redis.Redis(port=ports["redis-server"])
-            for name in TARGETS:  # warm up every process and connection pool
+            for name in targets:  # warm up every process and connection pool
                 asyncio.run(load(ports[name], 8, False, 100, total=800))
             apis = [a for a in args.apis.split(",") if a in APIS]
             cells = [(api, stream, c) for api in apis for stream in (False, True)
@@ -285,7 +311,9 @@ def main() -> None:
             commands: list[float] = []
             for _ in range(rounds):
                 for api, stream, c in cells:
-                    for name in TARGETS:
+                    for name in targets:
+                        if name == "litellm" and api != "chat":
+                            continue
                         pid = procs[name].pid
                         before = cpu_s(pid)
                         cmds = scripts_run(counter)
@@ -300,6 +328,8 @@ def main() -> None:
                             cmds = scripts_run(counter) - cmds
                             commands.append((cmds - 1) / len(done))  # less the first INFO
             report(cells, lat, rps, cpu, commands)
+            if args.litellm:
+                report_peer(cells, lat, rps, cpu)
             print(f"\nsoak: {soak} requests over 10000 sessions through the memory gateway (c=64)")
             samples = []
             for step in range(5):
@@ -350,6 +380,26 @@ def report(
     for label, values in ratios.items():
         print(f"  {label:48} {med(values):5.2f}  (range {min(values):.2f}-{max(values):.2f})")
     print(f"  Redis round trips per routed request             {med(commands):5.2f}")
+
+
+def report_peer(
+    cells: list[tuple[str, bool, int]],
+    lat: dict[tuple[object, ...], list[float]],
+    rps: dict[tuple[object, ...], list[float]],
+    cpu: dict[tuple[object, ...], list[float]],
+) -> None:
+    """The LiteLLM proxy beside the memory gateway, for Chat Completions (medians)."""
+    med = statistics.median
+    print(f"\nLiteLLM proxy (one worker, no database), Chat Completions:\n{'':22} "
+          f"{'added p50 ms':>12} {'req/s':>8} {'CPU s/1k':>9}   LiteLLM CPU / memory CPU")  # fmt: skip
+    for api, stream, c in cells:
+        if api != "chat":
+            continue
+        key, ours = (api, stream, c, "litellm"), (api, stream, c, "memory")
+        added = (med(lat[key]) - med(lat[(api, stream, c, "direct")])) * 1000
+        name = f"{api} {'stream' if stream else 'plain'} c={c}"
+        print(f"{name:22} {added:12.2f} {med(rps[key]):8.0f} {med(cpu[key]):9.3f}   "
+              f"{med(cpu[key]) / med(cpu[ours]):6.1f}x")  # fmt: skip
 
 
 if __name__ == "__main__":
