@@ -190,7 +190,8 @@ async def load(
 ) -> tuple[list[float], float]:
     """Requests over `concurrency` keep-alive connections for `seconds` (or `total`
     requests); the per-request latencies (s) and the requests/s. Answers that are not
-    200 are counted and said."""
+    200 are counted and said, and so is a connection the server closed without an answer
+    (status 0; the worker opens another)."""
     latencies: list[float] = []
     failures: list[int] = []
     stop = time.perf_counter() + seconds
@@ -204,7 +205,12 @@ async def load(
             data = request_bytes(port, f"s{n % sessions}", stream, i, api)
             t0 = time.perf_counter()
             writer.write(data)
-            status = await read_response(reader)
+            try:
+                status = await read_response(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                status = 0  # closed without an answer
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
             latencies.append(time.perf_counter() - t0)
             if status != 200:
                 failures.append(status)
