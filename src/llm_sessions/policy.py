@@ -610,7 +610,7 @@ class SessionPolicy:
             content = message.get("content")
             text = content if type(content) is str else content_text(content)
             texts.append(text)
-            sizes.append(len(text) if text.isascii() else utf8_len(text))
+            sizes.append(utf8_len(text))
             if type(content) is list or "tool_calls" in message:
                 extra += extra_prompt_bytes(message)
         model = body.get("model")

@@ -81,7 +81,7 @@ class _Wire:
     forward_headers: tuple[str, ...] = ()  # client headers passed on upstream
     answer_id: Callable[[Any], str | None] = lambda data: None  # a stored answer's id
     unread: Mapping[bytes, str] = field(default_factory=dict)  # stream events not parsed
-    read_marker: bytes | None = None  # unnamed stream events without it are not parsed
+    read_marker: bytes | None = None  # a key unnamed stream events are parsed for (StreamMeter)
 
 
 def _chat_stream_reader(body: dict[str, Any]) -> Callable[[Any, dict[str, Any]], Any]:
