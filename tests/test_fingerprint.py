@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -155,3 +156,62 @@ def test_four_cities_do_not_escalate_but_one_city_three_times_does() -> None:
     same = _tool_turn("Paris")
     reasons = [policy.begin({"x-session-id": "p"}, {"messages": same}).reason for _ in range(3)]
     assert reasons[-1] == "escalated"
+
+
+def _naive_turn_fingerprint(messages: list[dict[str, Any]]) -> str:
+    """The turn fingerprint as its definition reads: every message after the last
+    assistant message as role, head and tail of its normalized text (each field ended by
+    0x1f, each message by 0x1e), then "|tools:" and that assistant message's tool calls by
+    name, head and tail of their canonical arguments, sorted; SHA-256, 32 hex digits."""
+
+    def ends(text: str) -> list[str]:
+        full = " ".join(text.split())
+        return [full[:500], full[-500:]]
+
+    def item(fields: list[str]) -> bytes:
+        return b"".join(f.encode("utf-8", "surrogatepass") + b"\x1f" for f in fields) + b"\x1e"
+
+    roles = [m["role"] for m in messages]
+    last = max((i for i, r in enumerate(roles) if r == "assistant"), default=-1)
+    data = b"".join(item([m["role"], *ends(m.get("content") or "")]) for m in messages[last + 1 :])
+    if last >= 0:
+        calls = sorted(
+            (c["function"]["name"], json.dumps(json.loads(c["function"]["arguments"]),
+                                               sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+            for c in messages[last].get("tool_calls", [])
+        )  # fmt: skip
+        data += b"|tools:" + b"".join(item([name, *ends(args)]) for name, args in calls)
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+_fp_text = st.lists(
+    st.sampled_from(["a", "bc", " ", "\n\t", "\u3000", "é", "\ud800", "x" * 300]), max_size=40
+).map("".join)
+
+
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"role": st.sampled_from(["user", "assistant", "tool", "system"]), "content": _fp_text},
+            optional={
+                "tool_calls": st.lists(
+                    st.builds(
+                        lambda name, city: {
+                            "id": "c",
+                            "function": {"name": name, "arguments": json.dumps({"city": city})},
+                        },
+                        st.sampled_from(["weather", "read_file"]),
+                        _fp_text,
+                    ),
+                    max_size=3,
+                )
+            },
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_turn_fingerprint_equals_its_definition(messages: list[dict[str, Any]]) -> None:
+    """Long and short texts, lone surrogates, tool calls: the same bytes hashed, so the
+    hashes sessions already hold keep matching."""
+    assert turn_fingerprint(messages) == _naive_turn_fingerprint(messages)
