@@ -6,15 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+from ..fingerprint import utf8_len
+
 __all__ = ["USAGE_MARKER", "Verdict", "stream_reader", "text_bytes"]
 
 #: What the relay does with a stream event: pass it on now, drop it, or hold it back
 #: until the request's cost is recorded (the stream's final event).
 Verdict = Literal["pass", "drop", "hold"]
-
-
-def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def text_bytes(data: Any) -> int:
@@ -27,13 +25,13 @@ def text_bytes(data: Any) -> int:
         if not isinstance(message, dict):
             continue
         if isinstance(message.get("content"), str):
-            total += _utf8_len(message["content"])
+            total += utf8_len(message["content"])
         calls = message.get("tool_calls")
         for call in calls if isinstance(calls, list) else ():
             function = call.get("function") if isinstance(call, dict) else None
             arguments = function.get("arguments") if isinstance(function, dict) else None
             if isinstance(arguments, str):
-                total += _utf8_len(arguments)
+                total += utf8_len(arguments)
     return total
 
 
@@ -60,12 +58,12 @@ def stream_reader(keep_usage: bool) -> Callable[[Any, dict[str, Any]], Verdict]:
             if not isinstance(delta, dict):
                 continue
             if isinstance(delta.get("content"), str):
-                meter.text_bytes += _utf8_len(delta["content"])
+                meter.text_bytes += utf8_len(delta["content"])
             for call in delta.get("tool_calls") or ():
                 function = call.get("function") if isinstance(call, dict) else None
                 arguments = function.get("arguments") if isinstance(function, dict) else None
                 if isinstance(arguments, str):
-                    meter.text_bytes += _utf8_len(arguments)
+                    meter.text_bytes += utf8_len(arguments)
         return "pass"
 
     return read

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ..errors import InvalidRequest
+from ..fingerprint import utf8_len
 from .chat import Verdict
 
 __all__ = [
@@ -177,9 +178,9 @@ def text_bytes(message: Any) -> int:
             continue
         for key in ("text", "thinking"):
             if isinstance(block.get(key), str):
-                total += len(block[key].encode("utf-8", "surrogatepass"))
+                total += utf8_len(block[key])
         if block.get("type") == "tool_use":
-            total += len(_json(block.get("input", {})).encode("utf-8", "surrogatepass"))
+            total += utf8_len(_json(block.get("input", {})))
     return total
 
 
@@ -207,7 +208,7 @@ def read_stream_event(meter: Any, event: dict[str, Any]) -> Verdict:
             for key in ("text", "partial_json", "thinking"):
                 value = delta.get(key)
                 if isinstance(value, str):
-                    meter.text_bytes += len(value.encode("utf-8", "surrogatepass"))
+                    meter.text_bytes += utf8_len(value)
     elif kind == "message_stop":
         return "hold"
     return "pass"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InvalidRequest
+from ..fingerprint import utf8_len
 from .chat import Verdict
 
 __all__ = [
@@ -188,12 +189,12 @@ def text_bytes(data: Any) -> int:
             continue
         for key in ("arguments", "input"):
             if isinstance(item.get(key), str):
-                total += _utf8_len(item[key])
+                total += utf8_len(item[key])
         for part in [*(item.get("content") or ()), *(item.get("summary") or ())]:
             if isinstance(part, dict):
                 for key in ("text", "refusal"):
                     if isinstance(part.get(key), str):
-                        total += _utf8_len(part[key])
+                        total += utf8_len(part[key])
     return total
 
 
@@ -207,7 +208,7 @@ def read_stream_event(meter: Any, event: dict[str, Any]) -> Verdict:
     if kind in _DELTAS:
         delta = event.get("delta")
         if isinstance(delta, str):
-            meter.text_bytes += _utf8_len(delta)
+            meter.text_bytes += utf8_len(delta)
         return "pass"
     response = event.get("response")
     if isinstance(response, dict):
@@ -219,7 +220,3 @@ def read_stream_event(meter: Any, event: dict[str, Any]) -> Verdict:
                 meter.usage = usage
             return "hold"
     return "pass"
-
-
-def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
