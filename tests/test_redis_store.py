@@ -425,11 +425,42 @@ def test_a_client_is_reused_with_retries_off(redis_server: RedisServer, redis_ur
     store = RedisSessionStore(client, CFG)
     store.set_session("s", "m")
     assert store.get_session("s").model == "m"
-    assert store._client.get_retry().get_retries() == 0
+    assert store._client.get_retry()._retries == 0
     with pytest.raises(TypeError):
         RedisSessionStore(object(), CFG)
     store.close()
     client.close()
+
+
+@pytest.mark.parametrize("built_from", ["url", "client"])
+def test_the_async_store_builds_its_clients_warning_free(
+    redis_server: RedisServer, redis_url: str, built_from: str
+) -> None:
+    """Every redis-py admitted: the async pools get the asyncio Retry (redis-py 8.2 warns
+    when a synchronous one reaches an asyncio client, and converts it)."""
+    import warnings
+
+    import redis.asyncio
+    import redis.asyncio.retry
+
+    async def go() -> None:
+        client = redis.asyncio.Redis(port=redis_server.port, decode_responses=True)
+        target: Any = redis_url if built_from == "url" else client
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            store = AsyncRedisSessionStore(target, CFG)
+            await store.set_session("s", "m")
+            entry = await store.get_session("s")
+            assert entry is not None
+            assert entry.model == "m"
+            retry = store._client.get_retry()
+            await store.aclose()
+        await client.aclose()
+        assert [str(w.message) for w in caught] == []
+        assert isinstance(retry, redis.asyncio.retry.Retry)
+        assert retry._retries == 0
+
+    asyncio.run(go())
 
 
 def test_a_routed_request_is_two_round_trips_in_the_steady_state(

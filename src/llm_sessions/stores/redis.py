@@ -39,6 +39,7 @@ from .redis_core import (
 try:
     import redis as redis_sync
     import redis.asyncio as redis_async
+    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.exceptions import (
         ClusterDownError,
@@ -125,10 +126,13 @@ class _ErrorPolicy:
         return op.default()
 
 
-def _no_retry() -> Retry:
-    # A write that may have reached the server is never sent again (a retried script
-    # could count a cost twice); reads retry once, in the drivers below.
-    return Retry(NoBackoff(), 0)
+def _no_retry(module: Any) -> Retry | AsyncRetry:
+    """Retries off, in the kind `module`'s clients take (an asyncio client given the
+    synchronous ``Retry`` converts it, with a warning since redis-py 8.2).
+
+    A write that may have reached the server is never sent again (a retried script could
+    count a cost twice); reads retry once, in the drivers below."""
+    return AsyncRetry(NoBackoff(), 0) if module is redis_async else Retry(NoBackoff(), 0)
 
 
 def _pool(
@@ -153,7 +157,7 @@ def _pool(
             "socket_connect_timeout": (
                 DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
             ),
-            "retry": _no_retry(),
+            "retry": _no_retry(module),
         }
         return module.BlockingConnectionPool.from_url(
             target, max_connections=size, timeout=wait_s, **kwargs
@@ -161,7 +165,7 @@ def _pool(
     if isinstance(target, module.Redis):
         pool = target.connection_pool
         kwargs = dict(pool.connection_kwargs)
-        kwargs.update(retry=_no_retry(), decode_responses=False)
+        kwargs.update(retry=_no_retry(module), decode_responses=False)
         if socket_timeout is not None:
             kwargs["socket_timeout"] = socket_timeout
         if connect_timeout is not None:
