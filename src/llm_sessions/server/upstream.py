@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import re
 import urllib.request
@@ -109,6 +110,7 @@ class Upstream:
             total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.timeout_s
         )
         self._session: aiohttp.ClientSession | None = None  # made in the serving event loop
+        self._fresh: aiohttp.ClientSession | None = None  # for retries: no pooled connection
         self.max_attempts = settings.max_attempts
         self._base = settings.base_url.rstrip("/")
         self._urls: dict[str, URL] = {}
@@ -118,20 +120,27 @@ class Upstream:
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The pool of keep-alive connections every request goes out on first."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.settings.max_connections, limit_per_host=0)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers=self._headers,
-                timeout=self._timeout,
-                auto_decompress=False,
-            )
+            self._session = self._client_session(force_close=False)
         return self._session
 
+    def _client_session(self, force_close: bool) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.max_connections, limit_per_host=0, force_close=force_close
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            timeout=self._timeout,
+            auto_decompress=False,
+        )
+
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
+        self._session = self._fresh = None
 
     def url(self, path: str) -> URL:
         url = self._urls.get(path)
@@ -148,11 +157,27 @@ class Upstream:
         query: str = "",
     ) -> UpstreamResponse:
         """One request, open once its headers arrived; `aiohttp.ClientError` or
-        `TimeoutError` when it could not be made."""
+        `TimeoutError` when it could not be made.
+
+        A pooled connection that the upstream closed as the request went out on it, before
+        a byte came back (its keep-alive timeout ran out at that moment: the keep-alive
+        race), gets the request once more, on a connection of its own: the upstream never
+        read it, and another pooled connection may be just as stale."""
         url = self.url(path)
         if query:
             url = url.with_query(query)
-        raw = await self.session.request(method, url, data=body, headers=headers, proxy=self._proxy)
+        try:
+            raw = await self.session.request(
+                method, url, data=body, headers=headers, proxy=self._proxy
+            )
+        except aiohttp.ClientError as exc:
+            if not _closed_unanswered(exc):
+                raise
+            if self._fresh is None:
+                self._fresh = self._client_session(force_close=True)
+            raw = await self._fresh.request(
+                method, url, data=body, headers=headers, proxy=self._proxy
+            )
         return UpstreamResponse(raw)
 
     async def attempt(
@@ -183,6 +208,17 @@ class Upstream:
                 return Attempt(model, response=response, terminal=True, error_kind=str(status))
             return Attempt(model, failure=f"HTTP {status}", error_kind=str(status))
         return Attempt(model, response=response)
+
+
+def _closed_unanswered(exc: aiohttp.ClientError) -> bool:
+    """Whether the upstream closed an open connection before answering: it disconnected,
+    or reset the connection, while the request was written or its answer awaited (not a
+    connection that could not be made, nor an answer broken off once it began)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return False
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
 def read_json(raw: bytes) -> Any:
