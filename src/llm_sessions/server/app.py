@@ -533,10 +533,19 @@ class Gateway:
     async def _serve(self, request: Request, wire: _Wire) -> Response:
         started = time.perf_counter()
         record: dict[str, Any] = {"session": None, "status": 0, "stream": False, "api": wire.api}
+        request_id = request.headers.get("x-request-id")
+        if request_id:
+            record["request_id"] = _cap(request_id)
         try:
             response = await self._handle(request, record, wire)
         except _Reject as reject:
             response = self._error(wire, reject, record.pop("headers", None))
+            if reject.status >= 500:  # the gateway's side of every 5xx, with its cause
+                errors_log.warning(
+                    "%s answered %d (session %s, request id %s): %s",
+                    wire.path, reject.status, record.get("session"),
+                    record.get("request_id"), _cap(str(reject)),
+                )  # fmt: skip
         if not isinstance(response, RelayResponse):  # a stream logs when it ends
             self._log(record, response.status_code, started)
         return response
@@ -845,6 +854,8 @@ class Gateway:
         }
         if "complete" in record:
             line["complete"] = record["complete"]
+        if "request_id" in record:
+            line["request_id"] = record["request_id"]
         log.info(json.dumps(line))
 
     # -- the other endpoints ------------------------------------------------------------------
