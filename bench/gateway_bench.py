@@ -14,6 +14,11 @@ With ``--litellm PATH`` (the ``litellm`` command of a LiteLLM proxy installed el
 e.g. ``pip install 'litellm[proxy]'`` in its own virtualenv), that proxy runs too, one
 worker and no database, in front of the same stand-in, as a peer: for Chat Completions.
 
+Each process's output is kept in a log (``--logs DIR``, else a new temp dir), every
+request carries an ``x-request-id``, and every answer that is not 200 is kept with its
+body: the run ends with their count and the first few, each with the log lines of the
+process that answered it that name its request (the gateway logs every 5xx with its cause).
+
 Reported per cell: p50 latency added to the stand-in's own, throughput, and the CPU
 seconds the proxy process spent per 1,000 requests (the steadiest figure on a shared
 machine); then the ratios the efficiency goals are stated in: gateway CPU / floor CPU,
@@ -35,6 +40,8 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -136,7 +143,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def request_bytes(port: int, session: str, stream: bool, turn: int = 0, api: str = "chat") -> bytes:
+def request_bytes(
+    port: int, session: str, stream: bool, turn: int = 0, api: str = "chat", request_id: str = ""
+) -> bytes:
     system = "You are a helpful assistant."
     question = {"role": "user", "content": f"Summarise the design notes, part {turn % 7}."}
     messages = [*HISTORY, question]
@@ -156,27 +165,46 @@ def request_bytes(port: int, session: str, stream: bool, turn: int = 0, api: str
     head = (
         f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
         f"content-type: application/json\r\n{auth}\r\n"
-        f"x-session-id: {session}\r\ncontent-length: {len(body)}\r\n\r\n"
+        f"x-session-id: {session}\r\nx-request-id: {request_id}\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
 
-async def read_response(reader: asyncio.StreamReader) -> int:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 answer: its status, and its body when the status is not 200 (a 200's
+    body is read and dropped)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {
         k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
     }
+    body = b""
     if "content-length" in headers:
-        await reader.readexactly(int(headers["content-length"]))
+        body = await reader.readexactly(int(headers["content-length"]))
     elif headers.get("transfer-encoding") == "chunked":
+        parts = []
         while True:
             size = int((await reader.readline()).strip(), 16)
-            await reader.readexactly(size + 2)
+            parts.append((await reader.readexactly(size + 2))[:-2])
             if size == 0:
                 break
-    return status
+        body = b"".join(parts)
+    return status, (body if status != 200 else b"")
+
+
+@dataclass
+class Failure:
+    """An answer that was not 200 (status 0: the connection closed without one)."""
+
+    port: int
+    status: int
+    request_id: str
+    body: bytes
+
+
+FAILURES: list[Failure] = []
 
 
 async def load(
@@ -189,40 +217,69 @@ async def load(
     total: int = 0,
 ) -> tuple[list[float], float]:
     """Requests over `concurrency` keep-alive connections for `seconds` (or `total`
-    requests); the per-request latencies (s) and the requests/s. Answers that are not
-    200 are counted and said, and so is a connection the server closed without an answer
-    (status 0; the worker opens another)."""
+    requests); the per-request latencies (s) and the requests/s. Each request carries an
+    ``x-request-id``; every answer that is not 200, and every connection the server closed
+    without an answer (status 0; the worker opens another), goes to `FAILURES` with its
+    body, and is counted here."""
     latencies: list[float] = []
-    failures: list[int] = []
+    failed = 0
     stop = time.perf_counter() + seconds
     per = total // concurrency if total else 0
+    run = f"{port}-{time.monotonic_ns()}"
 
     async def worker(w: int) -> None:
+        nonlocal failed
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         i = 0
         while (i < per) if per else (time.perf_counter() < stop):
             n = w * 1_000_003 + i
-            data = request_bytes(port, f"s{n % sessions}", stream, i, api)
+            request_id = f"{run}-{w}-{i}"
+            data = request_bytes(port, f"s{n % sessions}", stream, i, api, request_id)
             t0 = time.perf_counter()
             writer.write(data)
             try:
-                status = await read_response(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                status = 0  # closed without an answer
+                status, body = await read_response(reader)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                status, body = 0, f"closed without an answer: {exc!r}".encode()
                 writer.close()
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
             latencies.append(time.perf_counter() - t0)
             if status != 200:
-                failures.append(status)
+                failed += 1
+                FAILURES.append(Failure(port, status, request_id, body))
             i += 1
         writer.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    if failures:
-        print(f"  port {port}: {len(failures)} of {len(latencies)} answers were not 200: "
-              f"{sorted(set(failures))}", flush=True)  # fmt: skip
+    if failed:
+        print(f"  port {port}: {failed} of {len(latencies)} answers were not 200", flush=True)
     return latencies, len(latencies) / (time.perf_counter() - t0)
+
+
+def report_failures(
+    failures: list[Failure], logs: dict[int, Path], names: dict[int, str], shown: int = 5
+) -> None:
+    """Every answer that was not 200, counted by process and status; the first `shown`
+    with their bodies and the lines of the answering process's log that name their
+    request."""
+    if not failures:
+        print("\nevery answer was 200")
+        return
+    counts: dict[tuple[str, int], int] = defaultdict(int)
+    for f in failures:
+        counts[(names.get(f.port, str(f.port)), f.status)] += 1
+    print(f"\n{len(failures)} answers were not 200: "
+          + ", ".join(f"{p} status {s}: {n}" for (p, s), n in sorted(counts.items())))  # fmt: skip
+    for f in failures[:shown]:
+        print(f"\n  {names.get(f.port, f.port)}, status {f.status}, request {f.request_id}:")
+        print(f"    body: {f.body[:1000].decode(errors='replace')}")
+        log = logs.get(f.port)
+        if log is not None and log.exists():
+            for line in log.read_text(errors="replace").splitlines():
+                if f.request_id in line:
+                    print(f"    log:  {line[:2000]}")
+    print(f"\n  the processes' logs: {sorted({str(path.parent) for path in logs.values()})}")
 
 
 def scripts_run(client: redis.Redis) -> int:
@@ -264,26 +321,35 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     ap.add_argument("--apis", default=",".join(APIS), help="which APIs (comma-separated)")
     ap.add_argument("--litellm", help="a LiteLLM proxy's `litellm` command, to run as a peer")
+    ap.add_argument("--logs", help="where to keep each process's log (default: a new temp dir)")
     args = ap.parse_args()
     seconds = args.seconds or (1.5 if args.quick else 5.0)
     rounds = args.rounds or (1 if args.quick else 3)
     soak = 10_000 if args.quick else 100_000
     targets = (*TARGETS, "litellm") if args.litellm else TARGETS
     ports = {name: free_port() for name in (*targets, "redis-server")}
-    with tempfile.TemporaryDirectory() as tmp:
+    logs_dir = Path(args.logs or tempfile.mkdtemp(prefix="gateway-bench-logs-"))
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    logs = {ports[name]: logs_dir / f"{name}.log" for name in (*targets, "redis-server")}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as files:
         env = {**os.environ, "BENCH_KEY": "sk-bench"}
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+
+        def logged(name: str) -> dict[str, object]:
+            """Popen arguments that keep a process's output in its log."""
+            out = files.enter_context(open(logs[ports[name]], "wb"))
+            return {"stdout": out, "stderr": subprocess.STDOUT, "env": env}
+
         procs: dict[str, subprocess.Popen[bytes]] = {}
         redis_url = f"redis://127.0.0.1:{ports['redis-server']}/0"
         try:
             procs["redis-server"] = subprocess.Popen(
                 ["redis-server", "--port", str(ports["redis-server"]), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", tmp], **quiet,
+                 "--save", "", "--appendonly", "no", "--dir", tmp], **logged("redis-server"),
             )  # type: ignore[call-overload]  # fmt: skip
             script = STANDIN.format(port=ports["direct"])
-            procs["direct"] = subprocess.Popen([sys.executable, "-c", script], **quiet)  # type: ignore[call-overload]
+            procs["direct"] = subprocess.Popen([sys.executable, "-c", script], **logged("direct"))  # type: ignore[call-overload]
             script = FLOOR.format(port=ports["floor"], upstream=ports["direct"])
-            procs["floor"] = subprocess.Popen([sys.executable, "-c", script], **quiet)  # type: ignore[call-overload]
+            procs["floor"] = subprocess.Popen([sys.executable, "-c", script], **logged("floor"))  # type: ignore[call-overload]
             for name, store in (("memory", "memory://"), ("redis", redis_url)):
                 config = Path(tmp) / f"{name}.toml"
                 config.write_text(
@@ -291,7 +357,7 @@ def main() -> None:
                 )
                 procs[name] = subprocess.Popen(  # type: ignore[call-overload]
                     [sys.executable, "-m", "llm_sessions", "serve", "--config", str(config),
-                     "--log-level", "warning"], **quiet,
+                     "--log-level", "warning"], **logged(name),
                 )  # fmt: skip
             if args.litellm:
                 config = Path(tmp) / "litellm.yaml"
@@ -299,7 +365,7 @@ def main() -> None:
                 procs["litellm"] = subprocess.Popen(  # type: ignore[call-overload]
                     [args.litellm, "--config", str(config), "--host", "127.0.0.1",
                      "--port", str(ports["litellm"]), "--num_workers", "1"],
-                    **{**quiet, "env": {**env,
+                    **{**logged("litellm"), "env": {**env,
                        "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}},
                 )  # fmt: skip
             for name in (*targets, "redis-server"):
@@ -350,6 +416,7 @@ def main() -> None:
             for proc in procs.values():
                 proc.terminate()
                 proc.wait(15)
+            report_failures(FAILURES, logs, {port: name for name, port in ports.items()})
 
 
 def report(
