@@ -6,6 +6,8 @@ mid-answer, is never sent twice."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import socket
 import struct
 import threading
@@ -182,3 +184,24 @@ def test_an_upstream_that_breaks_off_its_answer_is_not_asked_again() -> None:
         with pytest.raises(httpx.RemoteProtocolError):  # cut: the client sees no end
             client.post(path, json={**body, "stream": True})
     assert len(standin.received) == 1
+
+
+def test_a_5xx_is_logged_with_its_cause_and_the_request_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path, body = BODIES["chat"]
+    caplog.set_level(logging.INFO, logger="llm_sessions")
+    with (
+        gateway_behind_closer() as (url, standin, _closer),
+        httpx.Client(base_url=url, headers={"authorization": "Bearer k"}, timeout=30) as client,
+    ):
+        standin.set("openai/s1", status=503)
+        reply = client.post(path, json=body, headers={"x-request-id": "req-42"})
+    assert reply.status_code == 502
+    [warning] = [
+        r for r in caplog.records if r.name == "llm_sessions.gateway" and "502" in r.message
+    ]
+    assert "req-42" in warning.message
+    assert "openai/s1 (HTTP 503)" in warning.message
+    [access] = [r for r in caplog.records if r.name == "llm_sessions.access"]
+    assert json.loads(access.message)["request_id"] == "req-42"
