@@ -72,7 +72,7 @@ T = TypeVar("T")
 OnError = Literal["raise", "fail_open"]
 
 DEFAULT_SOCKET_TIMEOUT = 0.5
-DEFAULT_CONNECT_TIMEOUT = 0.25
+DEFAULT_CONNECT_TIMEOUT = 1.0  # a connect includes the handshake, on a loop that may be busy
 DEFAULT_MAX_CONNECTIONS = 100
 SCAN_COUNT = 1000
 _LOG_EVERY_S = 10.0
