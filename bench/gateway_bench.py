@@ -194,6 +194,32 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, (body if status != 200 else b"")
 
 
+class Connection:
+    """A keep-alive connection to a loopback port: `exchange` sends one request and reads
+    its answer; a connection closed without one answers status 0 (with the error as its
+    body) and is reopened for the next request."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def exchange(self, data: bytes) -> tuple[int, bytes]:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = self._streams
+        writer.write(data)
+        try:
+            return await read_response(reader)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            self.close()
+            return 0, f"closed without an answer: {exc!r}".encode()
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
 @dataclass
 class Failure:
     """An answer that was not 200 (status 0: the connection closed without one)."""
@@ -229,26 +255,20 @@ async def load(
 
     async def worker(w: int) -> None:
         nonlocal failed
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        connection = Connection(port)
         i = 0
         while (i < per) if per else (time.perf_counter() < stop):
             n = w * 1_000_003 + i
             request_id = f"{run}-{w}-{i}"
             data = request_bytes(port, f"s{n % sessions}", stream, i, api, request_id)
             t0 = time.perf_counter()
-            writer.write(data)
-            try:
-                status, body = await read_response(reader)
-            except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                status, body = 0, f"closed without an answer: {exc!r}".encode()
-                writer.close()
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            status, body = await connection.exchange(data)
             latencies.append(time.perf_counter() - t0)
             if status != 200:
                 failed += 1
                 FAILURES.append(Failure(port, status, request_id, body))
             i += 1
-        writer.close()
+        connection.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))

@@ -37,9 +37,9 @@ from pathlib import Path
 from gateway_bench import (
     CONFIG,
     STANDIN,
+    Connection,
     Failure,
     free_port,
-    read_response,
     report_failures,
     request_bytes,
     wait_ready,
@@ -66,25 +66,20 @@ async def burst(
     async def connection(name: str, c: int, seed: int) -> None:
         local = random.Random(seed)
         port = ports[name]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        connection = Connection(port)
         try:
             for i in range(per_connection):
                 hot = local.random() < 0.2
                 session = f"hot{local.randrange(HOT)}" if hot else f"s{local.randrange(sessions)}"
                 api, stream = local.choice(APIS), local.random() < 0.5
                 request_id = f"soak-{number}-{name}-{c}-{i}"
-                writer.write(request_bytes(port, session, stream, i, api, request_id))
-                try:
-                    status, body = await read_response(reader)
-                except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                    status, body = 0, f"closed without an answer: {exc!r}".encode()
-                    writer.close()
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                data = request_bytes(port, session, stream, i, api, request_id)
+                status, body = await connection.exchange(data)
                 served[name] += 1
                 if status != 200:
                     failures.append(Failure(port, status, request_id, body))
         finally:
-            writer.close()
+            connection.close()
 
     await asyncio.gather(
         *(connection(name, c, rng.getrandbits(32)) for name in GATEWAYS for c in range(concurrency))
