@@ -6,6 +6,7 @@ mid-answer, is never sent twice."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import struct
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 import pytest
 
@@ -202,3 +204,66 @@ def test_a_5xx_is_logged_with_its_cause_and_the_request_id(
     ]
     assert "req-42" in warning.message
     assert "openai/s1 (HTTP 503)" in warning.message
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_connection_closed_while_the_body_is_written_is_retried_too(reset: bool) -> None:
+    """A large body is still being written when the upstream drops the connection: aiohttp
+    says "Can not write request body" (an error without an errno, its cause the reset)."""
+    path, body = BODIES["chat"]
+    big = chat("x" * 4_000_000)
+    with (
+        gateway_behind_closer(reset) as (url, standin, closer),
+        httpx.Client(base_url=url, headers={"authorization": "Bearer k"}, timeout=30) as client,
+    ):
+        assert client.post(path, json=body).status_code == 200
+        reply = client.post(path, json=big)
+    assert reply.status_code == 200, reply.text
+    assert closer.cut == 1
+    assert len(standin.received) == 2
+
+
+def test_a_body_over_a_megabyte_goes_upstream_without_a_warning() -> None:
+    """aiohttp warns (ResourceWarning) when it is handed more than 1 MiB as bytes; under
+    warnings-as-errors, as here, that was a 502."""
+    path, _ = BODIES["chat"]
+    with (
+        gateway_behind_closer() as (url, standin, _closer),
+        httpx.Client(base_url=url, headers={"authorization": "Bearer k"}, timeout=30) as client,
+    ):
+        reply = client.post(path, json=chat("x" * 4_000_000))
+    assert reply.status_code == 200, reply.text
+    assert standin.received[0]["messages"][0]["content"] == "x" * 4_000_000
+
+
+def test_which_failures_count_as_a_connection_closed_unanswered() -> None:
+    """What aiohttp raises when the upstream's close reaches a pooled connection at each
+    moment of a request (seen in the soak: the body's write, on a transport already
+    closing, raises an error without an errno whose cause is the reset)."""
+    from aiohttp.client_reqrep import ConnectionKey
+
+    from llm_sessions.server.upstream import _closed_unanswered
+
+    def caused(exc: aiohttp.ClientError, cause: BaseException) -> aiohttp.ClientError:
+        exc.__cause__ = cause
+        return exc
+
+    key = ConnectionKey("127.0.0.1", 1, False, True, None, None, None)
+    write = "Can not write request body for http://127.0.0.1:1/v1/messages"
+    unanswered = [
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"),
+        aiohttp.ClientOSError(errno.EPIPE, "Broken pipe"),
+        caused(
+            aiohttp.ClientOSError(None, write),
+            ConnectionResetError("Cannot write to closing transport"),
+        ),
+    ]
+    not_so = [
+        aiohttp.ClientConnectorError(key, ConnectionRefusedError(errno.ECONNREFUSED, "refused")),
+        aiohttp.ClientOSError(None, write),
+        aiohttp.ClientPayloadError("cut"),
+        aiohttp.ClientResponseError(None, (), status=500),  # type: ignore[arg-type]
+    ]
+    assert [_closed_unanswered(e) for e in unanswered] == [True] * len(unanswered)
+    assert [_closed_unanswered(e) for e in not_so] == [False] * len(not_so)

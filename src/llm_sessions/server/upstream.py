@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import io
 import json
+import logging
 import re
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -38,6 +40,8 @@ __all__ = [
     "UpstreamResponse",
     "read_json",
 ]
+
+log = logging.getLogger("llm_sessions.gateway")
 
 # Upstream refusals that no other model will fix: don't walk the fallback chain for them.
 _TERMINAL_CODES = ("insufficient_quota", "budget_exceeded", "billing_hard_limit_reached")
@@ -168,7 +172,7 @@ class Upstream:
             url = url.with_query(query)
         try:
             raw = await self.session.request(
-                method, url, data=body, headers=headers, proxy=self._proxy
+                method, url, data=_payload(body), headers=headers, proxy=self._proxy
             )
         except aiohttp.ClientError as exc:
             if not _closed_unanswered(exc):
@@ -176,7 +180,7 @@ class Upstream:
             if self._fresh is None:
                 self._fresh = self._client_session(force_close=True)
             raw = await self._fresh.request(
-                method, url, data=body, headers=headers, proxy=self._proxy
+                method, url, data=_payload(body), headers=headers, proxy=self._proxy
             )
         return UpstreamResponse(raw)
 
@@ -199,6 +203,8 @@ class Upstream:
             return Attempt(model, failure="timeout", error_kind="timeout")
         except (aiohttp.ClientError, OSError) as exc:
             kind = type(exc).__name__
+            # the whole error stays on the gateway's side (it may name the upstream's address)
+            log.warning("%s: the request to %s failed: %r", self.settings.name, model, exc)
             return Attempt(model, failure=f"connect error ({kind})", error_kind="connect")
         status = response.status_code  # (529: Anthropic's overloaded_error, a 5xx too)
         if status == 429 or status >= 500 or status == 402:
@@ -210,15 +216,32 @@ class Upstream:
         return Attempt(model, response=response)
 
 
+# Past this many bytes aiohttp warns (ResourceWarning) about a body handed to it whole;
+# a file-like one it writes in pieces.
+_LARGE_BODY = 1 << 20
+
+
+def _payload(body: bytes | None) -> bytes | io.BytesIO | None:
+    """`body` as aiohttp should get it: bytes, or a fresh stream over a large one."""
+    return io.BytesIO(body) if body is not None and len(body) > _LARGE_BODY else body
+
+
 def _closed_unanswered(exc: aiohttp.ClientError) -> bool:
     """Whether the upstream closed an open connection before answering: it disconnected,
     or reset the connection, while the request was written or its answer awaited (not a
-    connection that could not be made, nor an answer broken off once it began)."""
+    connection that could not be made, nor an answer broken off once it began). A reset
+    met while the body is written comes as aiohttp's "Can not write request body", the
+    reset as its cause (without an errno when the transport was already closing)."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         return False
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError)):
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
         return True
-    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
+    for error in (exc, exc.__cause__):
+        if isinstance(error, (ConnectionResetError, BrokenPipeError)):
+            return True
+        if isinstance(error, OSError) and error.errno in (errno.ECONNRESET, errno.EPIPE):
+            return True
+    return False
 
 
 def read_json(raw: bytes) -> Any:
