@@ -54,8 +54,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 
+# The suite, then a minute of mixed traffic through healthy gateways: any answer that is
+# not 200 fails it (bench/soak.py; ten minutes by hand).
 test: redis-server lint
 	$(BIN)/python -m pytest
+	$(BIN)/python bench/soak.py --seconds 60
 
 # Re-resolve the lock: the newest releases that pyproject.toml admits, for every
 # platform and every Python from the lowest it admits.
