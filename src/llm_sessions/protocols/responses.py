@@ -115,7 +115,10 @@ def _items(items: list[Any], where: str) -> list[dict[str, Any]]:
                 {"id": item.get("call_id"), "type": "function", "function": call}
             )
         elif kind == "reasoning":
-            texts = [s.get("text") for s in item.get("summary") or () if isinstance(s, dict)]
+            summary = item.get("summary")
+            if summary is not None and not isinstance(summary, list):
+                raise InvalidRequest(f"'{here}.summary' must be an array", f"{here}.summary")
+            texts = [s.get("text") for s in summary or () if isinstance(s, dict)]
             text = "\n".join(t for t in texts if isinstance(t, str))
             encrypted = item.get("encrypted_content")
             parts = _assistant(out)["content"]
