@@ -98,6 +98,34 @@ def test_each_api_goes_only_to_upstreams_that_serve_it(
     assert two.openai.headers[0]["authorization"] == "Bearer sk-gateway-openai"
 
 
+def test_a_count_goes_only_to_an_upstream_that_serves_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An explicit model no Messages upstream serves is a 400 naming `model`; a session
+    pinned to a chat-only model counts on the model its next Messages turn would be served
+    by (the chain's next that speaks Messages), never on the chat-only upstream."""
+    with two_upstreams(tmp_path, monkeypatch) as two:
+        count = f"{two.url}/v1/messages/count_tokens"
+        hi = [{"role": "user", "content": "hi"}]
+        explicit = httpx.post(count, json={"model": "openai/gpt-4o", "messages": hi}, timeout=30)
+        pinned = httpx.post(
+            f"{two.url}/v1/chat/completions", json={"model": "auto", "messages": hi},
+            headers={"x-session-id": "p"}, timeout=30,
+        )  # fmt: skip
+        assert pinned.headers["x-session-model"] == "openai/gpt-4o-mini"
+        counted = httpx.post(
+            count, json={"model": "auto", "messages": hi}, headers={"x-session-id": "p"},
+            timeout=30,
+        )  # fmt: skip
+    assert explicit.status_code == 400, explicit.text
+    assert explicit.json()["error"]["type"] == "invalid_request_error"
+    assert "model" in explicit.json()["error"]["message"]
+    assert counted.status_code == 200, counted.text
+    assert counted.headers["x-session-model"] == "anthropic/claude-haiku-4.5"
+    assert [r["model"] for r in two.openai.received] == ["openai/gpt-4o-mini"]  # the chat turn
+    assert [r["model"] for r in two.anthropic.received] == ["claude-haiku-4-5"]
+
+
 def test_the_caller_key_is_forwarded_only_where_configured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -478,11 +478,20 @@ class Gateway:
             scope = self._authorize(request)
             body = parse_body(await self._read_body(request))
             self._check_api(MESSAGES)
+            self._check_explicit_model(body, MESSAGES)
             try:  # a count needs no max_tokens; the view does
                 view = messages.to_view({"max_tokens": 1, **body})
-                model = await self.policy.apeek(request.headers, view, scope=scope)
+                peeked = await self.policy.apeek(request.headers, view, scope=scope)
             except (InvalidRequest, InvalidSessionId) as exc:
                 raise _Reject(400, str(exc), param=exc.param) from None
+            model = self._served_on(peeked, MESSAGES)
+            if model is None:
+                raise _Reject(
+                    400,
+                    f"the session's model {peeked[:256]!r} has no model after it that an "
+                    "upstream of the messages API serves",
+                    param="model",
+                )
             client, sent_as, headers = self._route(model, request, MESSAGES.forward_headers)
             attempt = await client.attempt(
                 model, {**body, "model": sent_as}, "/messages/count_tokens", headers
@@ -504,6 +513,34 @@ class Gateway:
             media_type=media,
             headers={"X-Session-Model": model},
         )
+
+    def _check_explicit_model(self, body: dict[str, Any], wire: _Wire) -> None:
+        """An explicit model no upstream of this API takes: refused before the session."""
+        model = body.get("model")
+        if (
+            isinstance(model, str)
+            and model
+            and model not in self.settings.profiles
+            and not self._serves(model, wire)
+        ):
+            raise _Reject(
+                400,
+                f"model {model[:256]!r} does not go to an upstream that serves the {wire.api} API",
+                param="model",
+            )
+
+    def _served_on(self, model: str, wire: _Wire) -> str | None:
+        """`model` if an upstream of the wire's API serves it, else the first model after it
+        in a tier chain that holds it that one does (as a turn of that API on a session
+        pinned to `model` would be served); None when there is none."""
+        if self._serves(model, wire):
+            return model
+        for tier in self.settings.tiers.values():
+            if model in tier.chain:
+                for other in tier.chain[tier.chain.index(model) + 1 :]:
+                    if self._serves(other, wire):
+                        return other
+        return None
 
     def _check_api(self, wire: _Wire) -> None:
         if wire.api not in self.settings.apis:
@@ -588,18 +625,7 @@ class Gateway:
             view = wire.view(body)
         except InvalidRequest as exc:
             raise _Reject(400, str(exc), param=exc.param) from None
-        model = body.get("model")
-        if (
-            isinstance(model, str)
-            and model
-            and model not in self.settings.profiles
-            and not self._serves(model, wire)
-        ):  # an explicit model no upstream of this API takes: refused before the session
-            raise _Reject(
-                400,
-                f"model {model[:256]!r} does not go to an upstream that serves the {wire.api} API",
-                param="model",
-            )
+        self._check_explicit_model(body, wire)
         decision = await self._begin(request, view, scope, record)
 
         headers = {**decision.headers, "X-Session-Strikes": str(decision.strikes)}
