@@ -130,3 +130,21 @@ def test_the_redis_socket_timeout_is_configurable(tmp_path: Path, redis_url: str
     path.write_text("[store]\nsocket_timeout_s = 0\n")
     with pytest.raises(ConfigError, match=r"store\.socket_timeout_s must be >= 0\.001"):
         load_settings(path)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://api.example.com/v1", "https://api.example.com/v1"),
+        ("redis://user:pw@h:6379/0", "redis://user:***@h:6379/0"),
+        ("https://gen.example.com/v1?key=sk-secret", "https://gen.example.com/v1?key=***"),
+        ("redis://h:6379/0?password=pw&db=1", "redis://h:6379/0?password=***&db=***"),
+        ("redis://:pw@h/0?password=pw", "redis://:***@h/0?password=***"),
+        ("https://h/v1?flag", "https://h/v1?flag"),
+    ],
+)
+def test_logged_urls_show_no_credentials(url: str, shown: str) -> None:
+    """Passwords, and every value of the query (where keys travel: ``?key=...``)."""
+    from llm_sessions.server.settings import redact_url
+
+    assert redact_url(url) == shown

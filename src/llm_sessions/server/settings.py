@@ -51,14 +51,20 @@ DEFAULT_TIERS = {
 
 
 def redact_url(url: str) -> str:
-    """`url` without its password (``redis://user:***@host``), for logs."""
+    """`url` without its password (``redis://user:***@host``) and without the values of its
+    query, where credentials travel too (``?key=***``), for logs."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = f"{parts.username}:" if parts.username else ":"
-        netloc = f"{user}***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
+        if parts.password is not None:
+            user = f"{parts.username}:" if parts.username else ":"
+            host = f"{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+            parts = parts._replace(netloc=f"{user}***@{host}")
+        if "=" in parts.query:
+            fields = (f.partition("=") for f in parts.query.split("&"))
+            parts = parts._replace(
+                query="&".join(k + ("=***" if eq else "") for k, eq, _ in fields)
+            )
+        return urlunsplit(parts)
     except ValueError:
         return "(an unreadable URL)"
 
