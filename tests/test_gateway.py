@@ -466,7 +466,7 @@ def test_one_structured_log_line_per_request_without_contents_or_keys(
     assert r.status_code == 200
     assert len(lines) == 2
     ok, bad = lines
-    assert ok["session"] == "abcdefgh"
+    assert ok["session"] == "abcdefghijkl"  # whole: time-ordered ids differ at the end
     assert (ok["reason"], ok["model"], ok["tier"], ok["status"]) == (
         "new",
         "openai/s1",
@@ -477,7 +477,7 @@ def test_one_structured_log_line_per_request_without_contents_or_keys(
     assert float(ok["cost_usd"]) > 0
     assert bad["status"] == 400
     text = caplog.text
-    for secret in ("my secret question", "sk-caller-secret", "sk-upstream-secret", "abcdefghijkl"):
+    for secret in ("my secret question", "sk-caller-secret", "sk-upstream-secret"):
         assert secret not in text
 
 
@@ -577,3 +577,30 @@ def test_two_gateway_processes_share_sessions_over_redis(redis_url: str, tmp_pat
             assert status["session_cost_micros"] == sum(costs)
         lines = (tmp_path / f"gateway-{ports[1]}.log").read_text()
         assert '"reason": "pinned"' in lines  # its one access line
+
+
+def test_a_refused_request_is_logged_with_what_is_known(caplog: pytest.LogCaptureFixture) -> None:
+    """A budget refusal's line names the session (whole, bounded), its source, the model it
+    is pinned to and why it was refused; ids longer than a log field are cut."""
+    long_id = "0190b5c2-7a1e-7cc3-9f00-" + "a" * 40
+    with (
+        caplog.at_level(logging.INFO, logger="llm_sessions.access"),
+        gateway_with_standin(max_session_cost_usd=0.01) as gw,
+        gw.http() as http,
+    ):
+        headers = {"x-session-id": long_id}
+        first = http.post("/v1/chat/completions", json=chat("hi"), headers=headers)
+        big = chat("hi", max_tokens=100_000)  # a worst case of 0.2 USD
+        refused = http.post("/v1/chat/completions", json=big, headers=headers)
+        lines = [
+            json.loads(r.getMessage()) for r in caplog.records if r.name == "llm_sessions.access"
+        ]
+    assert (first.status_code, refused.status_code) == (200, 429)
+    line = lines[-1]
+    assert line["status"] == 429
+    assert line["session"] == long_id
+    assert (line["source"], line["reason"], line["model"]) == (
+        "x-session-id",
+        "refused",
+        "openai/s1",
+    )

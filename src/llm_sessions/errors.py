@@ -79,8 +79,13 @@ class BudgetExceeded(LLMSessionsError):
         reserved_micros: int,
         cap_micros: int,
         requested_micros: int = 0,
+        *,
+        source: str | None = None,
+        model: str | None = None,
     ) -> None:
         self.session_id = session_id
+        self.source = source  # where the session id came from ("header", "derived"...)
+        self.model = model  # the model the request would have gone to
         self.spent_micros = spent_micros  # already spent by the session
         self.reserved_micros = reserved_micros  # held by the session's requests in flight
         self.cap_micros = cap_micros

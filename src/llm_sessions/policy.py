@@ -750,6 +750,8 @@ class SessionPolicy:
                 begun.held,
                 self.cap_micros or 0,
                 begun.refused_worst,
+                source=request.source,
+                model=begun.model,
             )
         return Decision(
             session_id=request.session_id,

@@ -656,7 +656,8 @@ class Gateway:
             raise _Reject(400, str(exc), param=exc.param) from None
         except BudgetExceeded as exc:
             self.metrics.budget_rejections.inc()
-            record["session"] = exc.session_id
+            record.update(session=exc.session_id, source=exc.source, model=exc.model)
+            record["reason"] = "refused"
             record["headers"] = {"x-should-retry": "false"}  # tells OpenAI SDKs not to retry
             raise _Reject(
                 429,
@@ -675,6 +676,7 @@ class Gateway:
             ) from None
         except SessionBusy:
             self.metrics.store_refusals.labels("session_busy").inc()
+            record["reason"] = "session_busy"
             record["headers"] = {"retry-after": "1", "x-should-retry": "true"}
             raise _Reject(
                 503,
@@ -685,6 +687,7 @@ class Gateway:
             ) from None
         except StoreUnavailable:
             self.metrics.store_refusals.labels("session_store_unavailable").inc()
+            record["reason"] = "session_store_unavailable"
             record["headers"] = {"retry-after": "2", "x-should-retry": "true"}
             capped = self.policy.cap_micros is not None
             raise _Reject(
@@ -867,7 +870,7 @@ class Gateway:
         session = record.get("session")
         line = {
             "event": "chat",
-            "session": session[:8] if session else None,
+            "session": _cap(session),
             "source": record.get("source"),
             "api": record.get("api"),
             "reason": record.get("reason"),
