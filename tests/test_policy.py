@@ -443,6 +443,23 @@ def test_declared_cache_breakpoints_make_a_session_sticky_for_their_ttl(
     assert not store.is_cache_sticky(d2.session_id)  # no declared TTL: the provider's
 
 
+@pytest.mark.parametrize("ttl", ["99999999999h", "2h", "86400s", "100000m", "9" * 5000 + "h"])
+def test_a_declared_ttl_longer_than_providers_keep_a_cache_is_held_to_an_hour(
+    make_policy: MakePolicy, clock: FakeClock, ttl: str
+) -> None:
+    """No provider keeps a prompt cache longer than an hour on request (Anthropic's "1h"):
+    a longer declared TTL is not a longer sticky window."""
+    p, store = make_policy(
+        config=Config(cleanup_interval_ms=0, timeout_ms=7_200_000), classify=classify
+    )
+    chat = Chat("[M] small")
+    chat.messages[0]["cache_control"] = {"type": "ephemeral", "ttl": ttl}
+    d = p.begin({}, chat.request())
+    assert store.get_session(d.session_id).flow.sticky_ttl_ms == 3_600_000
+    clock.advance(3_600_001)
+    assert not store.is_cache_sticky(d.session_id)
+
+
 def test_small_requests_without_breakpoints_are_not_sticky(policy: tuple[Any, Any]) -> None:
     p, store = policy
     d = p.begin({}, Chat("[S] small").request())

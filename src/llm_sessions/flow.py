@@ -45,6 +45,9 @@ REASONS = (
 _RESERVATION_PREFIX = secrets.token_hex(4)
 _reservation_counter = itertools.count()
 _TTL = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
+#: The longest prompt-cache TTL a provider keeps on request (Anthropic's "1h"): a longer
+#: declared one is held to it.
+MAX_DECLARED_TTL_MS = 3_600_000
 _TTL_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000}
 _new_tuple = tuple.__new__
 
@@ -160,7 +163,8 @@ def response_headers(
 def declared_cache_ttls(messages: Sequence[Any]) -> list[int] | None:
     """TTLs (ms) of the prompt-cache breakpoints a request declares (Anthropic-style
     ``cache_control: {"type": "ephemeral", "ttl": "5m" | "1h"}`` on a message or a
-    content part); 0 for a breakpoint without a TTL. None when there is no breakpoint."""
+    content part), at most `MAX_DECLARED_TTL_MS`; 0 for a breakpoint without a TTL. None
+    when there is no breakpoint."""
     found: list[int] | None = None
     for message in messages:
         parts = message.get("content")
@@ -173,7 +177,13 @@ def declared_cache_ttls(messages: Sequence[Any]) -> list[int] | None:
                 found = found if found is not None else []
                 ttl = control.get("ttl")
                 match = _TTL.match(ttl) if isinstance(ttl, str) else None
-                found.append(int(match[1]) * _TTL_UNIT_MS[match[2]] if match else 0)
+                if match is None:
+                    found.append(0)
+                elif len(match[1]) > 9:  # (and never int() of thousands of digits)
+                    found.append(MAX_DECLARED_TTL_MS)
+                else:
+                    ms = int(match[1]) * _TTL_UNIT_MS[match[2]]
+                    found.append(min(ms, MAX_DECLARED_TTL_MS))
     return found
 
 
