@@ -71,6 +71,17 @@ def test_unset_cache_prices_are_the_input_price() -> None:
         # Responses: input_tokens includes the cache; reasoning is output
         ({"input_tokens": 900, "output_tokens": 40, "input_tokens_details": {"cached_tokens": 600},
           "output_tokens_details": {"reasoning_tokens": 30}}, TokenUsage(300, 40, 600)),
+        # ... and writes to the cache, where the provider reports them (priced as writes)
+        ({"input_tokens": 1000, "output_tokens": 10,
+          "input_tokens_details": {"cached_tokens": 200, "cache_write_tokens": 300}},
+         TokenUsage(500, 10, 200, 300)),
+        ({"input_tokens": 100, "output_tokens": 1,
+          "input_tokens_details": {"cached_tokens": 60, "cache_write_tokens": 90}},
+         TokenUsage(0, 1, 60, 40)),  # never more than the input holds
+        # chat completions, the same field (OpenRouter)
+        ({"prompt_tokens": 1000, "completion_tokens": 5,
+          "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 400}},
+         TokenUsage(500, 5, 100, 400)),
     ],
 )  # fmt: skip
 def test_every_usage_format(usage: dict[str, Any], expected: TokenUsage) -> None:

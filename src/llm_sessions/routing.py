@@ -222,12 +222,12 @@ def token_usage(usage: Any) -> TokenUsage:
     """A usage block by price class, from any of the wire formats:
 
     - Chat Completions: ``prompt_tokens`` (cached included), ``completion_tokens``,
-      ``prompt_tokens_details.cached_tokens``;
+      ``prompt_tokens_details.cached_tokens`` (and ``cache_write_tokens``, where reported);
     - Anthropic Messages: ``input_tokens`` (uncached), ``output_tokens``,
       ``cache_read_input_tokens``, ``cache_creation_input_tokens`` (split by
       ``cache_creation.ephemeral_5m_input_tokens`` / ``ephemeral_1h_input_tokens``);
     - Responses: ``input_tokens`` (cached included), ``output_tokens``,
-      ``input_tokens_details.cached_tokens``.
+      ``input_tokens_details.cached_tokens`` (and ``cache_write_tokens``).
 
     A mapping or an object with those attributes; a count that is not an int >= 0 raises
     `ValueError`.
@@ -236,11 +236,11 @@ def token_usage(usage: Any) -> TokenUsage:
         usage_field(usage, "prompt_tokens") is not None
         or usage_field(usage, "completion_tokens") is not None
     ):
-        prompt = usage_int(usage, "prompt_tokens")
-        cached = min(
-            usage_int(usage_field(usage, "prompt_tokens_details"), "cached_tokens"), prompt
+        return _with_cache_details(
+            usage_int(usage, "prompt_tokens"),
+            usage_int(usage, "completion_tokens"),
+            usage_field(usage, "prompt_tokens_details"),
         )
-        return TokenUsage(prompt - cached, usage_int(usage, "completion_tokens"), cached)
     inputs, output = usage_int(usage, "input_tokens"), usage_int(usage, "output_tokens")
     read = usage_int(usage, "cache_read_input_tokens")
     created = usage_int(usage, "cache_creation_input_tokens")
@@ -251,8 +251,16 @@ def token_usage(usage: Any) -> TokenUsage:
         if split is not None and minutes + hour != created and created:
             minutes = max(created - hour, 0)
         return TokenUsage(inputs, output, read, minutes, hour)
-    cached = min(usage_int(usage_field(usage, "input_tokens_details"), "cached_tokens"), inputs)
-    return TokenUsage(inputs - cached, output, cached)
+    return _with_cache_details(inputs, output, usage_field(usage, "input_tokens_details"))
+
+
+def _with_cache_details(inputs: int, output: int, details: Any) -> TokenUsage:
+    """OpenAI's shape: `inputs` holds the cache's tokens; ``cached_tokens`` were read from
+    it and ``cache_write_tokens`` (where reported) written to it, each at most what is
+    left of the input."""
+    cached = min(usage_int(details, "cached_tokens"), inputs)
+    written = min(usage_int(details, "cache_write_tokens"), inputs - cached)
+    return TokenUsage(inputs - cached - written, output, cached, written)
 
 
 #: Tokens the budget's worst case counts for each media part of a prompt, whatever its
