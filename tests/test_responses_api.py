@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -401,3 +402,19 @@ def test_a_stream_without_usage_is_billed_like_the_same_answer_unstreamed(api: s
             assert reply.status_code == 200
             costs.append(gw.session(f"{api}-{stream}")["session_cost_micros"])  # type: ignore[index]
         assert costs[0] > 0 and costs[0] == costs[1]
+
+
+def test_a_retrieval_refused_for_the_operators_key_never_shows_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    leak = "Incorrect API key provided: sk-proj-****WXYZ"
+    caplog.set_level(logging.WARNING, logger="llm_sessions.gateway")
+    with gateway_with_standin() as gw:
+        mine = gw.client("sk-mine")
+        made, _ = create(mine, input="Remember me")
+        gw.standin.refuse_retrieval = (401, leak)
+        with gw.http("sk-mine") as http:
+            reply = http.get(f"/v1/responses/{made.id}")
+    assert reply.status_code == 502
+    assert "sk-proj" not in reply.text
+    assert leak in caplog.text

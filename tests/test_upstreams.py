@@ -3,6 +3,7 @@ key forwarding, and the start-up checks."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -124,6 +125,38 @@ def test_a_count_goes_only_to_an_upstream_that_serves_messages(
     assert counted.headers["x-session-model"] == "anthropic/claude-haiku-4.5"
     assert [r["model"] for r in two.openai.received] == ["openai/gpt-4o-mini"]  # the chat turn
     assert [r["model"] for r in two.anthropic.received] == ["claude-haiku-4-5"]
+
+
+LEAK = "Incorrect API key provided: sk-proj-****WXYZ. You can find your API key at ..."
+
+
+def test_an_upstream_refusing_the_operators_key_never_shows_it_to_a_tenant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator-key upstream's 401/403 names the operator's key: the client gets the
+    gateway's own 502 (the full body is logged on the gateway's side); a forwarding
+    upstream's refusal of the caller's own key is passed on as it is."""
+    caplog.set_level(logging.WARNING, logger="llm_sessions.gateway")
+    with two_upstreams(tmp_path, monkeypatch, forward=True) as two:
+        two.openai.set("openai/gpt-4o-mini", status=401, error_type="invalid_request_error",
+                       error_message=LEAK)  # fmt: skip
+        two.anthropic.set("claude-haiku-4-5", status=401, error_type="authentication_error",
+                          error_message="invalid x-api-key")  # fmt: skip
+        hi = [{"role": "user", "content": "hi"}]
+        ours = httpx.post(f"{two.url}/v1/chat/completions", timeout=30,
+                          json={"model": "auto", "messages": hi})  # fmt: skip
+        two.openai.set("openai/gpt-4o-mini", status=403, error_message=LEAK)
+        forbidden = httpx.post(f"{two.url}/v1/chat/completions", timeout=30,
+                               json={"model": "auto", "messages": hi})  # fmt: skip
+        theirs = httpx.post(f"{two.url}/v1/messages", json=messages_body("hi"), timeout=30,
+                            headers={"x-api-key": "sk-ant-wrong"})  # fmt: skip
+    for reply in (ours, forbidden):
+        assert reply.status_code == 502, reply.text
+        assert "sk-proj" not in reply.text
+        assert reply.json()["error"]["type"] == "upstream_error"
+    assert LEAK in caplog.text  # the operator sees it
+    assert theirs.status_code == 401
+    assert theirs.json()["error"]["message"] == "invalid x-api-key"
 
 
 def test_the_caller_key_is_forwarded_only_where_configured(

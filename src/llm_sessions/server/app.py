@@ -464,6 +464,9 @@ class Gateway:
                 raise _Reject(
                     502, f"the upstream failed: {type(exc).__name__}", "upstream_error"
                 ) from None
+            if upstream.refuses_our_key(answer.status_code):
+                upstream.log_refusal(path, answer.status_code, content)
+                raise _Reject(502, "the upstream refused the gateway's key", "upstream_error")
             media = answer.headers.get("content-type", "application/json")
             result: Response = Response(content, answer.status_code, media_type=media)
         except _Reject as reject:

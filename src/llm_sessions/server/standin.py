@@ -29,6 +29,7 @@ __all__ = ["Behaviour", "StandIn"]
 class Behaviour:
     status: int = 200  # answer with this status (and an OpenAI-style error when >= 400)
     error_type: str = "server_error"
+    error_message: str = ""  # the error's message (default: "stand-in STATUS")
     stall_s: float = 0.0  # wait this long before answering
     chunk_delay_s: float = 0.0  # between streamed chunks
     chunks: int = 3  # streamed content chunks
@@ -50,6 +51,7 @@ class StandIn:
     behaviour: dict[str, Behaviour] = field(default_factory=dict)
     default: Behaviour = field(default_factory=Behaviour)
     disconnects: int = 0
+    refuse_retrieval: tuple[int, str] | None = None  # answer GET /responses/{id} so
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # responses by id
     inputs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # their input items
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -110,7 +112,10 @@ class StandIn:
         if b.status >= 400:
             kind = "overloaded_error" if b.status == 529 else b.error_type
             return JSONResponse(
-                {"type": "error", "error": {"type": kind, "message": f"stand-in {b.status}"}},
+                {
+                    "type": "error",
+                    "error": {"type": kind, "message": b.error_message or f"stand-in {b.status}"},
+                },
                 status_code=b.status,
             )
         usage: dict[str, Any] = {
@@ -176,7 +181,12 @@ class StandIn:
         model = body.get("model", "")
         if b.status >= 400:
             return JSONResponse(
-                {"error": {"message": f"stand-in {b.status}", "type": b.error_type}},
+                {
+                    "error": {
+                        "message": b.error_message or f"stand-in {b.status}",
+                        "type": b.error_type,
+                    }
+                },
                 status_code=b.status,
             )
         prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 1
@@ -261,7 +271,7 @@ class StandIn:
     async def responses(self, request: Request) -> Response:
         body, b = await self._take(request)
         if b.status >= 400:
-            return _openai_error(f"stand-in {b.status}", b.error_type, b.status)
+            return _openai_error(b.error_message or f"stand-in {b.status}", b.error_type, b.status)
         previous = body.get("previous_response_id")
         if previous is not None and previous not in self.stored:
             message = f"Previous response with id '{previous}' not found."
@@ -346,6 +356,9 @@ class StandIn:
 
     async def response(self, request: Request) -> Response:
         found = self._stored(request)
+        if self.refuse_retrieval is not None:
+            status, message = self.refuse_retrieval
+            return _openai_error(message, "invalid_request_error", status)
         if found is None:
             return _openai_error("No response found.", "invalid_request_error", 404)
         if request.method == "DELETE":

@@ -184,6 +184,19 @@ class Upstream:
             )
         return UpstreamResponse(raw)
 
+    def refuses_our_key(self, status: int) -> bool:
+        """A 401 or 403 to the operator's key (not a caller's own): its body may name that
+        key (OpenAI's says ``Incorrect API key provided: sk-proj-****WXYZ``), so it goes
+        to the gateway's log, never to a tenant."""
+        return status in (401, 403) and not self.settings.forward_client_key
+
+    def log_refusal(self, asked: str, status: int, body: bytes) -> None:
+        """The whole refusal, on the gateway's side; `asked` names the model or path."""
+        log.warning(
+            "%s refused the gateway's key (HTTP %d, %s): %s",
+            self.settings.name, status, asked, body[:2000].decode(errors="replace"),
+        )  # fmt: skip
+
     async def attempt(
         self,
         model: str,
@@ -207,6 +220,10 @@ class Upstream:
             log.warning("%s: the request to %s failed: %r", self.settings.name, model, exc)
             return Attempt(model, failure=f"connect error ({kind})", error_kind="connect")
         status = response.status_code  # (529: Anthropic's overloaded_error, a 5xx too)
+        if self.refuses_our_key(status):  # the next model may be on an upstream that won't
+            self.log_refusal(model, status, await _read_quietly(response))
+            failure = f"HTTP {status}: the upstream refused the gateway's key"
+            return Attempt(model, failure=failure, error_kind=str(status))
         if status == 429 or status >= 500 or status == 402:
             content = await _read_quietly(response)
             terminal = status == 402 or _error_code(content) in _TERMINAL_CODES
