@@ -65,6 +65,7 @@ def test_defaults_and_command_line_overrides() -> None:
         ('[budget]\nmode = "lenient"', "budget.mode"),
         ("[budget]\nmax_session_cost_usd = -1", "budget.max_session_cost_usd"),
         ("[budget]\nreservation_ttl_ms = 1000", "budget.reservation_ttl_ms"),
+        ("[server]\nmetrics_admin_only = true", "server.metrics_admin_only"),
         ("[nonsense]\nx = 1", "nonsense"),
         ("not toml = = =", "not valid TOML"),
     ],

@@ -300,6 +300,8 @@ class Gateway:
         self.admin_keys = (
             load_api_keys(settings.admin_keys_file) if settings.admin_keys_file else frozenset()
         )
+        # metric labels come from configuration only, never from what a client sends
+        self._providers = frozenset(provider_from_model(m) for m in settings.models)
 
     def _upstream_of(self, model: str) -> str:
         """The name of the upstream `model` goes to ("" for none): a stored response's
@@ -835,7 +837,9 @@ class Gateway:
         self.metrics.cost.inc(cost / 1_000_000)
         cached = _cache_read(usage)
         if cached:
-            self.metrics.cache_read_tokens.labels(provider_from_model(model)).inc(cached)
+            provider = provider_from_model(model)
+            label = provider if provider in self._providers else "other"
+            self.metrics.cache_read_tokens.labels(label).inc(cached)
             price = self.policy.pricing.get(model)
             if price is not None:
                 self.metrics.cache_savings.inc(price.cache_savings_micros(cached) / 1_000_000)
@@ -984,7 +988,9 @@ class Gateway:
         except (ValueError, AttributeError, TypeError):
             return
         record["cost"] = cost
-        self.metrics.embeddings_cost.labels(scope[:8] or "none").inc(cost / 1_000_000)
+        # a tenant is a key of the key file; without one, callers are not a bounded set
+        tenant = (scope[:8] or "none") if self.api_keys is not None else "all"
+        self.metrics.embeddings_cost.labels(tenant).inc(cost / 1_000_000)
 
     async def health(self, request: Request) -> Response:
         """The store's reachability and what an outage means here: ``"degraded"`` (200)
@@ -1009,6 +1015,10 @@ class Gateway:
         return JSONResponse({**body, **modes}, 503 if refused else 200)
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        if self.settings.metrics_admin_only and not self._is_admin(request):
+            return self._error(
+                CHAT, _Reject(403, "/metrics needs an admin key", "permission_error")
+            )
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def sessions(self, request: Request) -> Response:

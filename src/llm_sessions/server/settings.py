@@ -113,6 +113,7 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     api_keys_file: str | None = None
     admin_keys_file: str | None = None
+    metrics_admin_only: bool = False  # GET /metrics for admin keys only
     store_url: str = "memory://"
     store_on_error: str = "fail_open"
     store_key_prefix: str = "llm-sessions:"
@@ -307,6 +308,12 @@ def _parse(root: _Reader) -> Settings:
     max_body = server.number("max_body_bytes", 10 * 1024 * 1024, minimum=1024, integer=True)
     api_keys_file = server.get("api_keys_file", str, None) or None
     admin_keys_file = server.get("admin_keys_file", str, None) or None
+    metrics_admin_only = server.get("metrics_admin_only", bool, False)
+    if metrics_admin_only and admin_keys_file is None:
+        raise ConfigError(
+            "config: server.metrics_admin_only needs server.admin_keys_file (else no key "
+            "could read /metrics)"
+        )
     stats_limit = server.number("stats_limit", 100, minimum=0, integer=True)
     server.done()
 
@@ -409,6 +416,7 @@ def _parse(root: _Reader) -> Settings:
         max_body_bytes=max_body,
         api_keys_file=api_keys_file,
         admin_keys_file=admin_keys_file,
+        metrics_admin_only=metrics_admin_only,
         store_url=store_url,
         store_on_error=on_error,
         store_key_prefix=key_prefix,
