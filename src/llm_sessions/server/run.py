@@ -19,6 +19,7 @@ from .. import __version__
 from ..records import format_usd
 from ..routing import usd_to_micros
 from .app import create_app
+from .protocol import BoundedHttpToolsProtocol
 from .settings import Settings, redact_url
 from .standin import StandIn
 
@@ -70,6 +71,7 @@ def serve(settings: Settings, *, config_path: str | None = None, log_level: str 
         access_log=False,  # the gateway logs one structured line per request itself
         proxy_headers=False,  # nothing reads the client's address or scheme
         log_level=log_level,
+        http=BoundedHttpToolsProtocol,  # a request head past MAX_HEAD_BYTES: 431
     )
 
 
@@ -90,7 +92,9 @@ def running(app: Any, host: str = "127.0.0.1", port: int = 0, **config: Any) -> 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    options = {"log_level": "warning", "access_log": False, **config}
+    options: dict[str, Any] = {"log_level": "warning", "access_log": False}
+    options["http"] = BoundedHttpToolsProtocol
+    options.update(config)
     server = uvicorn.Server(uvicorn.Config(app, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
