@@ -82,6 +82,15 @@ def to_view(body: dict[str, Any]) -> dict[str, Any]:
             raise InvalidRequest("'max_output_tokens' must be a positive integer",
                                  "max_output_tokens")  # fmt: skip
         view["max_tokens"] = limit
+    conversation = body.get("conversation")
+    ids = [("previous_response_id", body.get("previous_response_id"))]
+    if isinstance(conversation, dict):
+        ids.append(("conversation.id", conversation.get("id")))
+    else:
+        ids.append(("conversation", conversation))
+    for name, value in ids:  # an id that is there names something: blank, it can't
+        if isinstance(value, str) and not value.strip():
+            raise InvalidRequest(f"'{name}' must not be blank", name)
     for key in _KEPT:
         if key in body:
             view[key] = body[key]
