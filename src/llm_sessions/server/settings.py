@@ -55,6 +55,8 @@ def redact_url(url: str) -> str:
     query, where credentials travel too (``?key=***``), for logs."""
     try:
         parts = urlsplit(url)
+        if parts.password is None and "=" not in parts.query:
+            return url  # nothing to hide: as written
         if parts.password is not None:
             user = f"{parts.username}:" if parts.username else ":"
             host = f"{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
