@@ -82,6 +82,8 @@ class _Wire:
     answer_id: Callable[[Any], str | None] = lambda data: None  # a stored answer's id
     unread: Mapping[bytes, str] = field(default_factory=dict)  # stream events not parsed
     read_marker: bytes | None = None  # a key unnamed stream events are parsed for (StreamMeter)
+    # the body fields that limit output, the one the gateway writes first
+    limits: tuple[str, ...] = ("max_tokens",)
 
 
 def _chat_stream_reader(body: dict[str, Any]) -> Callable[[Any, dict[str, Any]], Any]:
@@ -96,6 +98,7 @@ CHAT = _Wire(
     _chat_stream_reader,
     chat.text_bytes,
     read_marker=chat.USAGE_MARKER,
+    limits=("max_completion_tokens", "max_tokens"),  # max_tokens: refused by o-series models
 )
 MESSAGES = _Wire(
     "messages",
@@ -115,6 +118,7 @@ RESPONSES = _Wire(
     responses.text_bytes,
     answer_id=responses.response_id,
     unread=responses.UNREAD_EVENTS,
+    limits=("max_output_tokens",),
 )
 
 
@@ -722,9 +726,13 @@ class Gateway:
                 param="model",
             )
         tried: list[str] = []
+        capped = self.policy.cap_micros is not None
         for model in served[: self.max_attempts]:
             client, sent_as, headers = self._route(model, request, wire.forward_headers)
             payload = {**body, "model": sent_as}
+            if capped and not any(body.get(k) is not None for k in wire.limits):
+                # the output reserved is the output allowed (Messages requires a limit)
+                payload[wire.limits[0]] = self.settings.default_max_tokens
             if stream and wire is CHAT:
                 payload["stream_options"] = {**(options or {}), "include_usage": True}
             try:
