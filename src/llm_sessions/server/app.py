@@ -524,17 +524,23 @@ class Gateway:
         )
 
     def _check_explicit_model(self, body: dict[str, Any], wire: _Wire) -> None:
-        """An explicit model no upstream of this API takes: refused before the session."""
+        """An explicit model no upstream of this API takes, or one without a price under a
+        cap (its worst case would be 0: the cap would not hold): refused before the
+        session."""
         model = body.get("model")
-        if (
-            isinstance(model, str)
-            and model
-            and model not in self.settings.profiles
-            and not self._serves(model, wire)
-        ):
+        if not isinstance(model, str) or not model or model in self.settings.profiles:
+            return
+        if not self._serves(model, wire):
             raise _Reject(
                 400,
                 f"model {model[:256]!r} does not go to an upstream that serves the {wire.api} API",
+                param="model",
+            )
+        if self.policy.cap_micros is not None and model not in self.policy.pricing:
+            raise _Reject(
+                400,
+                f"model {model[:256]!r} has no price in this gateway's pricing, and sessions "
+                "have a cost cap: only priced models can be named",
                 param="model",
             )
 
