@@ -297,9 +297,13 @@ def test_fail_open_keeps_answering_through_an_outage(
             # transact never fails open: the routing flow decides what an outage means
             with pytest.raises(StoreUnavailable):
                 store.transact("s", lambda e, now: (e, "no session" if e is None else "?"))
+            # nor does a link: "unknown" would send a chained turn to a new session, with
+            # a budget of its own
+            with pytest.raises(StoreUnavailable):
+                store.resolve_link("t:resp_1")
             store.set_session("s", "other")
             store.touch_session("s")
-    assert store.errors >= 20 * 9
+    assert store.errors >= 20 * 10
     assert len([r for r in caplog.records if r.name == "llm_sessions.redis"]) == 1
     assert store.ping() is False
     own_server.start()

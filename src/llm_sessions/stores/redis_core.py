@@ -667,7 +667,9 @@ class RedisOps:
             value = yield Eval("resolve_link", self.link_key(name), args, read=True)
             return None if value is None else _s(value)
 
-        return Op(steps(), lambda: None, False)
+        # never fails open: an unreadable link is not an unknown one (the turn it chains
+        # would start a new session, with a budget of its own)
+        return Op(steps(), None, False)
 
     def transact(
         self,
