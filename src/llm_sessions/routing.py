@@ -263,6 +263,21 @@ def _with_cache_details(inputs: int, output: int, details: Any) -> TokenUsage:
     return TokenUsage(inputs - cached - written, output, cached, written)
 
 
+def with_generated_output(usage: Any, output_bytes: int) -> Any:
+    """The usage of a stream that was cut, its output count at least ceil(`output_bytes`
+    / 3) tokens: what was generated, where the count it carries may be a placeholder (a
+    Messages stream says ``output_tokens: 1`` at its start, the real count only at its
+    end). A usage without an output count (or not a dict) is returned as it is."""
+    if not isinstance(usage, dict):
+        return usage
+    generated = -(-output_bytes // 3)
+    for name in ("output_tokens", "completion_tokens"):
+        count = usage.get(name)
+        if isinstance(count, int) and not isinstance(count, bool) and count < generated:
+            return {**usage, name: generated}
+    return usage
+
+
 #: Tokens the budget's worst case counts for each media part of a prompt, whatever its
 #: size: above what the large providers charge for one image at full detail, a few
 #: minutes of audio, or a short document.

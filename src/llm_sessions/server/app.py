@@ -43,7 +43,7 @@ from ..fingerprint import provider_from_model
 from ..policy import Decision, SessionPolicy
 from ..protocols import chat, messages, responses
 from ..records import format_usd
-from ..routing import token_usage
+from ..routing import token_usage, with_generated_output
 from ..stores.base import AsyncStore
 from ..stores.urls import open_async_store
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -808,9 +808,10 @@ class Gateway:
 
             async def done(meter: StreamMeter, complete: bool) -> None:
                 answer_id = meter.answer_id if body.get("store") is not False else None
-                cost = await self._charge(
-                    decision, model, meter.usage, meter.generated_bytes, answer_id
-                )
+                usage = meter.usage
+                if not complete and usage is not None:  # its output count may be a placeholder
+                    usage = with_generated_output(usage, meter.generated_bytes())
+                cost = await self._charge(decision, model, usage, meter.generated_bytes, answer_id)
                 record.update(cost=cost, complete=complete)
                 self._log(record, 200, started)
 

@@ -165,6 +165,8 @@ class StandIn:
                         await asyncio.sleep(b.chunk_delay_s)
                     delta = {"type": "text_delta", "text": piece}
                     yield event("content_block_delta", {"index": 0, "delta": delta})
+                    if b.break_stream:
+                        raise ConnectionAbortedError("the stand-in drops the stream")
             else:
                 delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
                 yield event("content_block_delta", {"index": 0, "delta": delta})
