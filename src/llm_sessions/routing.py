@@ -11,7 +11,6 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
 from .fingerprint import utf8_len
-from .flow import usage_field, usage_int
 from .messages import is_mapping, message_role, message_text
 from .tiers import Tier, coerce_tier
 
@@ -31,6 +30,8 @@ __all__ = [
     "tools_json_size",
     "routing_table",
     "token_usage",
+    "usage_field",
+    "usage_int",
     "usd_to_micros",
 ]
 
@@ -216,6 +217,21 @@ class Pricing:
         down: a saving is never overstated)."""
         k = self._coefficients
         return (k[0] - k[2]) * cache_read_tokens // self._denominator
+
+
+def usage_field(usage: Any, name: str) -> Any:
+    """A field of a usage block: a mapping's key or an object's attribute (None if absent)."""
+    return usage.get(name) if is_mapping(usage) else getattr(usage, name, None)
+
+
+def usage_int(usage: Any, name: str) -> int:
+    """A token count of a usage block: 0 when absent; ValueError when it is not an int >= 0."""
+    value = usage_field(usage, name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"usage.{name} must be an int >= 0, got {value!r}")
+    return value
 
 
 def token_usage(usage: Any) -> TokenUsage:

@@ -1,29 +1,26 @@
-"""The routing flow's records: what `SessionPolicy.begin` decides (`Decision`), how it
-sees a request, and the small readers of request and response fields it uses."""
+"""What the routing flow passes between its steps: the `Turn` the rules see, what the
+begin step found (`Begun`), and what `SessionPolicy.begin` decides (`Decision`), with the
+``X-Session-*`` headers it carries."""
 
 from __future__ import annotations
 
 import itertools
-import re
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from .messages import is_mapping
-from .records import Entry, FlowState, format_usd
-from .rules import FLOW, Record
-from .tiers import Tier
+from ..records import Entry, FlowState, format_usd
+from ..rules import FLOW, Record
+from ..tiers import Tier
 
 __all__ = [
     "REASONS",
+    "Begun",
     "Decision",
-    "declared_cache_ttls",
+    "Turn",
     "entry_of",
     "new_reservation_id",
     "response_headers",
-    "usage_field",
-    "usage_int",
 ]
 
 #: Every `Decision.reason`.
@@ -44,11 +41,6 @@ REASONS = (
 # Reservation ids: unique per process (a random prefix) and per request (a counter).
 _RESERVATION_PREFIX = secrets.token_hex(4)
 _reservation_counter = itertools.count()
-_TTL = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
-#: The longest prompt-cache TTL a provider keeps on request (Anthropic's "1h"): a longer
-#: declared one is held to it.
-MAX_DECLARED_TTL_MS = 3_600_000
-_TTL_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000}
 _new_tuple = tuple.__new__
 
 
@@ -98,7 +90,7 @@ class Decision:
         return self._outcome[0]
 
 
-class _Request(NamedTuple):
+class Turn(NamedTuple):
     """A request as the rules see it, read once before the store is touched."""
 
     session_id: str | None
@@ -124,7 +116,7 @@ class _Request(NamedTuple):
     bound: frozenset[str] | None = None
 
 
-class _Begun(NamedTuple):
+class Begun(NamedTuple):
     """The outcome of the begin step."""
 
     model: str
@@ -140,12 +132,14 @@ class _Begun(NamedTuple):
 
 
 def entry_of(record: Record, flow: FlowState) -> Entry:
+    """The session entry of a rules record and its flow state."""
     return _new_tuple(Entry, (*record[:FLOW], flow))
 
 
 def response_headers(
     session_id: str | None, model: str, tier: Tier, reason: str, spent: int, source: str = ""
 ) -> dict[str, str]:
+    """The ``X-Session-*`` headers of a decision."""
     headers = {} if session_id is None else {"X-Session-ID": session_id}
     if source:
         headers["X-Session-Source"] = source
@@ -158,43 +152,3 @@ def response_headers(
         }
     )
     return headers
-
-
-def declared_cache_ttls(messages: Sequence[Any]) -> list[int] | None:
-    """TTLs (ms) of the prompt-cache breakpoints a request declares (Anthropic-style
-    ``cache_control: {"type": "ephemeral", "ttl": "5m" | "1h"}`` on a message or a
-    content part), at most `MAX_DECLARED_TTL_MS`; 0 for a breakpoint without a TTL. None
-    when there is no breakpoint."""
-    found: list[int] | None = None
-    for message in messages:
-        parts = message.get("content")
-        if type(parts) is not list and "cache_control" not in message:
-            continue  # the common case: a string content, nothing declared
-        holders = [message, *parts] if type(parts) is list else (message,)
-        for holder in holders:
-            control = holder.get("cache_control") if type(holder) is dict else None
-            if type(control) is dict and control.get("type") == "ephemeral":
-                found = found if found is not None else []
-                ttl = control.get("ttl")
-                match = _TTL.match(ttl) if isinstance(ttl, str) else None
-                if match is None:
-                    found.append(0)
-                elif len(match[1]) > 9:  # (and never int() of thousands of digits)
-                    found.append(MAX_DECLARED_TTL_MS)
-                else:
-                    ms = int(match[1]) * _TTL_UNIT_MS[match[2]]
-                    found.append(min(ms, MAX_DECLARED_TTL_MS))
-    return found
-
-
-def usage_field(usage: Any, name: str) -> Any:
-    return usage.get(name) if is_mapping(usage) else getattr(usage, name, None)
-
-
-def usage_int(usage: Any, name: str) -> int:
-    value = usage_field(usage, name)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"usage.{name} must be an int >= 0, got {value!r}")
-    return value

@@ -1,0 +1,252 @@
+"""The I/O of the routing flow: each step run against a store, once for a sync store and
+once for an async one, sharing everything else (the pure steps of `reading`, `chains`,
+`begin` and `finish`). What a store failure means is decided here too: a `begin` the
+store failed may route without a session, or is refused; its reservation, which may have
+landed, is released in the background; `finish` retries the store for a while."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import LLMSessionsError, SessionBusy, StoreUnavailable
+from ..records import Entry
+from ..stores.base import AsyncStore, Store, Transition
+from .begin import begin_step, decision_of, without_session
+from .chains import follow
+from .decision import Decision, Turn
+from .finish import release_step
+from .reading import read_request
+
+if TYPE_CHECKING:
+    from ..policy import SessionPolicy
+
+__all__ = ["abegin", "apeek", "arecord", "begin", "peek", "peeked", "record"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("llm_sessions.policy")
+
+_FINISH_PAUSE_S = (0.05, 1.0)  # first and longest pause between `finish` retries
+# background releases in flight (a task is only weakly held by its loop)
+_releases: set[asyncio.Task[None]] = set()
+
+
+def begin(
+    policy: SessionPolicy, store: Store, headers: Any, body: Mapping[str, Any], scope: str
+) -> Decision:
+    """`SessionPolicy.begin` against a sync store."""
+    turn = read_request(policy, headers, body, scope)
+    transacting = False
+    try:
+        if turn.follow_link:
+            turn = follow(policy, turn, store.resolve_link(turn.follow_link))
+        if turn.key is None:
+            return without_session(policy, turn)
+        transacting = True
+        begun = store.transact(turn.key, begin_step(policy, turn))
+    except StoreUnavailable as exc:
+        if transacting and policy.cap_micros is not None and not isinstance(exc, SessionBusy):
+            args = (policy, store, turn.key or "", turn.reservation_id)
+            threading.Thread(target=_release, args=args, daemon=True).start()
+        return _store_failed(policy, turn, exc)
+    except LLMSessionsError:
+        raise
+    except Exception as exc:
+        raise store_fault(exc) from exc
+    return decision_of(policy, turn, begun)
+
+
+async def abegin(
+    policy: SessionPolicy, store: AsyncStore, headers: Any, body: Mapping[str, Any], scope: str
+) -> Decision:
+    """`begin` against an async store."""
+    turn = read_request(policy, headers, body, scope)
+    transacting = False
+    try:
+        if turn.follow_link:
+            turn = follow(policy, turn, await store.resolve_link(turn.follow_link))
+        if turn.key is None:
+            return without_session(policy, turn)
+        transacting = True
+        begun = await store.transact(turn.key, begin_step(policy, turn))
+    except StoreUnavailable as exc:
+        if transacting and policy.cap_micros is not None and not isinstance(exc, SessionBusy):
+            release = _arelease(policy, store, turn.key or "", turn.reservation_id)
+            task = asyncio.get_running_loop().create_task(release)
+            _releases.add(task)
+            task.add_done_callback(_releases.discard)
+        return _store_failed(policy, turn, exc)
+    except LLMSessionsError:
+        raise
+    except Exception as exc:
+        raise store_fault(exc) from exc
+    return decision_of(policy, turn, begun)
+
+
+def peek(
+    policy: SessionPolicy, store: Store, headers: Any, body: Mapping[str, Any], scope: str
+) -> str:
+    """`SessionPolicy.peek` against a sync store."""
+    turn = read_request(policy, headers, body, scope)
+    entry = None
+    if turn.explicit_model is None and turn.key is not None:
+        try:
+            entry = store.get_session(turn.key)
+        except StoreUnavailable:
+            entry = None
+    return peeked(policy, turn, entry)
+
+
+async def apeek(
+    policy: SessionPolicy, store: AsyncStore, headers: Any, body: Mapping[str, Any], scope: str
+) -> str:
+    """`peek` against an async store."""
+    turn = read_request(policy, headers, body, scope)
+    entry = None
+    if turn.explicit_model is None and turn.key is not None:
+        try:
+            entry = await store.get_session(turn.key)
+        except StoreUnavailable:
+            entry = None
+    return peeked(policy, turn, entry)
+
+
+def peeked(policy: SessionPolicy, turn: Turn, entry: Entry | None) -> str:
+    """The model `turn` would be routed to now: the explicit model, else the session's
+    pinned one, else the classified tier's primary."""
+    if turn.explicit_model is not None:
+        return turn.explicit_model
+    if entry is not None and entry.model:
+        return entry.model
+    return policy.tiers[turn.tier].primary
+
+
+def record(
+    policy: SessionPolicy,
+    store: Store,
+    decision: Decision,
+    step: Transition[int],
+    links: dict[str, str] | None,
+) -> int:
+    """Run a finish step (retrying the store for `finish_retry_ms`); the session total."""
+    key = decision.key or ""
+    try:
+        total = retrying(
+            policy.finish_retry_ms,
+            lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
+        )
+    except StoreUnavailable as exc:
+        raise _unrecorded(exc) from exc
+    return decision.settle(total)
+
+
+async def arecord(
+    policy: SessionPolicy,
+    store: AsyncStore,
+    decision: Decision,
+    step: Transition[int],
+    links: dict[str, str] | None,
+) -> int:
+    """`record` against an async store."""
+    key = decision.key or ""
+    try:
+        total = await aretrying(
+            policy.finish_retry_ms,
+            lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
+        )
+    except StoreUnavailable as exc:
+        raise _unrecorded(exc) from exc
+    return decision.settle(total)
+
+
+# -- retries of the store, for the writes that are safe to repeat ------------------------------
+
+
+def retrying(limit_ms: int, call: Callable[[], T]) -> T:
+    """`call()`, again after pauses while the store can't be reached, for up to
+    `limit_ms`; then its `StoreUnavailable`."""
+    deadline = time.monotonic() + limit_ms / 1000
+    pause = _FINISH_PAUSE_S[0]
+    while True:
+        try:
+            return call()
+        except StoreUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+        except LLMSessionsError:
+            raise
+        except Exception as exc:
+            raise store_fault(exc) from exc
+        time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+        pause = min(pause * 2, _FINISH_PAUSE_S[1])
+
+
+async def aretrying(limit_ms: int, call: Callable[[], Awaitable[T]]) -> T:
+    """`retrying` for an async store."""
+    deadline = time.monotonic() + limit_ms / 1000
+    pause = _FINISH_PAUSE_S[0]
+    while True:
+        try:
+            return await call()
+        except StoreUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+        except LLMSessionsError:
+            raise
+        except Exception as exc:
+            raise store_fault(exc) from exc
+        await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+        pause = min(pause * 2, _FINISH_PAUSE_S[1])
+
+
+def _release(policy: SessionPolicy, store: Store, key: str, reservation_id: str) -> None:
+    """After a `begin` the store failed: its write may still have landed (a reply lost
+    to a hung server), so remove its reservation if it is there, retrying."""
+    step = release_step(reservation_id)
+    try:
+        retrying(
+            policy.finish_retry_ms, lambda: store.transact(key, step, busy_timeout_ms=math.inf)
+        )
+    except LLMSessionsError as exc:
+        log.warning("could not check a failed request's reservation: %s", exc)
+
+
+async def _arelease(
+    policy: SessionPolicy, store: AsyncStore, key: str, reservation_id: str
+) -> None:
+    """`_release` for an async store."""
+    step = release_step(reservation_id)
+    try:
+        await aretrying(
+            policy.finish_retry_ms, lambda: store.transact(key, step, busy_timeout_ms=math.inf)
+        )
+    except LLMSessionsError as exc:
+        log.warning("could not check a failed request's reservation: %s", exc)
+
+
+def _store_failed(policy: SessionPolicy, turn: Turn, exc: StoreUnavailable) -> Decision:
+    """`begin` when the store failed: route without a session where that is allowed."""
+    if isinstance(exc, SessionBusy):
+        raise exc
+    capped = policy.cap_micros is not None
+    fails_open = getattr(policy.store, "on_error", "raise") == "fail_open"
+    if (capped and policy.on_store_error == "allow") or (not capped and fails_open):
+        log.warning("session store unavailable, routing without a session: %s", exc)
+        return without_session(policy, turn, "store_unavailable")
+    raise exc
+
+
+def store_fault(exc: Exception) -> StoreUnavailable:
+    """What leaves `begin`/`finish` for an error of the store that is not one of ours."""
+    log.error("session store failed: %r", exc)
+    return StoreUnavailable(f"the session store failed: {type(exc).__name__}: {exc}")
+
+
+def _unrecorded(exc: StoreUnavailable) -> StoreUnavailable:
+    return StoreUnavailable(f"the request's cost could not be recorded: {exc}")
