@@ -3,6 +3,10 @@
 Pin a model to a conversation, escalate a session that loops, keep a large-context
 session on the provider whose prefix cache is warm, and track and cap what each session
 costs. See the README for the rules every store follows.
+
+`SessionPolicy` (`policy`) is the routing flow's facade over `flow/` (reading a request,
+the begin rules, chains of stored responses, finish and charging, the sync/async shell);
+the stores sit side by side in `stores/`; the gateway is `server/` (extra ``server``).
 """
 
 import importlib

@@ -1,5 +1,15 @@
 """The gateway: an OpenAI- and Anthropic-compatible proxy built on `SessionPolicy` (extra
-``server``)."""
+``server``).
+
+In the order a request goes through them: `run` (uvicorn on `protocol`'s bounded request
+head), `settings`, `app` (the ASGI assembly), `gateway` (what one gateway holds),
+`callers` (keys and tenants), `wire` (what differs per API), `llm` (the LLM endpoints'
+handler), `parsing` (strict JSON), `model_routes` (which upstream serves a model),
+`forwarding` (the chain walked, the answer relayed, billed once), `upstream` (the client,
+the relay and its stream meter), `access_log` and `metrics`. Beside them: `stored`
+(stored responses), `passthrough` (token counts, embeddings, models), `operator`
+(sessions, health, metrics), `rejections` (error shapes), `standin` (a stand-in upstream).
+"""
 
 try:
     import aiohttp  # noqa: F401
@@ -14,7 +24,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the gateway needs its web stack: pip install 'llm-sessions[server]'"
     ) from exc
 
-from .app import Gateway, create_app
+from .app import create_app
+from .gateway import Gateway
 from .settings import ConfigError, Settings, load_settings
 
 __all__ = ["ConfigError", "Gateway", "Settings", "create_app", "load_settings"]

@@ -1,0 +1,225 @@
+"""Forwarding a decided request along its chain of models: each attempt to the model's
+upstream (with the output limit a cap reserved written in), the answer relayed (streamed
+event by event through a `StreamMeter`, or whole), and the outcome billed exactly once:
+the usage priced, else the estimate from what was generated."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import StoreUnavailable
+from ..policy import Decision
+from ..records import format_usd
+from ..routing import token_usage, with_generated_output
+from .access_log import cap, log_request
+from .model_routes import route, serves
+from .rejections import Reject, error_body
+from .upstream import Attempt, RelayResponse, StreamMeter, UpstreamBroke, read_json
+from .wire import Wire
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["charge", "finish", "forward"]
+
+errors_log = logging.getLogger("llm_sessions.gateway")
+
+
+async def forward(
+    gateway: Gateway,
+    decision: Decision,
+    body: dict[str, Any],
+    stream: bool,
+    record: dict[str, Any],
+    wire: Wire,
+    request: Request,
+) -> Response:
+    """Walk the decision's models until one answers; 502 when none did."""
+    served = [m for m in decision.models if serves(gateway.settings, m, wire)]
+    if not served:
+        raise Reject(
+            400,
+            f"none of {decision.models} goes to an upstream that serves the {wire.api} API",
+            param="model",
+        )
+    tried: list[str] = []
+    metrics = gateway.metrics
+    for model in served[: gateway.max_attempts]:
+        client, sent_as, headers = route(gateway, model, request, wire.forward_headers)
+        payload = _payload(gateway, body, sent_as, stream, wire)
+        try:
+            attempt = await client.attempt(model, payload, wire.path, headers)
+            response = None
+            if attempt.response is not None:
+                if model != decision.model:
+                    metrics.fallbacks.inc()
+                response = await _answer(gateway, decision, attempt, stream, body, record, wire)
+        except Exception as exc:  # a fault of the client, not of the upstream
+            errors_log.exception("upstream call to %.256s failed", model)
+            tried.append(f"{model} (gateway error: {type(exc).__name__})")
+            metrics.upstream_errors.labels("internal").inc()
+            continue
+        if response is not None:
+            return response
+        if attempt.response is None:
+            tried.append(f"{model} ({attempt.failure})")
+            metrics.upstream_errors.labels(attempt.error_kind).inc()
+        else:
+            tried.append(f"{model} (broken response)")
+            metrics.upstream_errors.labels("read").inc()
+
+    await finish(gateway, decision, None, 0)
+    raise Reject(
+        502,
+        f"every upstream attempt failed: {', '.join(tried)}",
+        "upstream_error",
+        code="all_models_failed",
+        tried=[t.split(" (")[0] for t in tried],
+    )
+
+
+def _payload(
+    gateway: Gateway, body: dict[str, Any], sent_as: str, stream: bool, wire: Wire
+) -> dict[str, Any]:
+    """The body sent upstream: the model as the upstream names it; under a cap, the
+    output limit reserved when the client set none (Messages requires one anyway); on a
+    stream of an API that must ask for its usage, that ask."""
+    payload = {**body, "model": sent_as}
+    if gateway.policy.cap_micros is not None and not any(
+        body.get(k) is not None for k in wire.limits
+    ):
+        payload[wire.limits[0]] = gateway.settings.default_max_tokens
+    if stream and wire.asks_stream_usage:
+        payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return payload
+
+
+async def _answer(
+    gateway: Gateway,
+    decision: Decision,
+    attempt: Attempt,
+    stream: bool,
+    body: dict[str, Any],
+    record: dict[str, Any],
+    wire: Wire,
+) -> Response | None:
+    """The client's response for an attempt that reached it; None if it broke before
+    a byte could be sent (then the next model is tried)."""
+    upstream = attempt.response
+    assert upstream is not None
+    model = attempt.model
+    headers = {**record["headers"], "X-Session-Served-Model": model}
+    record["model"] = model
+    if attempt.terminal or upstream.status_code != 200:
+        # the upstream refused (quota, a bad request): the client sees it; nothing served
+        if attempt.terminal:
+            gateway.metrics.upstream_errors.labels(attempt.error_kind).inc()
+        try:
+            content = await upstream.aread()
+        except UpstreamBroke:
+            refused = error_body("the upstream refused the request", "upstream_error")
+            content = json.dumps(refused).encode()
+        finally:
+            await upstream.aclose()
+        await finish(gateway, decision, None, 0)
+        media = upstream.headers.get("content-type", "application/json")
+        return Response(content, upstream.status_code, headers=headers, media_type=media)
+
+    stored = body.get("store") is not False  # an answer that was not stored can't be continued
+    if stream:
+        started = time.perf_counter()
+
+        async def done(meter: StreamMeter, complete: bool) -> None:
+            usage = meter.usage
+            if not complete and usage is not None:  # its output count may be a placeholder
+                usage = with_generated_output(usage, meter.generated_bytes())
+            answer_id = meter.answer_id if stored else None
+            cost = await charge(gateway, decision, model, usage, meter.generated_bytes, answer_id)
+            record.update(cost=cost, complete=complete)
+            log_request(gateway.metrics, record, 200, started)
+
+        record["relaying"] = True  # from here the relay records the outcome
+        meter = StreamMeter(wire.reader(body), wire.unread, wire.read_marker)
+        return RelayResponse(upstream, done, headers, meter)
+
+    try:
+        content = await upstream.aread()
+    except UpstreamBroke:
+        return None
+    finally:
+        await upstream.aclose()
+    try:
+        data = read_json(content)
+    except ValueError:
+        data = None
+    usage = data.get("usage") if isinstance(data, dict) else None
+    answer_id = wire.answer_id(data) if stored else None
+    record["cost"] = await charge(gateway, decision, model, usage, wire.text_bytes(data), answer_id)
+    headers["X-Session-Cache-Read-Tokens"] = str(cache_read(usage))
+    return Response(content, 200, headers=headers, media_type="application/json")
+
+
+async def charge(
+    gateway: Gateway,
+    decision: Decision,
+    model: str,
+    usage: Any,
+    output_bytes: int | Callable[[], int],
+    answer_id: str | None = None,
+) -> int:
+    """Bill a served request: its usage priced, else the estimate (never 0 for a priced
+    model, never an exception); a stored answer's id is remembered with the session."""
+    policy, metrics = gateway.policy, gateway.metrics
+    cost = policy.charge_micros(decision, model, usage, None, output_bytes)
+    await finish(gateway, decision, model, cost, answer_id)
+    metrics.cost.inc(cost / 1_000_000)
+    cached = cache_read(usage)
+    if cached:
+        metrics.cache_read_tokens.labels(gateway.metric_provider(model)).inc(cached)
+        price = policy.pricing.get(model)
+        if price is not None:
+            metrics.cache_savings.inc(price.cache_savings_micros(cached) / 1_000_000)
+    return cost
+
+
+async def finish(
+    gateway: Gateway,
+    decision: Decision,
+    model: str | None,
+    cost: int,
+    answer_id: str | None = None,
+) -> None:
+    """`afinish` (which retries the store for store.finish_retry_ms); a store that is
+    still down then must not turn an answered request into an error: the cost that
+    could not be recorded is counted and logged."""
+    if decision.settled_total is not None:
+        return
+    try:
+        await gateway.policy.afinish(
+            decision, served_model=model, cost_micros=cost, response_id=answer_id
+        )
+    except StoreUnavailable as exc:
+        decision.settle(-1)  # given up: never tried again for this request
+        gateway.metrics.unrecorded_cost.inc(cost / 1_000_000)
+        errors_log.error(
+            "could not record a request's outcome (session %s, model %s, %s USD): %s",
+            cap(decision.session_id),
+            cap(model),
+            format_usd(cost),
+            exc,
+        )
+
+
+def cache_read(usage: Any) -> int:
+    """Prompt tokens a usage block says were read from the cache (0 when unreadable)."""
+    try:
+        return token_usage(usage).cache_read if usage is not None else 0
+    except ValueError:
+        return 0

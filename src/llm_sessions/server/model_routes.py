@@ -1,0 +1,111 @@
+"""Where a model goes: which upstream serves a model on an API, the id it is sent as, the
+models an endpoint may be asked for (an explicit model no upstream of the API takes, or
+one without a price under a cap, is refused before the session), and the model objects
+``GET /v1/models`` lists."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from .callers import headers_for
+from .rejections import Reject
+from .settings import Settings
+from .upstream import Upstream
+from .wire import Wire
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = [
+    "check_api",
+    "check_explicit_model",
+    "model_objects",
+    "route",
+    "served_on",
+    "serves",
+]
+
+
+def serves(settings: Settings, model: str, wire: Wire) -> bool:
+    """An upstream of the wire's API takes `model`."""
+    found = settings.route(model)
+    return found is not None and wire.api in found[0].apis
+
+
+def served_on(settings: Settings, model: str, wire: Wire) -> str | None:
+    """`model` if an upstream of the wire's API serves it, else the first model after it
+    in a tier chain that holds it that one does (as a turn of that API on a session
+    pinned to `model` would be served); None when there is none."""
+    if serves(settings, model, wire):
+        return model
+    for tier in settings.tiers.values():
+        if model in tier.chain:
+            for other in tier.chain[tier.chain.index(model) + 1 :]:
+                if serves(settings, other, wire):
+                    return other
+    return None
+
+
+def route(
+    gateway: Gateway, model: str, request: Request, passed: tuple[str, ...] = ()
+) -> tuple[Upstream, str, dict[str, str]]:
+    """The client of `model`'s upstream, the id it is sent as, and the headers to
+    send: the client's own that are `passed` on, and its key where the upstream
+    forwards callers' keys."""
+    found = gateway.settings.route(model)
+    assert found is not None  # callers keep to models that `serves`
+    upstream, sent_as = found
+    return gateway.upstreams[upstream.name], sent_as, headers_for(upstream, request, passed)
+
+
+def check_api(settings: Settings, wire: Wire) -> None:
+    """400 when no upstream of this gateway serves the wire's API."""
+    if wire.api not in settings.apis:
+        raise Reject(
+            400,
+            f"no upstream of this gateway serves the {wire.api} API (it serves: "
+            f"{', '.join(settings.apis)}); the models {settings.models} can't "
+            "be reached through it",
+            param="model",
+        )
+
+
+def check_explicit_model(gateway: Gateway, body: dict[str, Any], wire: Wire) -> None:
+    """An explicit model no upstream of this API takes, or one without a price under a
+    cap (its worst case would be 0: the cap would not hold): refused before the
+    session."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model or model in gateway.settings.profiles:
+        return
+    if not serves(gateway.settings, model, wire):
+        raise Reject(
+            400,
+            f"model {model[:256]!r} does not go to an upstream that serves the {wire.api} API",
+            param="model",
+        )
+    if gateway.policy.cap_micros is not None and model not in gateway.policy.pricing:
+        raise Reject(
+            400,
+            f"model {model[:256]!r} has no price in this gateway's pricing, and sessions "
+            "have a cost cap: only priced models can be named",
+            param="model",
+        )
+
+
+def model_objects(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The routing profiles, then every model of the routing table, in OpenAI's model
+    object shape, each with the APIs it can be reached through (built at start-up)."""
+    created = int(time.time())
+    objects = {}
+    for model in [*settings.profiles, *settings.models]:
+        if model in settings.profiles:
+            apis = list(settings.apis)
+        else:
+            found = settings.route(model)
+            apis = [a for a in settings.apis if found is not None and a in found[0].apis]
+        objects[model] = {"id": model, "object": "model", "created": created,
+                          "owned_by": "llm-sessions", "apis": apis}  # fmt: skip
+    return objects
