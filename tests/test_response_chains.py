@@ -208,3 +208,29 @@ def test_on_redis_a_chain_costs_one_round_trip_more_and_its_links_none(
     finally:
         store.close()
         pool.disconnect()
+
+
+def test_a_chained_turn_that_fails_on_its_holder_leaves_the_pin_and_says_why(
+    make_policy: MakePolicy,
+) -> None:
+    """The session is pinned to b's model (a fallback served); a turn continuing a
+    response a made goes to a's model: its reason says the chain chose it, not the pin,
+    and when it fails (a is down) the pin is still b's."""
+    policy, store = make_policy(TWO, state_holder=holder)
+    session = {"x-session-id": "s-22"}
+    first = policy.begin(session, turn(text="hello"))
+    policy.finish(first, served_model="a/m", cost_micros=10, response_id="r-a")
+    second = policy.begin(session, turn(text="more"))
+    policy.finish(second, served_model="b/m", cost_micros=10, response_id="r-b")
+    assert store.get_session(first.key).model == "b/m"  # the fallback that served is pinned
+
+    chained = policy.begin(session, turn("r-a", text=None))
+    assert chained.model == "a/m"
+    assert chained.reason == "chain_bound"
+    assert chained.headers["X-Session-Reason"] == "chain_bound"
+    policy.finish(chained, served_model=None)
+    assert store.get_session(first.key).model == "b/m"
+
+    served = policy.begin(session, turn("r-a", text=None))  # served this time: a's model
+    policy.finish(served, served_model="a/m", cost_micros=10, response_id="r-a2")
+    assert store.get_session(first.key).model == "a/m"

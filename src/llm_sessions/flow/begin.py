@@ -39,6 +39,7 @@ class _Pick:
     explicit_model: str
     fallback_from: str
     fallback_at: int
+    pin_from: str = ""  # the pin a chain bound this turn away from: it moves once served
 
 
 def begin_step(policy: SessionPolicy, turn: Turn) -> Transition[Begun]:
@@ -111,6 +112,7 @@ def begin_rules(
             if entry is not None:
                 record[MODEL], record[TIER] = entry.model, entry.tier
             pick.fallback_from, pick.fallback_at = flow.fallback_from, flow.fallback_at
+            pick.pin_from = ""
             sticky_ttl = flow.sticky_ttl_ms
 
     reservations = flow.reservations
@@ -129,7 +131,7 @@ def begin_rules(
     activated = bool(record[CACHE_STICKY]) and not (entry is not None and entry.cache_sticky)
     begun = Begun(
         pick.model, pick.tier, pick.reason, strikes, spent, held, reserved, None, fallbacks,
-        activated,
+        activated, pick.pin_from,
     )  # fmt: skip
     return entry_of(record, new_flow), begun
 
@@ -190,7 +192,10 @@ def _bind(
     holder, else the pin when it is there (undoing an escalation), else the holder's model
     of the nearest tier. Returns the record to keep."""
     within = policy.tiers[pick.tier].primary_in(bound)
-    if within:  # the tier's model on that holder
+    if within and entry is not None and pick.model == entry.model:
+        # the pin, bound away to the tier's model on that holder: moved once that serves
+        pick.model, pick.reason, pick.pin_from = within, "chain_bound", entry.model
+    elif within:  # the tier's model on that holder
         pick.model = record[MODEL] = within
     elif entry is not None and entry.model in bound:  # no move: the pin stays
         if pick.reason == "escalated":
@@ -205,8 +210,11 @@ def _bind(
         found = next((t for t in near if policy.tiers[t].primary_in(bound)), None)
         if found is not None:
             pick.tier, pick.reason = found, "chain_bound"
-            pick.model = record[MODEL] = policy.tiers[found].primary_in(bound)
-            record[TIER] = found
+            pick.model = policy.tiers[found].primary_in(bound)
+            if entry is not None and entry.model and entry.model == record[MODEL]:
+                pick.pin_from = entry.model  # the pin moves once that serves
+            else:
+                record[MODEL], record[TIER] = pick.model, found
     return record
 
 
@@ -274,6 +282,7 @@ def decision_of(policy: SessionPolicy, turn: Turn, begun: Begun) -> Decision:
         prompt_tokens=turn.prompt_tokens,
         scope=turn.scope,
         links=turn.links_out,
+        pin_from=begun.pin_from,
     )
 
 

@@ -71,6 +71,7 @@ class Decision:
     source: str = ""  # where the session id came from: an id source, or "derived"
     scope: str = ""  # the caller's scope
     links: tuple[str, ...] = ()  # link names `finish` points at this session (a conversation)
+    pin_from: str = ""  # the pin a chain bound this turn away from: `finish` moves it if served
     _outcome: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
@@ -129,6 +130,7 @@ class Begun(NamedTuple):
     refused_worst: int | None  # set when the budget refused the request
     fallbacks: list[str]
     sticky_activated: bool = False
+    pin_from: str = ""  # the pin a chain bound this turn away from
 
 
 def entry_of(record: Record, flow: FlowState) -> Entry:

@@ -13,7 +13,7 @@ from .. import rules
 from ..errors import InvalidRequest
 from ..records import EMPTY_FLOW, Entry
 from ..routing import Pricing, token_usage, usage_field, usd_to_micros
-from ..rules import COST, MAX_COST_MICROS, MODEL
+from ..rules import COST, MAX_COST_MICROS, MODEL, TIER
 from ..stores.base import Transition
 from .decision import Decision, entry_of
 
@@ -88,6 +88,9 @@ def finish_step(decision: Decision, served_model: str | None, cost: int) -> Tran
             return entry_of(record, new_flow), entry.session_cost_micros
         record[COST] = min(record[COST] + cost, MAX_COST_MICROS)
         fallback_from, fallback_at = flow.fallback_from, flow.fallback_at
+        if decision.pin_from and record[MODEL] == decision.pin_from:  # a chain's model served
+            record[MODEL], record[TIER] = decision.model, decision.tier
+            fallback_from, fallback_at = "", 0
         repin = (
             served_model != decision.model
             and decision.reason != "budget_downgrade"
