@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from llm_sessions import InvalidRequest, RedisSessionStore, SessionPolicy
+from llm_sessions import InvalidRequest, RedisSessionStore, SessionPolicy, UnknownState
 
 from helpers import FakeClock
 from redis_server import CountingConnection, RedisServer
@@ -102,13 +102,51 @@ def test_the_chain_binds_even_when_a_header_names_the_session(make_policy: MakeP
     assert all(holder(m) == "a" for m in d.models)
 
 
-def test_a_chain_from_another_scope_is_not_followed(make_policy: MakePolicy) -> None:
-    policy, _ = make_policy(TWO, state_holder=holder)
-    mine = serve(policy, turn(text="hello"), "resp_x", scope="tenant-a")
-    theirs = policy.begin({}, turn("resp_x", text="hello"), scope="tenant-b")
-    assert theirs.key != mine.key and theirs.source == "derived"
+def test_another_scopes_stored_state_does_not_exist_for_a_caller(make_policy: MakePolicy) -> None:
+    """Tenant b continuing tenant a's response, conversation or output item is refused as
+    unknown (what the gateway answers 404), and nothing of b's is written."""
+    policy, store = make_policy(TWO, state_holder=holder)
+    first = policy.begin({}, turn(text="hello", conversation="conv_a"), scope="tenant-a")
+    policy.finish(first, served_model="a/m", response_id="resp_x", item_ids=["msg_x", "fc_x"])
+    sessions = store.get_stats().count
+    for body, kind, ident in [
+        (turn("resp_x", text="hello"), "response", "resp_x"),
+        (turn(text="hello", conversation="conv_a"), "conversation", "conv_a"),
+        (turn(text="hello", conversation={"id": "conv_a"}, store=False), "conversation", "conv_a"),
+        (turn(text="hello", item_references=["fc_x"]), "item", "fc_x"),
+    ]:
+        with pytest.raises(UnknownState) as info:
+            policy.begin({}, body, scope="tenant-b")
+        assert (info.value.kind, info.value.ident) == (kind, ident)
+        assert str(info.value) == f"no {kind} {ident!r} for this caller"
+    assert store.get_stats().count == sessions
     assert policy.response_session("resp_x", "tenant-b") is None
-    assert policy.response_session("resp_x", "tenant-a") == (mine.session_id, "a")
+    assert policy.response_session("resp_x", "tenant-a") == (first.session_id, "a")
+    # the owner continues all of it: the response and the conversation in their session,
+    # the items on their holder
+    assert policy.begin({}, turn("resp_x", text=None), scope="tenant-a").reason == "pinned"
+    items = policy.begin({}, turn(text="x", item_references=["msg_x", "fc_x"]), scope="tenant-a")
+    assert items.models == ["a/m"]
+    mine = policy.begin({}, turn(text="later", conversation="conv_a"), scope="tenant-a")
+    assert mine.session_id == first.session_id
+
+
+def test_state_never_recorded_is_forwarded_or_refused_as_configured(
+    make_policy: MakePolicy,
+) -> None:
+    forwarding, _ = make_policy(TWO, state_holder=holder)
+    assert forwarding.begin({}, turn("resp_elsewhere", text=None)).source == "derived"
+    refusing, store = make_policy(TWO, state_holder=holder, unknown_state="refuse")
+    sessions = store.get_stats().count
+    with pytest.raises(UnknownState):
+        refusing.begin({}, turn("resp_elsewhere", text="hi"))
+    with pytest.raises(UnknownState):
+        refusing.begin({}, turn(text="hi", item_references=["msg_elsewhere"]))
+    assert store.get_stats().count == sessions
+    served = serve(refusing, turn(text="hi"), "resp_mine")
+    assert refusing.begin({}, turn("resp_mine", text=None)).session_id == served.session_id
+    with pytest.raises(ValueError, match="unknown_state"):
+        make_policy(TWO, unknown_state="ignore")
 
 
 def test_an_unknown_previous_response_id(make_policy: MakePolicy) -> None:
@@ -234,3 +272,19 @@ def test_a_chained_turn_that_fails_on_its_holder_leaves_the_pin_and_says_why(
     served = policy.begin(session, turn("r-a", text=None))  # served this time: a's model
     policy.finish(served, served_model="a/m", cost_micros=10, response_id="r-a2")
     assert store.get_session(first.key).model == "a/m"
+
+
+def test_an_owner_record_lives_as_long_as_its_owner_uses_it(
+    make_policy: MakePolicy, clock: FakeClock
+) -> None:
+    """The owner's own continuations renew the record beside their link: past the idle
+    timeout of its first write, another scope is still refused."""
+    policy, store = make_policy(TWO, state_holder=holder)
+    serve(policy, turn(text="hello"), "resp_x", scope="tenant-a")
+    step = store.config.timeout_ms * 3 // 4
+    for _ in range(3):  # the owner keeps continuing the same response (a retried turn)
+        clock.advance(step)
+        d = policy.begin({}, turn("resp_x", text=None), scope="tenant-a")
+        policy.finish(d, served_model=d.model, cost_micros=1)
+    with pytest.raises(UnknownState):
+        policy.begin({}, turn("resp_x", text="hi"), scope="tenant-b")

@@ -114,7 +114,7 @@ def test_a_tool_loop_chained_by_previous_response_id_is_one_session_that_escalat
 def test_stored_responses_are_retrieved_from_the_upstream_for_their_tenant_only() -> None:
     with gateway_with_standin() as gw:
         mine, theirs = gw.client("sk-mine"), gw.client("sk-theirs")
-        made, headers = create(mine, input="Remember me")
+        made, _ = create(mine, input="Remember me")
         assert mine.responses.retrieve(made.id).output_text == made.output_text
         items = mine.responses.input_items.list(made.id)
         assert [i.type for i in items.data] == ["message"]
@@ -127,10 +127,12 @@ def test_stored_responses_are_retrieved_from_the_upstream_for_their_tenant_only(
         with pytest.raises(openai.NotFoundError):
             theirs.responses.cancel(made.id)
         assert made.id in gw.standin.stored  # nothing of theirs reached the upstream
-        # their previous_response_id of my response starts a session of their own
-        _, other = create(theirs, input="Remember me", previous_response_id=made.id)
-        assert other["x-session-id"] != headers["x-session-id"]
-        assert other["x-session-source"] == "derived"
+        # their previous_response_id of my response: the same 404, and nothing forwarded
+        calls = len(gw.standin.received)
+        with pytest.raises(openai.NotFoundError) as refused:
+            create(theirs, input="Remember me", previous_response_id=made.id)
+        assert refused.value.code == "response_not_found"
+        assert len(gw.standin.received) == calls
         assert mine.responses.cancel(made.id).status == "cancelled"
         mine.responses.delete(made.id)
         assert made.id not in gw.standin.stored
@@ -139,6 +141,17 @@ def test_stored_responses_are_retrieved_from_the_upstream_for_their_tenant_only(
         with pytest.raises(openai.NotFoundError) as info:
             mine.responses.retrieve("resp_never_served")
         assert "resp_never_served" in str(info.value)
+
+
+def test_a_response_never_served_here_is_refused_when_configured() -> None:
+    with gateway_with_standin(unknown_state="refuse") as gw:
+        client = gw.client()
+        with pytest.raises(openai.NotFoundError) as refused:
+            client.responses.create(model="auto", input="hi", previous_response_id="resp_nope")
+        assert refused.value.code == "response_not_found"
+        assert gw.standin.received == []
+        made = client.responses.create(model="auto", input="hi")
+        assert client.responses.create(model="auto", input="more", previous_response_id=made.id)
 
 
 def test_an_unknown_previous_response_id_is_forwarded_as_is() -> None:

@@ -55,6 +55,7 @@ def test_defaults_and_command_line_overrides() -> None:
         ('[store]\non_error = "ignore"', "store.on_error"),
         ("[sessions]\ntimeout_ms = 0", "sessions.timeout_ms"),
         ('[sessions]\nheader_name = "bad header"', "header_name"),
+        ('[sessions]\nunknown_state = "ignore"', "sessions.unknown_state"),
         ("[cache_ttl_ms]\nanthropic = -5", "cache_ttl_ms.anthropic"),
         ("[routing]\nprofiles = []", "routing.profiles"),
         ('[routing.tiers.ULTRA]\nprimary = "x"', "ULTRA"),

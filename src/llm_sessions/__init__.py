@@ -22,6 +22,7 @@ from .errors import (
     MissingDependency,
     SessionBusy,
     StoreUnavailable,
+    UnknownState,
 )
 from .fingerprint import (
     hash_request_content,
@@ -114,6 +115,7 @@ __all__ = [
     "Tier",
     "TierModels",
     "TokenUsage",
+    "UnknownState",
     "__version__",
     "cache_ttl_for_provider",
     "default_classify",

@@ -9,6 +9,7 @@
         ├── StoreUnavailable          Redis can't be reached, timed out or refused a write
         │   └── SessionBusy           one session's writes contended past ``busy_timeout_ms``
         ├── BudgetExceeded            a request would take its session over its cost cap
+        ├── UnknownState              a request continues stored state that is not the caller's
         └── MissingDependency         (also ImportError) an optional extra is not installed
 
 Bad arguments raise the built-in `TypeError` / `ValueError` with a message that names
@@ -25,6 +26,7 @@ __all__ = [
     "MissingDependency",
     "SessionBusy",
     "StoreUnavailable",
+    "UnknownState",
 ]
 
 
@@ -95,3 +97,15 @@ class BudgetExceeded(LLMSessionsError):
             f"+ this request's worst case {requested_micros} micro-USD would pass the cap "
             f"of {cap_micros} micro-USD"
         )
+
+
+class UnknownState(LLMSessionsError):
+    """A request continues stored state (`kind` ``"response"``, ``"conversation"`` or
+    ``"item"``, named `ident`) that is not the caller's: another tenant's, or, with
+    ``unknown_state="refuse"``, one never served through this store. Nothing was changed
+    and nothing should be forwarded: to this caller, that state does not exist."""
+
+    def __init__(self, kind: str, ident: str) -> None:
+        self.kind = kind
+        self.ident = ident
+        super().__init__(f"no {kind} {ident[:256]!r} for this caller")

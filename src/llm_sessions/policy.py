@@ -69,6 +69,10 @@ class SessionPolicy:
     request with that ``previous_response_id`` (or a stored ``conversation``) then joins
     that session, and only models of the same holder may serve it (reason
     ``"chain_bound"`` when that kept the pinned model from an upgrade or escalation).
+    Each such id also gets an owner record (unscoped, by a digest of the id): a request of
+    another scope that continues it (``previous_response_id``, ``conversation``, an
+    ``item_reference``) raises `UnknownState`, as does, with ``unknown_state="refuse"``,
+    one continuing an id never recorded (``"forward"``: it goes on as it came).
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class SessionPolicy:
         finish_retry_ms: int = 10_000,
         id_sources: Sequence[str] = DEFAULT_ID_SOURCES,
         state_holder: Callable[[str], str] | None = None,
+        unknown_state: str = "forward",
     ) -> None:
         if not hasattr(store, "transact") or not hasattr(store, "config"):
             raise TypeError(f"store must be a session store, got {type(store).__name__}")
@@ -121,6 +126,7 @@ class SessionPolicy:
             )
         self.budget_mode = _one_of("budget_mode", budget_mode, ("strict", "downgrade"))
         self.on_store_error = _one_of("on_store_error", on_store_error, ("refuse", "allow"))
+        self.unknown_state = _one_of("unknown_state", unknown_state, ("forward", "refuse"))
         self.id_sources = check_id_sources(id_sources)
         if state_holder is not None and not callable(state_holder):
             raise TypeError("state_holder must be a callable (model) -> str")
@@ -178,6 +184,7 @@ class SessionPolicy:
         cost_micros: int | None = None,
         output_bytes: int = 0,
         response_id: str | None = None,
+        item_ids: Sequence[str] = (),
     ) -> int:
         """Record the outcome of a decided request; returns the session's total in micros.
 
@@ -190,7 +197,8 @@ class SessionPolicy:
         the first result and changes nothing. A store that can't be reached is retried for
         `finish_retry_ms`; then `StoreUnavailable` says the cost was not recorded.
         `response_id` (the id of a stored response: the Responses API) is remembered with
-        the session, for as long as it lives, so that requests continuing it join it.
+        the session, for as long as it lives, so that requests continuing it join it; so
+        are `item_ids` (its output items' ids, for ``item_reference`` inputs).
         """
         store = self._sync("afinish")
         step = charging.finish_prepare(
@@ -198,7 +206,7 @@ class SessionPolicy:
         )
         if step is None:
             return decision.settled_total or 0
-        links = chains.links_for(self, decision, served_model, response_id)
+        links = chains.links_for(self, decision, served_model, response_id, item_ids)
         return shell.record(self, store, decision, step, links)
 
     async def afinish(
@@ -210,6 +218,7 @@ class SessionPolicy:
         cost_micros: int | None = None,
         output_bytes: int = 0,
         response_id: str | None = None,
+        item_ids: Sequence[str] = (),
     ) -> int:
         """`finish` for an async store."""
         store = self._async("finish")
@@ -218,7 +227,7 @@ class SessionPolicy:
         )
         if step is None:
             return decision.settled_total or 0
-        links = chains.links_for(self, decision, served_model, response_id)
+        links = chains.links_for(self, decision, served_model, response_id, item_ids)
         return await shell.arecord(self, store, decision, step, links)
 
     def response_session(self, response_id: str, scope: str = "") -> tuple[str, str] | None:

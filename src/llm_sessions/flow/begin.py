@@ -283,6 +283,7 @@ def decision_of(policy: SessionPolicy, turn: Turn, begun: Begun) -> Decision:
         scope=turn.scope,
         links=turn.links_out,
         pin_from=begun.pin_from,
+        owned=turn.owned,
     )
 
 

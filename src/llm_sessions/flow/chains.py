@@ -5,17 +5,34 @@ same holder may serve it)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ..errors import UnknownState
 from ..ids import session_key, split_key
 from .decision import Decision, Turn
 
 if TYPE_CHECKING:
     from ..policy import SessionPolicy
 
-__all__ = ["follow", "link_name", "link_target", "links_for", "usable_id"]
+__all__ = [
+    "MAX_ITEM_LINKS",
+    "follow",
+    "foreign_claim",
+    "link_name",
+    "link_target",
+    "links_for",
+    "owner_name",
+    "owner_value",
+    "usable_id",
+]
+
+#: Output items of one response whose ids are remembered (an ``item_reference`` to one
+#: of them is then checked like a ``previous_response_id``).
+MAX_ITEM_LINKS = 64
 
 _LINKABLE_ID = re.compile(r"[\x21-\x7e]{1,256}")
 
@@ -28,6 +45,28 @@ def usable_id(value: object) -> bool:
 def link_name(kind: str, ident: str, scope: str) -> str:
     """The store's name for a link: a response's or a conversation's id, in `scope`."""
     return session_key(f"{kind}:{ident}", scope)
+
+
+def owner_name(kind: str, ident: str) -> str:
+    """The store's name for the owner record of a response, conversation or item id:
+    unscoped, by a digest of the id, so any caller's request can find it."""
+    digest = hashlib.sha256(f"{kind}:{ident}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"owner:{digest[:40]}"
+
+
+def owner_value(scope: str) -> str:
+    """What an owner record holds: a digest of the owning caller's scope."""
+    return hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def foreign_claim(
+    turn: Turn, kind: str, ident: str, owner: str | None, refuse_unknown: bool
+) -> UnknownState | None:
+    """The refusal of a claim on state the caller's scope has no link to, given its owner
+    record: another caller's state, or (`refuse_unknown`) state never served here."""
+    if owner is None:
+        return UnknownState(kind, ident) if refuse_unknown else None
+    return UnknownState(kind, ident) if owner != owner_value(turn.scope) else None
 
 
 def parse_link(link: str | None) -> tuple[str, str] | None:
@@ -48,20 +87,32 @@ def link_target(link: str | None) -> tuple[str, str] | None:
 
 
 def links_for(
-    policy: SessionPolicy, decision: Decision, served_model: str | None, response_id: str | None
+    policy: SessionPolicy,
+    decision: Decision,
+    served_model: str | None,
+    response_id: str | None,
+    item_ids: Sequence[str] = (),
 ) -> dict[str, str] | None:
-    """The links `finish` writes: the decision's, and the response's when it has a
-    usable id, each to the session and the holder of the served model's state."""
+    """The links `finish` writes: the decision's, the response's when it has a usable id,
+    and its output items' (the first `MAX_ITEM_LINKS`), each to the session and the holder
+    of the served model's state; and beside each, unscoped, the record of its owner."""
     if served_model is None:
         return None
+    scope = decision.scope
     names = list(decision.links)
-    if usable_id(response_id):
-        assert response_id is not None
-        names.append(link_name("response", response_id, decision.scope))
-    if not names:
+    owners = list(decision.owned)
+    served = [("response", response_id)] if usable_id(response_id) else []
+    served += [("item", i) for i in item_ids[:MAX_ITEM_LINKS] if usable_id(i)]
+    for kind, ident in served:
+        assert ident is not None
+        names.append(link_name(kind, ident, scope))
+        owners.append(owner_name(kind, ident))
+    if not names and not owners:
         return None
     holder = policy.state_holder(served_model) if policy.state_holder is not None else ""
-    return dict.fromkeys(names, json.dumps([decision.key, holder]))
+    links = dict.fromkeys(names, json.dumps([decision.key, holder]))
+    links.update(dict.fromkeys(owners, owner_value(scope)))
+    return links
 
 
 def follow(policy: SessionPolicy, turn: Turn, link: str | None) -> Turn:

@@ -72,6 +72,7 @@ class Decision:
     scope: str = ""  # the caller's scope
     links: tuple[str, ...] = ()  # link names `finish` points at this session (a conversation)
     pin_from: str = ""  # the pin a chain bound this turn away from: `finish` moves it if served
+    owned: tuple[str, ...] = ()  # owner records `finish` writes (a conversation's)
     _outcome: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
@@ -113,6 +114,9 @@ class Turn(NamedTuple):
     follow_link: str = ""
     link_names_session: bool = False
     links_out: tuple[str, ...] = ()
+    # the stored state it continues, each (kind, id, link name): checked against its owner
+    claims: tuple[tuple[str, str, str], ...] = ()
+    owned: tuple[str, ...] = ()  # owner records `finish` writes (a conversation's)
     # the only models that can serve it (those of the holder of the state it continues)
     bound: frozenset[str] | None = None
 

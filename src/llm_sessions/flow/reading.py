@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import InvalidRequest, InvalidSessionId
 from ..fingerprint import fingerprint_turn, sticky_by_size, utf8_len
@@ -20,7 +20,7 @@ from ..routing import (
     prompt_tokens_by_size,
 )
 from ..tiers import Tier, coerce_tier
-from .chains import link_name
+from .chains import link_name, owner_name, usable_id
 from .decision import Turn, new_reservation_id
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ MAX_DECLARED_TTL_MS = 3_600_000
 _TTL = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
 _TTL_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000}
 _LIMITS = ("max_tokens", "max_completion_tokens")
+#: ``item_reference`` inputs one request may hold (each is checked in the store).
+MAX_ITEM_REFERENCES = 256
 
 
 def read_request(policy: SessionPolicy, headers: Any, body: Mapping[str, Any], scope: str) -> Turn:
@@ -79,9 +81,8 @@ def _read(policy: SessionPolicy, headers: Any, body: Mapping[str, Any], scope: s
         classified = coerce_tier(policy.classify(messages, tools))
     if classified is None:
         raise InvalidRequest("classify returned None; it must return a Tier")
-    session_id, source, follow, names_session, links_out = _session_of(
-        policy, headers, body, scope, roles, texts
-    )
+    session_id, source, names_session = _session_of(policy, headers, body, scope, roles, texts)
+    chain = _chain_of(body, scope) if policy.config.enabled else _NO_CHAIN
     declared = declared_cache_ttls(messages)
     return Turn(
         session_id=session_id,
@@ -97,9 +98,11 @@ def _read(policy: SessionPolicy, headers: Any, body: Mapping[str, Any], scope: s
         choices=choices,
         source=source,
         scope=scope,
-        follow_link=follow,
+        follow_link=chain.follow,
         link_names_session=names_session,
-        links_out=links_out,
+        links_out=chain.links_out,
+        claims=chain.claims,
+        owned=chain.owned,
     )
 
 
@@ -152,17 +155,15 @@ def _session_of(
     scope: str,
     roles: Sequence[str],
     texts: Sequence[str],
-) -> tuple[str | None, str, str, bool, tuple[str, ...]]:
+) -> tuple[str | None, str, bool]:
     """The session id and its source (the first id source that gives one, else derived
-    from the first user message), the link to follow before the session is touched, whether
-    that link names the session (previous_response_id won), and the links `finish` writes.
-    None of these with sessions disabled."""
+    from the first user message), and whether the link of a ``previous_response_id``
+    names the session (that source won). None of these with sessions disabled."""
     if not policy.config.enabled:
-        return None, "", "", False, ()
+        return None, "", False
     session_id, source = None, ""
     names_session = False
     previous = body_id(body, "previous_response_id")
-    conversation = body_id(body, "conversation")
     sources = policy.id_sources
     while session_id is None:
         try:
@@ -184,15 +185,48 @@ def _session_of(
             first = f"previous_response_id:{previous}"  # one new session per unknown id
         if first is not None:
             session_id, source = derive_session_id(first, scope=scope), "derived"
-    follow = ""
+    return session_id, source, names_session
+
+
+class _Chain(NamedTuple):
+    follow: str  # the link to look up before the session is touched ("" none)
+    links_out: tuple[str, ...]  # the links `finish` writes to the session
+    claims: tuple[tuple[str, str, str], ...]  # (kind, id, link name) of state it continues
+    owned: tuple[str, ...]  # owner records `finish` writes (a conversation's)
+
+
+_NO_CHAIN = _Chain("", (), (), ())
+
+
+def _chain_of(body: Mapping[str, Any], scope: str) -> _Chain:
+    """The stored state a request continues: a ``previous_response_id`` (whose link is
+    followed), a ``conversation`` (followed when the request is stored), and the output
+    items its ``item_reference`` inputs name; each is a claim checked against its owner."""
+    previous = body_id(body, "previous_response_id")
+    conversation = body_id(body, "conversation")
+    claims = []
     if previous is not None:
-        follow = link_name("response", previous, scope)
-    elif conversation is not None and body.get("store") is not False:
-        follow = link_name("conversation", conversation, scope)
-    links_out: tuple[str, ...] = ()
+        claims.append(("response", previous, link_name("response", previous, scope)))
     if conversation is not None:
-        links_out = (link_name("conversation", conversation, scope),)
-    return session_id, source, follow, names_session, links_out
+        claims.append(
+            ("conversation", conversation, link_name("conversation", conversation, scope))
+        )
+    references = body.get("item_references", [])
+    if not isinstance(references, list) or not all(usable_id(r) for r in references):
+        raise InvalidRequest("'item_references' must be an array of item ids", "item_references")
+    if len(references) > MAX_ITEM_REFERENCES:
+        raise InvalidRequest(
+            f"'input' may hold at most {MAX_ITEM_REFERENCES} item references", "input"
+        )
+    for ident in references:
+        claims.append(("item", ident, link_name("item", ident, scope)))
+    followed = previous is not None or (conversation is not None and body.get("store") is not False)
+    # the response's link, else the conversation's, else an item's (it binds the holder)
+    follow = claims[0][2] if followed or (claims and claims[0][0] == "item") else ""
+    if conversation is None:
+        return _Chain(follow, (), tuple(claims), ())
+    links_out = (link_name("conversation", conversation, scope),)
+    return _Chain(follow, links_out, tuple(claims), (owner_name("conversation", conversation),))
 
 
 def declared_cache_ttls(messages: Sequence[Any]) -> list[int] | None:

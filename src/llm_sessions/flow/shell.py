@@ -18,7 +18,7 @@ from ..errors import LLMSessionsError, SessionBusy, StoreUnavailable
 from ..records import Entry
 from ..stores.base import AsyncStore, Store, Transition
 from .begin import begin_step, decision_of, without_session
-from .chains import follow
+from .chains import follow, foreign_claim, owner_name
 from .decision import Decision, Turn
 from .finish import release_step
 from .reading import read_request
@@ -42,10 +42,10 @@ def begin(
 ) -> Decision:
     """`SessionPolicy.begin` against a sync store."""
     turn = read_request(policy, headers, body, scope)
+    if turn.claims:
+        turn = _continued(policy, store, turn)
     transacting = False
     try:
-        if turn.follow_link:
-            turn = follow(policy, turn, store.resolve_link(turn.follow_link))
         if turn.key is None:
             return without_session(policy, turn)
         transacting = True
@@ -67,10 +67,10 @@ async def abegin(
 ) -> Decision:
     """`begin` against an async store."""
     turn = read_request(policy, headers, body, scope)
+    if turn.claims:
+        turn = await _acontinued(policy, store, turn)
     transacting = False
     try:
-        if turn.follow_link:
-            turn = follow(policy, turn, await store.resolve_link(turn.follow_link))
         if turn.key is None:
             return without_session(policy, turn)
         transacting = True
@@ -87,6 +87,55 @@ async def abegin(
     except Exception as exc:
         raise store_fault(exc) from exc
     return decision_of(policy, turn, begun)
+
+
+def _continued(policy: SessionPolicy, store: Store, turn: Turn) -> Turn:
+    """`turn` once the stored state it continues is looked up: its link followed, and
+    each claim the caller's scope has no link for checked against its owner record
+    (`UnknownState` for another caller's). A store that fails here fails the request
+    (`StoreUnavailable`, even where the store fails open): a claim that can't be checked
+    is never forwarded. The owner records of the caller's own claims are rewritten by its
+    `finish`, so they live as long as the links they stand beside."""
+    refuse = policy.unknown_state == "refuse"
+    try:
+        followed = store.resolve_link(turn.follow_link) if turn.follow_link else None
+        owned = list(turn.owned)
+        for kind, ident, name in turn.claims:
+            found = followed if name == turn.follow_link else store.resolve_link(name)
+            if found is None:
+                owner = store.resolve_link(owner_name(kind, ident))
+                refusal = foreign_claim(turn, kind, ident, owner, refuse)
+                if refusal is not None:
+                    raise refusal
+            else:
+                owned.append(owner_name(kind, ident))  # renewed with the link it owns
+    except LLMSessionsError:
+        raise
+    except Exception as exc:
+        raise store_fault(exc) from exc
+    return follow(policy, turn, followed)._replace(owned=tuple(dict.fromkeys(owned)))
+
+
+async def _acontinued(policy: SessionPolicy, store: AsyncStore, turn: Turn) -> Turn:
+    """`_continued` against an async store."""
+    refuse = policy.unknown_state == "refuse"
+    try:
+        followed = await store.resolve_link(turn.follow_link) if turn.follow_link else None
+        owned = list(turn.owned)
+        for kind, ident, name in turn.claims:
+            found = followed if name == turn.follow_link else await store.resolve_link(name)
+            if found is None:
+                owner = await store.resolve_link(owner_name(kind, ident))
+                refusal = foreign_claim(turn, kind, ident, owner, refuse)
+                if refusal is not None:
+                    raise refusal
+            else:
+                owned.append(owner_name(kind, ident))  # renewed with the link it owns
+    except LLMSessionsError:
+        raise
+    except Exception as exc:
+        raise store_fault(exc) from exc
+    return follow(policy, turn, followed)._replace(owned=tuple(dict.fromkeys(owned)))
 
 
 def peek(

@@ -140,8 +140,8 @@ async def _answer(
             usage = meter.usage
             if not complete and usage is not None:  # its output count may be a placeholder
                 usage = with_generated_output(usage, meter.generated_bytes())
-            answer_id = meter.answer_id if stored else None
-            cost = await charge(gateway, decision, model, usage, meter.generated_bytes, answer_id)
+            answer = (meter.answer_id, meter.answer_items) if stored else None
+            cost = await charge(gateway, decision, model, usage, meter.generated_bytes, answer)
             record.update(cost=cost, complete=complete)
             log_request(gateway.metrics, record, 200, started)
 
@@ -160,8 +160,8 @@ async def _answer(
     except ValueError:
         data = None
     usage = data.get("usage") if isinstance(data, dict) else None
-    answer_id = wire.answer_id(data) if stored else None
-    record["cost"] = await charge(gateway, decision, model, usage, wire.text_bytes(data), answer_id)
+    answer = (wire.answer_id(data), wire.answer_items(data)) if stored else None
+    record["cost"] = await charge(gateway, decision, model, usage, wire.text_bytes(data), answer)
     headers["X-Session-Cache-Read-Tokens"] = str(cache_read(usage))
     return Response(content, 200, headers=headers, media_type="application/json")
 
@@ -172,13 +172,14 @@ async def charge(
     model: str,
     usage: Any,
     output_bytes: int | Callable[[], int],
-    answer_id: str | None = None,
+    answer: tuple[str | None, list[str]] | None = None,
 ) -> int:
     """Bill a served request: its usage priced, else the estimate (never 0 for a priced
-    model, never an exception); a stored answer's id is remembered with the session."""
+    model, never an exception); a stored answer's id and its output items' ids are
+    remembered with the session."""
     policy, metrics = gateway.policy, gateway.metrics
     cost = policy.charge_micros(decision, model, usage, None, output_bytes)
-    await finish(gateway, decision, model, cost, answer_id)
+    await finish(gateway, decision, model, cost, answer)
     metrics.cost.inc(cost / 1_000_000)
     cached = cache_read(usage)
     if cached:
@@ -194,7 +195,7 @@ async def finish(
     decision: Decision,
     model: str | None,
     cost: int,
-    answer_id: str | None = None,
+    answer: tuple[str | None, list[str]] | None = None,
 ) -> None:
     """`afinish` (which retries the store for store.finish_retry_ms); a store that is
     still down then must not turn an answered request into an error: the cost that
@@ -202,8 +203,9 @@ async def finish(
     if decision.settled_total is not None:
         return
     try:
+        answer_id, items = answer if answer is not None else (None, [])
         await gateway.policy.afinish(
-            decision, served_model=model, cost_micros=cost, response_id=answer_id
+            decision, served_model=model, cost_micros=cost, response_id=answer_id, item_ids=items
         )
     except StoreUnavailable as exc:
         decision.settle(-1)  # given up: never tried again for this request

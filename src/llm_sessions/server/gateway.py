@@ -43,6 +43,7 @@ class Gateway:
             on_store_error=settings.budget_on_store_error,
             finish_retry_ms=settings.store_finish_retry_ms,
             id_sources=settings.id_sources,
+            unknown_state=settings.unknown_state,
             state_holder=self.upstream_of,
         )
         self.upstreams = {up.name: Upstream(up) for up in settings.upstreams}

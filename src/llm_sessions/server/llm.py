@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import BudgetExceeded, InvalidRequest, InvalidSessionId, SessionBusy, StoreUnavailable
+from ..errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    InvalidSessionId,
+    SessionBusy,
+    StoreUnavailable,
+    UnknownState,
+)
 from ..policy import Decision
 from ..records import format_usd
 from .access_log import cap, log_request
@@ -96,6 +103,9 @@ async def _begin(
         raise Reject(400, str(exc), param=param) from None
     except InvalidRequest as exc:
         raise Reject(400, str(exc), param=exc.param) from None
+    except UnknownState as exc:  # another tenant's state: as if it did not exist
+        record["reason"] = "unknown_state"
+        raise Reject(404, str(exc), "not_found_error", code=f"{exc.kind}_not_found") from None
     except BudgetExceeded as exc:
         gateway.metrics.budget_rejections.inc()
         record.update(session=exc.session_id, source=exc.source, model=exc.model)

@@ -125,6 +125,7 @@ class Settings:
     store_socket_timeout_s: float = 0.5  # a Redis reply slower than this is an outage
     sessions: Config = field(default_factory=Config)
     id_sources: tuple[str, ...] = DEFAULT_ID_SOURCES
+    unknown_state: str = "forward"  # a continued response/conversation/item never served here
     tiers: Mapping[Tier, TierModels] = field(default_factory=lambda: routing_table(DEFAULT_TIERS))
     profiles: tuple[str, ...] = ("auto",)
     default_max_tokens: int = 4096
@@ -353,6 +354,11 @@ def _parse(root: _Reader) -> Settings:
         id_sources = check_id_sources(s if isinstance(s, str) else repr(s) for s in sources)
     except ValueError as exc:
         raise ConfigError(f"config: sessions.id_sources: {exc}") from None
+    unknown_state = sess.get("unknown_state", str, "forward")
+    if unknown_state not in ("forward", "refuse"):
+        raise ConfigError(
+            f"config: sessions.unknown_state must be 'forward' or 'refuse', got {unknown_state!r}"
+        )
     sess.done()
     try:
         sessions = Config(**values, cache_ttl_ms=cache_ttls)
@@ -428,6 +434,7 @@ def _parse(root: _Reader) -> Settings:
         store_socket_timeout_s=socket_timeout_s,
         sessions=sessions,
         id_sources=id_sources,
+        unknown_state=unknown_state,
         tiers=tiers,
         profiles=tuple(profiles),
         default_max_tokens=default_max_tokens,

@@ -328,6 +328,7 @@ class StreamMeter:
     usage: dict[str, Any] | None = None
     text_bytes: int = 0
     answer_id: str | None = None  # the id of a stored answer (a Responses response)
+    answer_items: list[str] = field(default_factory=list)  # the ids of its output items
     held: bytes = b""
     deferred: list[bytes] = field(default_factory=list)
     _pending: bytes = b""

@@ -26,6 +26,7 @@ class Wire:
     anthropic_errors: bool = False  # errors in Anthropic's shape, with x-should-retry
     forward_headers: tuple[str, ...] = ()  # client headers passed on upstream
     answer_id: Callable[[Any], str | None] = lambda data: None  # a stored answer's id
+    answer_items: Callable[[Any], list[str]] = lambda data: []  # its output items' ids
     unread: Mapping[bytes, str] = field(default_factory=dict)  # stream events not parsed
     read_marker: bytes | None = None  # a key unnamed stream events are parsed for (StreamMeter)
     # the body fields that limit output, the one the gateway writes first
@@ -66,6 +67,7 @@ RESPONSES = Wire(
     lambda body: responses.read_stream_event,
     responses.text_bytes,
     answer_id=responses.response_id,
+    answer_items=responses.output_item_ids,
     unread=responses.UNREAD_EVENTS,
     limits=("max_output_tokens",),
 )
