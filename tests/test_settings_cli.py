@@ -150,3 +150,12 @@ def test_logged_urls_show_no_credentials(url: str, shown: str) -> None:
     from llm_sessions.server.settings import redact_url
 
     assert redact_url(url) == shown
+
+
+def test_client_key_headers_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[upstream]\nforward_client_key = true\nclient_key_from = ["cookie"]\n')
+    with pytest.raises(ConfigError, match=r"upstream\.client_key_from"):
+        load_settings(path)
+    path.write_text('[upstream]\nforward_client_key = true\nauth = "x-api-key"\n')
+    assert load_settings(path).upstream.takes_keys_from == ("x-api-key",)

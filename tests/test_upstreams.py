@@ -239,3 +239,87 @@ def test_prices_follow_the_routing_id_not_the_upstream_name(
         session = httpx.get(f"{two.url}/v1/sessions/p").json()
     usage = reply.json()["usage"]
     assert session["session_cost_micros"] == usage["input_tokens"] + 5 * usage["output_tokens"]
+
+
+BYOK = """
+[upstream]
+base_url = "{openai}/v1"
+api_key_env = "TEST_OPENAI_KEY"
+apis = ["chat", "messages"]
+{operator_extra}
+
+[upstreams.anthropic]
+base_url = "{anthropic}/v1"
+auth = "x-api-key"
+apis = ["chat", "messages"]
+forward_client_key = true
+
+[upstreams.router]
+base_url = "{router}/v1"
+apis = ["chat", "messages"]
+forward_client_key = true
+
+[models."anthropic/claude"]
+upstream = "anthropic"
+
+[models."router/claude"]
+upstream = "router"
+
+[routing.tiers.SIMPLE]
+primary = "anthropic/claude"
+fallback = ["router/claude", "openai/gpt"]
+"""
+
+
+@contextmanager
+def byok(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operator_extra: str = ""
+) -> Iterator[tuple[str, dict[str, StandIn]]]:
+    """Two forwarding upstreams (one takes x-api-key, one Bearer) and an operator-key one
+    last on the chain."""
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-gateway-openai")
+    names = ("openai", "anthropic", "router")
+    with gateway_over_standins(tmp_path, BYOK, names, operator_extra=operator_extra) as (
+        url,
+        standins,
+        _,
+    ):
+        yield url, standins
+
+
+def test_a_callers_key_goes_only_to_upstreams_that_take_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An x-api-key (Anthropic's scheme) goes to the x-api-key upstream only, never as a
+    Bearer token to another forwarding upstream; a Bearer key the other way round; and a
+    caller who brought a key is not served on the operator's key when the upstreams that
+    take it fail."""
+    with byok(tmp_path, monkeypatch) as (url, up):
+        up["anthropic"].set("anthropic/claude", status=503)
+        down = httpx.post(f"{url}/v1/messages", json=messages_body("hi"), timeout=30,
+                          headers={"x-api-key": "sk-ant-caller"})  # fmt: skip
+        bearer = httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                            json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+                            headers={"authorization": "Bearer sk-or-caller"})  # fmt: skip
+    assert down.status_code == 502, down.text
+    assert [h.get("x-api-key") for h in up["anthropic"].headers] == ["sk-ant-caller"]
+    assert up["openai"].received == []  # not on the operator's key
+    assert bearer.status_code == 200, bearer.text
+    assert bearer.headers["x-session-served-model"] == "router/claude"
+    assert [h.get("authorization") for h in up["router"].headers] == ["Bearer sk-or-caller"]
+    assert len(up["anthropic"].received) == 1  # the Bearer key never went there
+
+
+def test_the_operators_key_serves_key_holders_only_when_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with byok(tmp_path, monkeypatch, "serve_callers_with_keys = true") as (url, up):
+        up["anthropic"].set("anthropic/claude", status=503)
+        reply = httpx.post(f"{url}/v1/messages", json=messages_body("hi"), timeout=30,
+                           headers={"x-api-key": "sk-ant-caller"})  # fmt: skip
+        anonymous = httpx.post(f"{url}/v1/messages", json=messages_body("hello"), timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-session-served-model"] == "openai/gpt"
+    assert up["openai"].headers[0]["authorization"] == "Bearer sk-gateway-openai"
+    assert "sk-ant-caller" not in str(up["openai"].headers) + str(up["router"].headers)
+    assert anonymous.status_code == 200  # no key: the operator's upstream serves as before

@@ -19,7 +19,7 @@ from ..policy import Decision
 from ..records import format_usd
 from ..routing import token_usage, with_generated_output
 from .access_log import cap, log_request
-from .model_routes import route, serves
+from .model_routes import route, serves, takes_caller
 from .rejections import Reject, error_body
 from .upstream import Attempt, RelayResponse, StreamMeter, UpstreamBroke, read_json
 from .wire import Wire
@@ -48,6 +48,14 @@ async def forward(
             400,
             f"none of {decision.models} goes to an upstream that serves the {wire.api} API",
             param="model",
+        )
+    served = [m for m in served if takes_caller(gateway, m, request)]
+    if not served:
+        raise Reject(
+            403,
+            f"none of {decision.models} goes to an upstream that takes this caller's key",
+            "permission_error",
+            code="client_key_not_accepted",
         )
     tried: list[str] = []
     metrics = gateway.metrics

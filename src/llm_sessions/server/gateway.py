@@ -54,6 +54,10 @@ class Gateway:
             load_api_keys(settings.admin_keys_file) if settings.admin_keys_file else frozenset()
         )
         self.model_objects = model_objects(settings)
+        # the caller's headers whose key some upstream forwards (bring your own key)
+        self.forwarded_key_headers = frozenset(
+            h for up in settings.upstreams if up.forward_client_key for h in up.takes_keys_from
+        )
         # metric labels come from configuration only, never from what a client sends
         self.providers = frozenset(provider_from_model(m) for m in settings.models)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from .callers import headers_for
+from .callers import headers_for, may_serve
 from .rejections import Reject
 from .settings import Settings
 from .upstream import Upstream
@@ -26,6 +26,7 @@ __all__ = [
     "route",
     "served_on",
     "serves",
+    "takes_caller",
 ]
 
 
@@ -54,11 +55,25 @@ def route(
 ) -> tuple[Upstream, str, dict[str, str]]:
     """The client of `model`'s upstream, the id it is sent as, and the headers to
     send: the client's own that are `passed` on, and its key where the upstream
-    forwards callers' keys."""
+    forwards callers' keys; 403 when that upstream may not serve this caller."""
     found = gateway.settings.route(model)
     assert found is not None  # callers keep to models that `serves`
     upstream, sent_as = found
+    if not may_serve(upstream, request, gateway.forwarded_key_headers):
+        raise Reject(
+            403,
+            f"model {model[:256]!r} goes to an upstream that does not take this caller's key "
+            "(a key goes only to the upstreams that forward keys from the header it came in)",
+            "permission_error",
+            code="client_key_not_accepted",
+        )
     return gateway.upstreams[upstream.name], sent_as, headers_for(upstream, request, passed)
+
+
+def takes_caller(gateway: Gateway, model: str, request: Request) -> bool:
+    """`model`'s upstream may serve this caller (`callers.may_serve`)."""
+    found = gateway.settings.route(model)
+    return found is not None and may_serve(found[0], request, gateway.forwarded_key_headers)
 
 
 def check_api(settings: Settings, wire: Wire) -> None:

@@ -87,6 +87,18 @@ class UpstreamSettings:
     auth: str = "bearer"  # how the key is sent: "bearer" (Authorization) or "x-api-key"
     apis: tuple[str, ...] = ("chat",)  # the APIs it serves: some of `APIS`
     forward_client_key: bool = False  # send the caller's own key instead of the gateway's
+    # forwarding: the caller's headers ("authorization", "x-api-key") whose key it takes;
+    # empty: the one of its own `auth`
+    client_key_from: tuple[str, ...] = ()
+    # operator's key: serve callers who brought a key a forwarding upstream takes
+    serve_callers_with_keys: bool = False
+
+    @property
+    def takes_keys_from(self) -> tuple[str, ...]:
+        """The caller's headers a forwarding upstream takes a key from."""
+        if self.client_key_from:
+            return self.client_key_from
+        return ("x-api-key",) if self.auth == "x-api-key" else ("authorization",)
 
     @property
     def api_key(self) -> str | None:
@@ -270,7 +282,14 @@ def _upstream(up: _Reader, name: str) -> UpstreamSettings:
         auth=up.get("auth", str, "bearer"),
         apis=tuple(up.get("apis", list, ["chat"])),
         forward_client_key=up.get("forward_client_key", bool, False),
+        client_key_from=tuple(up.get("client_key_from", list, [])),
+        serve_callers_with_keys=up.get("serve_callers_with_keys", bool, False),
     )
+    if not set(upstream.client_key_from) <= {"authorization", "x-api-key"}:
+        raise ConfigError(
+            f"config: {up.name('client_key_from')} must list some of 'authorization', "
+            f"'x-api-key', got {list(upstream.client_key_from)!r}"
+        )
     if upstream.auth not in ("bearer", "x-api-key"):
         raise ConfigError(
             f"config: {up.name('auth')} must be 'bearer' or 'x-api-key', got {upstream.auth!r}"
