@@ -61,5 +61,8 @@ class PolicyFacade:
     def response_session(self, *args: Any, **kwargs: Any) -> Any:
         return self.loop.run_until_complete(self.policy.aresponse_session(*args, **kwargs))
 
+    def bill_response(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loop.run_until_complete(self.policy.abill_response(*args, **kwargs))
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.policy, name)

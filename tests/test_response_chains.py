@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from llm_sessions import InvalidRequest, RedisSessionStore, SessionPolicy, UnknownState
+from llm_sessions import InvalidRequest, Pricing, RedisSessionStore, SessionPolicy, UnknownState
 
 from helpers import FakeClock
 from redis_server import CountingConnection, RedisServer
@@ -288,3 +288,21 @@ def test_an_owner_record_lives_as_long_as_its_owner_uses_it(
         policy.finish(d, served_model=d.model, cost_micros=1)
     with pytest.raises(UnknownState):
         policy.begin({}, turn("resp_x", text="hi"), scope="tenant-b")
+
+
+def test_a_background_response_is_billed_once_when_its_usage_is_seen(
+    make_policy: MakePolicy,
+) -> None:
+    policy, store = make_policy(TWO, state_holder=holder, pricing={"a/m": Pricing(1, 2)})
+    d = policy.begin({}, turn(text="work in the background"))
+    policy.finish(d, served_model="a/m", cost_micros=0, response_id="resp_bg", billed_later=True)
+    assert store.get_session(d.key).session_cost_micros == 0
+    usage = {"input_tokens": 1000, "output_tokens": 500}
+    assert policy.bill_response("resp_bg", usage, "other-scope") == 0  # not theirs
+    assert policy.bill_response("resp_bg", usage) == 2000  # 1000 x 1 + 500 x 2 per M: micros
+    assert policy.bill_response("resp_bg", usage) == 0  # seen again
+    assert store.get_session(d.key).session_cost_micros == 2000
+    assert policy.response_session("resp_bg") == (d.session_id, "a")  # still continuable
+    plain = serve(policy, turn(text="a plain one"), "resp_plain")
+    assert policy.bill_response("resp_plain", usage) == 0  # billed when it was served
+    assert store.get_session(plain.key).session_cost_micros == 10

@@ -431,3 +431,41 @@ def test_a_retrieval_refused_for_the_operators_key_never_shows_it(
     assert reply.status_code == 502
     assert "sk-proj" not in reply.text
     assert leak in caplog.text
+
+
+def test_background_responses_under_a_cap_are_refused() -> None:
+    """Under a cap a background response's output would go unseen (it is fetched later),
+    so the cap could not hold: a 400 naming `background`, and nothing changes."""
+    with gateway_with_standin(max_session_cost_usd=1.0) as gw:
+        client = gw.client()
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model="auto", input="hi", background=True)
+        assert refused.value.param == "background"
+        assert "background" in refused.value.message
+        assert gw.standin.received == []
+        with gw.http() as http:
+            assert http.get("/v1/sessions").json()["sessions"] == []
+        assert client.responses.create(model="auto", input="hi", background=False)
+
+
+def test_a_background_response_is_billed_once_when_its_completion_is_seen() -> None:
+    from llm_sessions import token_usage
+
+    with gateway_with_standin() as gw:
+        client = gw.client()
+        raw = client.responses.with_raw_response.create(
+            model="auto", input="work on it", background=True
+        )
+        queued, session = raw.parse(), raw.headers["x-session-id"]
+        assert queued.status == "queued"
+        assert float(gw.session(session)["session_cost_usd"]) == 0  # nothing generated yet
+        done = client.responses.retrieve(queued.id)
+        assert done.status == "completed" and done.usage is not None
+        model = raw.headers["x-session-served-model"]
+        expected = PRICES[model].usage_micros(token_usage(done.usage.model_dump()))
+        assert expected > 0
+        billed = gw.session(session)
+        assert round(float(billed["session_cost_usd"]) * 1_000_000) == expected
+        client.responses.retrieve(queued.id)  # seen again: billed once
+        client.responses.cancel(queued.id)
+        assert gw.session(session)["session_cost_usd"] == billed["session_cost_usd"]

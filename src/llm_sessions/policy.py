@@ -185,6 +185,7 @@ class SessionPolicy:
         output_bytes: int = 0,
         response_id: str | None = None,
         item_ids: Sequence[str] = (),
+        billed_later: bool = False,
     ) -> int:
         """Record the outcome of a decided request; returns the session's total in micros.
 
@@ -198,7 +199,9 @@ class SessionPolicy:
         `finish_retry_ms`; then `StoreUnavailable` says the cost was not recorded.
         `response_id` (the id of a stored response: the Responses API) is remembered with
         the session, for as long as it lives, so that requests continuing it join it; so
-        are `item_ids` (its output items' ids, for ``item_reference`` inputs).
+        are `item_ids` (its output items' ids, for ``item_reference`` inputs). A response
+        `billed_later` (a background one, answered before its output exists) is billed
+        when its usage is seen: `bill_response`.
         """
         store = self._sync("afinish")
         step = charging.finish_prepare(
@@ -206,7 +209,7 @@ class SessionPolicy:
         )
         if step is None:
             return decision.settled_total or 0
-        links = chains.links_for(self, decision, served_model, response_id, item_ids)
+        links = chains.links_for(self, decision, served_model, response_id, item_ids, billed_later)
         return shell.record(self, store, decision, step, links)
 
     async def afinish(
@@ -219,6 +222,7 @@ class SessionPolicy:
         output_bytes: int = 0,
         response_id: str | None = None,
         item_ids: Sequence[str] = (),
+        billed_later: bool = False,
     ) -> int:
         """`finish` for an async store."""
         store = self._async("finish")
@@ -227,7 +231,7 @@ class SessionPolicy:
         )
         if step is None:
             return decision.settled_total or 0
-        links = chains.links_for(self, decision, served_model, response_id, item_ids)
+        links = chains.links_for(self, decision, served_model, response_id, item_ids, billed_later)
         return await shell.arecord(self, store, decision, step, links)
 
     def response_session(self, response_id: str, scope: str = "") -> tuple[str, str] | None:
@@ -247,6 +251,23 @@ class SessionPolicy:
             return None
         name = chains.link_name("response", response_id, scope)
         return chains.link_target(await store.resolve_link(name))
+
+    def bill_response(self, response_id: str, usage: Any, scope: str = "") -> int:
+        """Bill a background response (one `finish` recorded ``billed_later``) once its
+        `usage` is seen (a retrieval of it completed): its usage priced at the model that
+        took it, charged to its session once. Returns what was charged (0 when it was not
+        one to bill, or was billed before). `StoreUnavailable` after `finish_retry_ms`."""
+        store = self._sync("abill_response")
+        if not chains.usable_id(response_id):
+            return 0
+        return shell.bill_later(self, store, response_id, scope, usage)
+
+    async def abill_response(self, response_id: str, usage: Any, scope: str = "") -> int:
+        """`bill_response` for an async store."""
+        store = self._async("bill_response")
+        if not chains.usable_id(response_id):
+            return 0
+        return await shell.abill_later(self, store, response_id, scope, usage)
 
     # -- what a request costs ---------------------------------------------------------------
 

@@ -27,6 +27,7 @@ __all__ = [
     "links_for",
     "owner_name",
     "owner_value",
+    "unbilled_model",
     "usable_id",
 ]
 
@@ -71,13 +72,27 @@ def foreign_claim(
 
 def parse_link(link: str | None) -> tuple[str, str] | None:
     """``(session key, holder)`` of a link's value; None for none (or an unreadable one)."""
+    fields = _link_fields(link)
+    return None if fields is None else (fields[0], fields[1])
+
+
+def unbilled_model(link: str | None) -> str | None:
+    """The model a response's link says is still to be billed (a background response
+    `finish` recorded with ``billed_later``), or None."""
+    fields = _link_fields(link)
+    return fields[2] if fields is not None and len(fields) == 3 else None
+
+
+def _link_fields(link: str | None) -> list[str] | None:
+    """A link's value: ``[session key, holder]``, and the unbilled model of a background
+    response; None for none (or an unreadable one)."""
     try:
-        key, holder = json.loads(link) if link is not None else (None, None)
+        fields = json.loads(link) if link is not None else None
     except (ValueError, TypeError):
         return None
-    if not isinstance(key, str) or not isinstance(holder, str):
+    if not isinstance(fields, list) or len(fields) not in (2, 3):
         return None
-    return key, holder
+    return fields if all(isinstance(f, str) for f in fields) else None
 
 
 def link_target(link: str | None) -> tuple[str, str] | None:
@@ -92,10 +107,12 @@ def links_for(
     served_model: str | None,
     response_id: str | None,
     item_ids: Sequence[str] = (),
+    billed_later: bool = False,
 ) -> dict[str, str] | None:
     """The links `finish` writes: the decision's, the response's when it has a usable id,
     and its output items' (the first `MAX_ITEM_LINKS`), each to the session and the holder
-    of the served model's state; and beside each, unscoped, the record of its owner."""
+    of the served model's state; and beside each, unscoped, the record of its owner. A
+    response `billed_later` (a background one) has its served model in its link too."""
     if served_model is None:
         return None
     scope = decision.scope
@@ -112,6 +129,10 @@ def links_for(
     holder = policy.state_holder(served_model) if policy.state_holder is not None else ""
     links = dict.fromkeys(names, json.dumps([decision.key, holder]))
     links.update(dict.fromkeys(owners, owner_value(scope)))
+    if served and served[0][0] == "response" and billed_later:  # its usage comes later
+        assert response_id is not None
+        name = link_name("response", response_id, scope)
+        links[name] = json.dumps([decision.key, holder, served_model])
     return links
 
 

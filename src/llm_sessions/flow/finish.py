@@ -26,6 +26,7 @@ __all__ = [
     "cost_micros",
     "estimate_micros",
     "finish_prepare",
+    "late_charge_step",
     "release_step",
     "worst_case_micros",
 ]
@@ -108,6 +109,24 @@ def finish_step(decision: Decision, served_model: str | None, cost: int) -> Tran
             finished=(*flow.finished[1 - FINISHED_KEPT :], (rid, total)),
         )
         return entry_of(record, new_flow), total
+
+    return step
+
+
+def late_charge_step(charge_id: str, cost: int) -> Transition[int]:
+    """Charge `cost` to a session once per `charge_id` (remembered with the finished
+    requests): what a background response's usage costs when it is seen. The amount
+    charged (0 when it was charged before)."""
+
+    def step(entry: Entry | None, now: int) -> tuple[Entry | None, int]:
+        if entry is not None and any(done == charge_id for done, _ in entry.flow.finished):
+            return entry, 0
+        spent = entry.session_cost_micros if entry is not None else 0
+        charged = min(cost, MAX_COST_MICROS - spent)
+        record = rules.add_session_cost(None if entry is None else list(entry), now, charged)
+        flow = entry.flow if entry is not None else EMPTY_FLOW
+        finished = (*flow.finished[1 - FINISHED_KEPT :], (charge_id, int(record[COST])))
+        return entry_of(record, flow._replace(finished=finished)), charged
 
     return step
 

@@ -7,6 +7,7 @@ landed, is released in the background; `finish` retries the store for a while.""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import threading
@@ -16,9 +17,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import LLMSessionsError, SessionBusy, StoreUnavailable
 from ..records import Entry
+from ..rules import MAX_COST_MICROS
 from ..stores.base import AsyncStore, Store, Transition
+from . import finish as charging
 from .begin import begin_step, decision_of, without_session
-from .chains import follow, foreign_claim, owner_name
+from .chains import follow, foreign_claim, link_name, owner_name, parse_link, unbilled_model
 from .decision import Decision, Turn
 from .finish import release_step
 from .reading import read_request
@@ -212,6 +215,54 @@ async def arecord(
     except StoreUnavailable as exc:
         raise _unrecorded(exc) from exc
     return decision.settle(total)
+
+
+def bill_later(
+    policy: SessionPolicy, store: Store, response_id: str, scope: str, usage: Any
+) -> int:
+    """`SessionPolicy.bill_response` against a sync store."""
+    name = link_name("response", response_id, scope)
+    late = _late_charge(policy, name, response_id, store.resolve_link(name), usage)
+    if late is None:
+        return 0
+    key, step, links = late
+    return retrying(
+        policy.finish_retry_ms,
+        lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
+    )
+
+
+async def abill_later(
+    policy: SessionPolicy, store: AsyncStore, response_id: str, scope: str, usage: Any
+) -> int:
+    """`bill_later` against an async store."""
+    name = link_name("response", response_id, scope)
+    late = _late_charge(policy, name, response_id, await store.resolve_link(name), usage)
+    if late is None:
+        return 0
+    key, step, links = late
+    return await aretrying(
+        policy.finish_retry_ms,
+        lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
+    )
+
+
+def _late_charge(
+    policy: SessionPolicy, name: str, response_id: str, link: str | None, usage: Any
+) -> tuple[str, Transition[int], dict[str, str]] | None:
+    """What billing a background response's usage writes: its session's key, the charge
+    step, and its link without the mark of a charge to come; None when none is to come."""
+    model, target = unbilled_model(link), parse_link(link)
+    if model is None or target is None:
+        return None
+    key, holder = target
+    try:
+        cost = min(charging.cost_micros(policy.pricing, model, usage), MAX_COST_MICROS)
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        log.warning("unreadable usage of background response %.256s: %.256s", response_id, exc)
+        cost = 0
+    step = charging.late_charge_step(f"late:{response_id}", cost)
+    return key, step, {name: json.dumps([key, holder])}
 
 
 # -- retries of the store, for the writes that are safe to repeat ------------------------------

@@ -16,6 +16,8 @@ __all__ = [
     "UNREAD_EVENTS",
     "output_item_ids",
     "read_stream_event",
+    "runs_in_background",
+    "still_running",
     "response_id",
     "text_bytes",
     "to_view",
@@ -206,6 +208,17 @@ def response_id(data: Any) -> str | None:
     """The id of a response object (``resp_...``), if it has one."""
     value = data.get("id") if isinstance(data, dict) else None
     return value if isinstance(value, str) and value else None
+
+
+def runs_in_background(body: dict[str, Any]) -> bool:
+    """The request asks for a background response: answered at once (``queued``), its
+    output fetched later (a retrieval, or a stream resumed)."""
+    return body.get("background") is True
+
+
+def still_running(data: Any) -> bool:
+    """A response object whose output is still to come (``queued``, ``in_progress``)."""
+    return isinstance(data, dict) and data.get("status") in ("queued", "in_progress")
 
 
 def output_item_ids(data: Any) -> list[str]:

@@ -169,7 +169,13 @@ async def _answer(
         data = None
     usage = data.get("usage") if isinstance(data, dict) else None
     answer = (wire.answer_id(data), wire.answer_items(data)) if stored else None
-    record["cost"] = await charge(gateway, decision, model, usage, wire.text_bytes(data), answer)
+    if answer is not None and answer[0] is not None and wire.unfinished(data):
+        # a background response, queued: billed when its output is seen (`stored`)
+        await finish(gateway, decision, model, 0, answer, billed_later=True)
+        record["cost"] = 0
+    else:
+        output = wire.text_bytes(data)
+        record["cost"] = await charge(gateway, decision, model, usage, output, answer)
     headers["X-Session-Cache-Read-Tokens"] = str(cache_read(usage))
     return Response(content, 200, headers=headers, media_type="application/json")
 
@@ -204,6 +210,7 @@ async def finish(
     model: str | None,
     cost: int,
     answer: tuple[str | None, list[str]] | None = None,
+    billed_later: bool = False,
 ) -> None:
     """`afinish` (which retries the store for store.finish_retry_ms); a store that is
     still down then must not turn an answered request into an error: the cost that
@@ -213,7 +220,12 @@ async def finish(
     try:
         answer_id, items = answer if answer is not None else (None, [])
         await gateway.policy.afinish(
-            decision, served_model=model, cost_micros=cost, response_id=answer_id, item_ids=items
+            decision,
+            served_model=model,
+            cost_micros=cost,
+            response_id=answer_id,
+            item_ids=items,
+            billed_later=billed_later,
         )
     except StoreUnavailable as exc:
         decision.settle(-1)  # given up: never tried again for this request

@@ -73,6 +73,13 @@ async def _handle(
     except InvalidRequest as exc:
         raise Reject(400, str(exc), param=exc.param) from None
     check_explicit_model(gateway, body, wire)
+    if gateway.policy.cap_micros is not None and wire.background(body):
+        raise Reject(
+            400,
+            "'background' responses can't be held to the session's cost cap (their output is "
+            "fetched later, out of the gateway's sight): send the request without background",
+            param="background",
+        )
     decision = await _begin(gateway, request, view, scope, record)
 
     headers = {**decision.headers, "X-Session-Strikes": str(decision.strikes)}

@@ -305,13 +305,15 @@ class StandIn:
             "parallel_tool_calls": True, "tool_choice": "auto", "tools": body.get("tools") or [],
             "previous_response_id": previous, "store": body.get("store", True),
             "temperature": 1.0, "top_p": 1.0, "text": {"format": {"type": "text"}},
-            "truncation": "disabled",
+            "truncation": "disabled", "background": bool(body.get("background")),
         }  # fmt: skip
         if body.get("store", True):
             self.stored[response["id"]] = response
             self.inputs[response["id"]] = [
                 {"id": self._new_id("item"), "type": "message", **i} for i in items
             ]
+        if body.get("background") and not body.get("stream"):  # done at once, told later
+            return JSONResponse({**response, "status": "queued", "output": [], "usage": None})
         if not body.get("stream"):
             return JSONResponse(response)
         return StreamingResponse(self._response_events(response, item, b),

@@ -5,6 +5,7 @@ ids the gateway did not serve."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,16 +14,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import StoreUnavailable
+from ..protocols import responses
 from .access_log import log_request
 from .callers import headers_for
 from .parsing import read_body
 from .rejections import Reject, rejection
-from .upstream import UpstreamBroke
+from .upstream import UpstreamBroke, read_json
 
 if TYPE_CHECKING:
     from .gateway import Gateway
 
 __all__ = ["stored_response"]
+
+errors_log = logging.getLogger("llm_sessions.gateway")
 
 
 async def stored_response(gateway: Gateway, request: Request) -> Response:
@@ -61,9 +65,32 @@ async def stored_response(gateway: Gateway, request: Request) -> Response:
         if upstream.refuses_our_key(answer.status_code):
             upstream.log_refusal(path, answer.status_code, content)
             raise Reject(502, "the upstream refused the gateway's key", "upstream_error")
+        if answer.status_code == 200 and not path.endswith("/input_items"):
+            record["cost"] = await _bill_if_done(gateway, response_id, scope, content)
         media = answer.headers.get("content-type", "application/json")
         result: Response = Response(content, answer.status_code, media_type=media)
     except Reject as reject:
         result = rejection(reject)
     log_request(gateway.metrics, record, result.status_code, started)
     return result
+
+
+async def _bill_if_done(gateway: Gateway, response_id: str, scope: str, content: bytes) -> int:
+    """A background response seen done (or cancelled) with its usage: billed to its
+    session, once (`SessionPolicy.abill_response`). What was charged."""
+    try:
+        data = read_json(content)
+    except ValueError:
+        return 0
+    if not isinstance(data, dict) or data.get("background") is not True:
+        return 0
+    usage = data.get("usage")
+    if not isinstance(usage, dict) or responses.still_running(data):
+        return 0
+    try:
+        cost = await gateway.policy.abill_response(response_id, usage, scope)
+    except StoreUnavailable as exc:
+        errors_log.error("could not bill background response %.256s: %s", response_id, exc)
+        return 0
+    gateway.metrics.cost.inc(cost / 1_000_000)
+    return cost

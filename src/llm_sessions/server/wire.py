@@ -33,6 +33,10 @@ class Wire:
     limits: tuple[str, ...] = ("max_tokens",)
     # a stream must ask for its usage (stream_options.include_usage), or has none to bill
     asks_stream_usage: bool = False
+    # the request's output comes later, out of the gateway's sight (a background response)
+    background: Callable[[dict[str, Any]], bool] = lambda body: False
+    # an answer whose output is still to come: billed when it is seen (`stored`)
+    unfinished: Callable[[Any], bool] = lambda data: False
 
 
 def _chat_stream_reader(body: dict[str, Any]) -> Callable[[Any, dict[str, Any]], Any]:
@@ -68,6 +72,8 @@ RESPONSES = Wire(
     responses.text_bytes,
     answer_id=responses.response_id,
     answer_items=responses.output_item_ids,
+    background=responses.runs_in_background,
+    unfinished=responses.still_running,
     unread=responses.UNREAD_EVENTS,
     limits=("max_output_tokens",),
 )
