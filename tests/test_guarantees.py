@@ -4,18 +4,22 @@ A new API or store is one more parameter value here, and inherits every row.
 
 Rows so far:
 - a tenant never reads, continues, deletes or spends another tenant's session or
-  stored state.
+  stored state;
+- the cap holds: a session's spend stays within its cap under concurrent requests, and
+  with the stored context a continuation is sent again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
-from gateway_helpers import Running, gateway_with_standin
+from gateway_helpers import PRICES, Running, gateway_with_standin
+from llm_sessions.server.standin import Behaviour
 
 APIS = ("chat", "messages", "responses")
 STREAMED = (False, True)
@@ -52,15 +56,46 @@ def error_of(api: str, reply: httpx.Response) -> tuple[str, str | None]:
     return error["type"], error.get("code")
 
 
+def store_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "redis":
+        return {"store_url": request.getfixturevalue("redis_url")}
+    return {}
+
+
 @pytest.fixture(params=STORES)
 def gateway(request: pytest.FixtureRequest) -> Iterator[Running]:
     """A gateway in front of a stand-in upstream, on each store kind, with two tenants'
     keys (any bearer token is a tenant of its own)."""
-    overrides: dict[str, Any] = {}
-    if request.param == "redis":
-        overrides["store_url"] = request.getfixturevalue("redis_url")
-    with gateway_with_standin(**overrides) as gw:
+    with gateway_with_standin(**store_overrides(request)) as gw:
         yield gw
+
+
+#: The cap of `capped`'s sessions, in USD: about ten short requests (prices: 1 and 2
+#: micro-USD per input and output token).
+CAP_USD = 0.002
+#: What the stand-in answers: 50 words, 50 output tokens (cut at the request's limit).
+FIFTY_WORDS = " ".join(["word"] * 50)
+
+
+@pytest.fixture(params=STORES)
+def capped(request: pytest.FixtureRequest) -> Iterator[Running]:
+    """A gateway whose sessions have a cap of `CAP_USD`, in front of a stand-in that
+    answers with as much output as a request allows (up to 50 tokens)."""
+    with gateway_with_standin(max_session_cost_usd=CAP_USD, **store_overrides(request)) as gw:
+        gw.standin.default = Behaviour(text=FIFTY_WORDS)
+        yield gw
+
+
+def spent_micros(gw: Running, session: str, key: str = "sk-test") -> int:
+    found = gw.session(session, key)
+    assert found is not None
+    return round(float(found["session_cost_usd"]) * 1_000_000)
+
+
+def at_once(count: int, call: Any) -> list[Any]:
+    """`call(i)` for i in range(count), all at once."""
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(call, range(count)))
 
 
 def sessions_of(gw: Running, key: str) -> list[dict[str, Any]]:
@@ -142,3 +177,58 @@ def test_a_tenant_never_continues_another_tenants_stored_state(
     own = send(gw, api, "sk-a", "what was the code?", stream, **extra)
     assert own.status_code == 200, own.text
     assert len(gw.standin.received) == upstream_calls + 1
+
+
+# -- the cap ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", STREAMED)
+@pytest.mark.parametrize("api", APIS)
+def test_the_cap_holds_under_concurrent_requests(capped: Running, api: str, stream: bool) -> None:
+    """30 requests of one session at once, each able to cost about a tenth of the cap:
+    some are served, the rest refused as final, and the session's spend (each answer's
+    usage priced) stays within the cap."""
+    gw = capped
+    named = {"x-session-id": f"cap-{api}-{stream}"}
+    limit = {"max_output_tokens": 50} if api == "responses" else {"max_tokens": 50}
+
+    def one(i: int) -> int:
+        return send(
+            gw, api, "sk-test", f"turn {i}: " + "x" * 200, stream, named, **limit
+        ).status_code
+
+    statuses = at_once(30, one)
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= 2 and statuses.count(429) >= 1
+    spent = spent_micros(gw, named["x-session-id"])
+    assert 0 < spent <= CAP_USD * 1_000_000
+
+
+@pytest.mark.parametrize("stream", STREAMED)
+@pytest.mark.parametrize("field", ["previous_response_id", "conversation"])
+def test_the_cap_holds_with_the_stored_context_a_continuation_sends(
+    capped: Running, stream: bool, field: str
+) -> None:
+    """A continuation is billed, upstream, for the whole context it continues: 20
+    continuations at once of a response whose context is a third of the cap stay within
+    the cap (each counts that context in its worst case)."""
+    gw = capped
+    price = PRICES["anthropic/m1"]
+    assert price.cost_micros(1, 0) == 1  # one micro-USD per input token
+    made = send(gw, "responses", "sk-test", "y" * 2_600, False, conversation="conv_cap",
+                max_output_tokens=8)  # fmt: skip
+    assert made.status_code == 200, made.text
+    session = made.headers["x-session-id"]
+    context = made.json()["usage"]["total_tokens"]
+    assert context * 3 > CAP_USD * 1_000_000 * 0.9  # about a third of the cap
+    ref = {"previous_response_id": made.json()["id"]} if field == "previous_response_id" else {
+        "conversation": "conv_cap"}  # fmt: skip
+
+    def one(i: int) -> int:
+        reply = send(gw, "responses", "sk-test", f"and {i}?", stream, max_output_tokens=4, **ref)
+        return reply.status_code
+
+    statuses = at_once(20, one)
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(429) >= 1
+    assert spent_micros(gw, session) <= CAP_USD * 1_000_000

@@ -306,3 +306,26 @@ def test_a_background_response_is_billed_once_when_its_usage_is_seen(
     plain = serve(policy, turn(text="a plain one"), "resp_plain")
     assert policy.bill_response("resp_plain", usage) == 0  # billed when it was served
     assert store.get_session(plain.key).session_cost_micros == 10
+
+
+def test_a_continuation_reserves_the_context_it_continues(make_policy: MakePolicy) -> None:
+    """The upstream is sent the whole stored context of the response (or conversation) a
+    request continues: its worst case counts it, so parallel continuations can't pass the
+    cap by the context each of them pays."""
+    price = Pricing(1, 2)
+    policy, _ = make_policy(
+        TWO, state_holder=holder, pricing={"a/m": price}, max_session_cost_usd=1.0
+    )
+    first = policy.begin({}, turn(text="a long document", conversation="conv_long"))
+    usage = {"input_tokens": 40_000, "output_tokens": 1_000}
+    policy.finish(first, served_model="a/m", usage=usage, response_id="resp_long")
+    for body in (turn("resp_long", text="and?", max_tokens=10),
+                 turn(text="and?", conversation="conv_long", max_tokens=10)):  # fmt: skip
+        d = policy.begin({}, body)
+        assert d.prompt_tokens >= 41_000
+        assert d.reserved_micros >= price.cost_micros(41_000, 10)
+        policy.finish(d, served_model=None)
+    # a later turn's context grows by what that turn added (its usage, or the estimate)
+    d = policy.begin({}, turn("resp_long", text="more"))
+    policy.finish(d, served_model="a/m", response_id="resp_2")  # no usage: the estimate
+    assert policy.begin({}, turn("resp_2", text=None)).prompt_tokens > 41_000

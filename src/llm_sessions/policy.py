@@ -186,6 +186,7 @@ class SessionPolicy:
         response_id: str | None = None,
         item_ids: Sequence[str] = (),
         billed_later: bool = False,
+        context_tokens: int | None = None,
     ) -> int:
         """Record the outcome of a decided request; returns the session's total in micros.
 
@@ -201,7 +202,9 @@ class SessionPolicy:
         the session, for as long as it lives, so that requests continuing it join it; so
         are `item_ids` (its output items' ids, for ``item_reference`` inputs). A response
         `billed_later` (a background one, answered before its output exists) is billed
-        when its usage is seen: `bill_response`.
+        when its usage is seen: `bill_response`. Each link remembers `context_tokens`, the
+        context the answer leaves (default `context_tokens()` of `usage`, `output_bytes`):
+        a request continuing it counts that much more prompt in its worst case.
         """
         store = self._sync("afinish")
         step = charging.finish_prepare(
@@ -209,7 +212,11 @@ class SessionPolicy:
         )
         if step is None:
             return decision.settled_total or 0
-        links = chains.links_for(self, decision, served_model, response_id, item_ids, billed_later)
+        if context_tokens is None:
+            context_tokens = charging.context_after(decision, usage, output_bytes)
+        links = chains.links_for(
+            self, decision, served_model, response_id, item_ids, billed_later, context_tokens
+        )
         return shell.record(self, store, decision, step, links)
 
     async def afinish(
@@ -223,6 +230,7 @@ class SessionPolicy:
         response_id: str | None = None,
         item_ids: Sequence[str] = (),
         billed_later: bool = False,
+        context_tokens: int | None = None,
     ) -> int:
         """`finish` for an async store."""
         store = self._async("finish")
@@ -231,7 +239,11 @@ class SessionPolicy:
         )
         if step is None:
             return decision.settled_total or 0
-        links = chains.links_for(self, decision, served_model, response_id, item_ids, billed_later)
+        if context_tokens is None:
+            context_tokens = charging.context_after(decision, usage, output_bytes)
+        links = chains.links_for(
+            self, decision, served_model, response_id, item_ids, billed_later, context_tokens
+        )
         return await shell.arecord(self, store, decision, step, links)
 
     def response_session(self, response_id: str, scope: str = "") -> tuple[str, str] | None:
@@ -285,6 +297,14 @@ class SessionPolicy:
         return charging.charge_micros(
             self.pricing, decision, served_model, usage, cost_micros, output_bytes
         )
+
+    def context_tokens(
+        self, decision: Decision, usage: Any = None, output_bytes: int | Callable[[], int] = 0
+    ) -> int:
+        """The tokens of context an answer leaves (what a request continuing it is sent):
+        `usage`'s input, cached included, and output; else the decision's prompt estimate
+        and ceil(`output_bytes` / 3)."""
+        return charging.context_after(decision, usage, output_bytes)
 
     def estimate_micros(self, model: str, prompt_tokens: int, output_bytes: int) -> int:
         """The estimated cost of a call: the prompt estimate plus ceil(output bytes / 3)

@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import UnknownState
 from ..ids import session_key, split_key
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_ITEM_LINKS",
+    "Link",
     "follow",
     "foreign_claim",
     "link_name",
@@ -27,7 +28,7 @@ __all__ = [
     "links_for",
     "owner_name",
     "owner_value",
-    "unbilled_model",
+    "read_link",
     "usable_id",
 ]
 
@@ -70,35 +71,41 @@ def foreign_claim(
     return UnknownState(kind, ident) if owner != owner_value(turn.scope) else None
 
 
-def parse_link(link: str | None) -> tuple[str, str] | None:
-    """``(session key, holder)`` of a link's value; None for none (or an unreadable one)."""
-    fields = _link_fields(link)
-    return None if fields is None else (fields[0], fields[1])
+class Link(NamedTuple):
+    """What a link holds: the session's key, the holder of the state, the tokens of
+    context the state leaves (a continuation is sent all of it), and the model whose
+    usage is still to be billed (a background response; "" none)."""
+
+    key: str
+    holder: str
+    context: int = 0
+    unbilled: str = ""
+
+    def dumps(self) -> str:
+        return json.dumps([self.key, self.holder, self.context, self.unbilled])
 
 
-def unbilled_model(link: str | None) -> str | None:
-    """The model a response's link says is still to be billed (a background response
-    `finish` recorded with ``billed_later``), or None."""
-    fields = _link_fields(link)
-    return fields[2] if fields is not None and len(fields) == 3 else None
-
-
-def _link_fields(link: str | None) -> list[str] | None:
-    """A link's value: ``[session key, holder]``, and the unbilled model of a background
-    response; None for none (or an unreadable one)."""
+def read_link(value: str | None) -> Link | None:
+    """The `Link` a store holds; None for none, or an unreadable one (written as
+    ``[key, holder]`` before it knew the context: context 0)."""
     try:
-        fields = json.loads(link) if link is not None else None
+        fields = json.loads(value) if value is not None else None
     except (ValueError, TypeError):
         return None
-    if not isinstance(fields, list) or len(fields) not in (2, 3):
+    if not isinstance(fields, list) or len(fields) not in (2, 4):
         return None
-    return fields if all(isinstance(f, str) for f in fields) else None
+    key, holder, context, unbilled = (*fields, 0, "") if len(fields) == 2 else fields
+    if not (isinstance(key, str) and isinstance(holder, str) and isinstance(unbilled, str)):
+        return None
+    if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+        return None
+    return Link(key, holder, context, unbilled)
 
 
-def link_target(link: str | None) -> tuple[str, str] | None:
+def link_target(value: str | None) -> tuple[str, str] | None:
     """``(session id, holder)`` of a link's value; None for none (or an unreadable one)."""
-    target = parse_link(link)
-    return None if target is None else (split_key(target[0])[1], target[1])
+    link = read_link(value)
+    return None if link is None else (split_key(link.key)[1], link.holder)
 
 
 def links_for(
@@ -108,11 +115,13 @@ def links_for(
     response_id: str | None,
     item_ids: Sequence[str] = (),
     billed_later: bool = False,
+    context_tokens: int = 0,
 ) -> dict[str, str] | None:
     """The links `finish` writes: the decision's, the response's when it has a usable id,
-    and its output items' (the first `MAX_ITEM_LINKS`), each to the session and the holder
-    of the served model's state; and beside each, unscoped, the record of its owner. A
-    response `billed_later` (a background one) has its served model in its link too."""
+    and its output items' (the first `MAX_ITEM_LINKS`), each to the session, the holder
+    of the served model's state and the `context_tokens` the answer leaves; and beside
+    each, unscoped, the record of its owner. A response `billed_later` (a background one)
+    has its served model in its link too."""
     if served_model is None:
         return None
     scope = decision.scope
@@ -127,26 +136,30 @@ def links_for(
     if not names and not owners:
         return None
     holder = policy.state_holder(served_model) if policy.state_holder is not None else ""
-    links = dict.fromkeys(names, json.dumps([decision.key, holder]))
+    link = Link(decision.key or "", holder, max(context_tokens, 0))
+    links = dict.fromkeys(names, link.dumps())
     links.update(dict.fromkeys(owners, owner_value(scope)))
     if served and served[0][0] == "response" and billed_later:  # its usage comes later
         assert response_id is not None
         name = link_name("response", response_id, scope)
-        links[name] = json.dumps([decision.key, holder, served_model])
+        links[name] = link._replace(unbilled=served_model).dumps()
     return links
 
 
-def follow(policy: SessionPolicy, turn: Turn, link: str | None) -> Turn:
+def follow(policy: SessionPolicy, turn: Turn, value: str | None) -> Turn:
     """`turn` once its link is looked up: bound to the models of the holder of the
-    state it continues, and in the session of the response it continues when that
-    named its session. An unknown (or unreadable) link changes nothing."""
-    target = parse_link(link)
-    if target is None:
+    state it continues, its prompt grown by the context that state leaves (the upstream
+    is sent all of it), and in the session of the response it continues when that named
+    its session. An unknown (or unreadable) link changes nothing."""
+    link = read_link(value)
+    if link is None:
         return turn
-    key, holder = target
-    bound = policy.holds(holder) if policy.state_holder is not None else None
+    bound = policy.holds(link.holder) if policy.state_holder is not None else None
+    prompt = turn.prompt_tokens + link.context
     if turn.link_names_session:
+        session_id = split_key(link.key)[1]
         return turn._replace(
-            session_id=split_key(key)[1], key=key, source="previous_response_id", bound=bound
-        )
-    return turn._replace(bound=bound)
+            session_id=session_id, key=link.key, source="previous_response_id", bound=bound,
+            prompt_tokens=prompt,
+        )  # fmt: skip
+    return turn._replace(bound=bound, prompt_tokens=prompt)

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 __all__ = [
     "FINISHED_KEPT",
     "charge_micros",
+    "context_after",
     "cost_micros",
+    "usage_context",
     "estimate_micros",
     "finish_prepare",
     "late_charge_step",
@@ -175,6 +177,37 @@ def charge_micros(
     if isinstance(output_bytes, bool) or not isinstance(output_bytes, int):
         output_bytes = 0
     return estimate_micros(pricing, served_model, decision.prompt_tokens, max(output_bytes, 0))
+
+
+def usage_context(usage: Any) -> int:
+    """The tokens a usage block counts: input, cached included, and output (0 when it
+    has none, or is unreadable)."""
+    try:
+        if _readable_usage(usage):
+            t = token_usage(usage)
+            return t.input + t.cache_read + t.cache_write + t.cache_write_1h + t.output
+    except (TypeError, ValueError, ArithmeticError):
+        pass
+    return 0
+
+
+def context_after(
+    decision: Decision, usage: Any = None, output_bytes: int | Callable[[], int] = 0
+) -> int:
+    """The tokens of context an answer leaves (what a request continuing it is sent):
+    its usage's input, cached included, and output; else the estimate, the prompt's
+    tokens and ceil(`output_bytes` / 3) (a function giving them is called only then)."""
+    total = usage_context(usage)
+    if total:
+        return total
+    if callable(output_bytes):
+        try:
+            output_bytes = output_bytes()
+        except Exception:
+            output_bytes = 0
+    if isinstance(output_bytes, bool) or not isinstance(output_bytes, int):
+        output_bytes = 0
+    return decision.prompt_tokens + -(-max(output_bytes, 0) // 3)
 
 
 def estimate_micros(

@@ -7,7 +7,6 @@ landed, is released in the background; `finish` retries the store for a while.""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import threading
@@ -21,7 +20,7 @@ from ..rules import MAX_COST_MICROS
 from ..stores.base import AsyncStore, Store, Transition
 from . import finish as charging
 from .begin import begin_step, decision_of, without_session
-from .chains import follow, foreign_claim, link_name, owner_name, parse_link, unbilled_model
+from .chains import follow, foreign_claim, link_name, owner_name, read_link
 from .decision import Decision, Turn
 from .finish import release_step
 from .reading import read_request
@@ -252,17 +251,18 @@ def _late_charge(
 ) -> tuple[str, Transition[int], dict[str, str]] | None:
     """What billing a background response's usage writes: its session's key, the charge
     step, and its link without the mark of a charge to come; None when none is to come."""
-    model, target = unbilled_model(link), parse_link(link)
-    if model is None or target is None:
+    found = read_link(link)
+    if found is None or not found.unbilled:
         return None
-    key, holder = target
+    model = found.unbilled
     try:
         cost = min(charging.cost_micros(policy.pricing, model, usage), MAX_COST_MICROS)
     except (TypeError, ValueError, ArithmeticError) as exc:
         log.warning("unreadable usage of background response %.256s: %.256s", response_id, exc)
         cost = 0
     step = charging.late_charge_step(f"late:{response_id}", cost)
-    return key, step, {name: json.dumps([key, holder])}
+    context = charging.usage_context(usage) or found.context
+    return found.key, step, {name: found._replace(unbilled="", context=context).dumps()}
 
 
 # -- retries of the store, for the writes that are safe to repeat ------------------------------

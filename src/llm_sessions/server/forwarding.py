@@ -193,7 +193,8 @@ async def charge(
     remembered with the session."""
     policy, metrics = gateway.policy, gateway.metrics
     cost = policy.charge_micros(decision, model, usage, None, output_bytes)
-    await finish(gateway, decision, model, cost, answer)
+    context = policy.context_tokens(decision, usage, output_bytes)
+    await finish(gateway, decision, model, cost, answer, context_tokens=context)
     metrics.cost.inc(cost / 1_000_000)
     cached = cache_read(usage)
     if cached:
@@ -211,6 +212,7 @@ async def finish(
     cost: int,
     answer: tuple[str | None, list[str]] | None = None,
     billed_later: bool = False,
+    context_tokens: int | None = None,
 ) -> None:
     """`afinish` (which retries the store for store.finish_retry_ms); a store that is
     still down then must not turn an answered request into an error: the cost that
@@ -226,6 +228,7 @@ async def finish(
             response_id=answer_id,
             item_ids=items,
             billed_later=billed_later,
+            context_tokens=context_tokens,
         )
     except StoreUnavailable as exc:
         decision.settle(-1)  # given up: never tried again for this request

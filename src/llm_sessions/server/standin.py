@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -54,6 +54,9 @@ class StandIn:
     refuse_retrieval: tuple[int, str] | None = None  # answer GET /responses/{id} so
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # responses by id
     inputs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # their input items
+    # tokens of context each stored response (and conversation) leaves: billed again as
+    # input by a request continuing it
+    context: dict[str, int] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _prefix: str = field(default_factory=lambda: secrets.token_hex(4))
 
@@ -104,6 +107,11 @@ class StandIn:
         b = self.behaviour.get(body.get("model", ""), self.default)
         if b.stall_s:
             await asyncio.sleep(b.stall_s)
+        limits = [body.get(k) for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")]
+        limit = min((v for v in limits if isinstance(v, int) and v > 0), default=None)
+        words = b.text.split(" ")
+        if limit is not None and len(words) > limit:  # as upstreams do: cut at the limit
+            b = replace(b, text=" ".join(words[:limit]))
         return body, b
 
     async def messages(self, request: Request) -> Response:
@@ -293,6 +301,14 @@ class StandIn:
             item = {"type": "message", "id": self._new_id("msg"), "status": "completed",
                     "role": "assistant", "content": [text]}  # fmt: skip
         prompt = len(json.dumps([body.get("instructions"), items])) // 4 + 1 + b.cached_tokens
+        conversation = body.get("conversation")
+        if isinstance(conversation, dict):
+            conversation = conversation.get("id")
+        # what a real upstream bills: the stored context it continues, sent again
+        if previous is not None:
+            prompt += self.context.get(previous, 0)
+        elif isinstance(conversation, str):
+            prompt += self.context.get(f"conversation:{conversation}", 0)
         output = len(b.text.split(" "))
         usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": b.cached_tokens},
                  "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
@@ -308,6 +324,9 @@ class StandIn:
             "truncation": "disabled", "background": bool(body.get("background")),
         }  # fmt: skip
         if body.get("store", True):
+            self.context[response["id"]] = prompt + output
+            if isinstance(conversation, str):
+                self.context[f"conversation:{conversation}"] = prompt + output
             self.stored[response["id"]] = response
             self.inputs[response["id"]] = [
                 {"id": self._new_id("item"), "type": "message", **i} for i in items
