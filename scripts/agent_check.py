@@ -39,9 +39,9 @@ class Agent:
     source: str  # the id source its sessions should come from
     auth: str  # how the gateway lists sessions for its key
 
-    def command(self, prompt: str) -> list[str]:
+    def command(self, prompt: str, resume: bool = False) -> list[str]:
         if self.api == "messages":
-            return [self.binary, "-p", prompt]
+            return [self.binary, "-p", *(["--continue"] if resume else []), prompt]
         return [self.binary, "exec", "--skip-git-repo-check", prompt]
 
     def env(self, gateway: str, home: Path) -> dict[str, str]:
@@ -76,6 +76,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("agent", choices=sorted(AGENTS))
     parser.add_argument("--bin", help="the agent's executable (default: under /opt/agents)")
+    parser.add_argument(
+        "--cap", type=float, help="a session cap (USD) below the agent's worst case, at a "
+        "large model's prices: turns go on with lowered output limits, then end in a 429",
+    )  # fmt: skip
     args = parser.parse_args()
     agent = AGENTS[args.agent]
     if args.bin:
@@ -96,13 +100,26 @@ def main() -> int:
             '[pricing."gpt-4o"]\ninput_per_mtok = 2.5\noutput_per_mtok = 10\n'
             "[budget]\nmax_session_cost_usd = 1.0\n"
         )
+        if args.cap is not None:  # every model at a large model's prices (5 / 25 USD per M)
+            models = ("gpt-4o-mini", "gpt-4o", "o3-mini")
+            toml = (
+                toml.split("[pricing.", maxsplit=1)[0]
+                + "".join(
+                    f'[pricing."{m}"]\ninput_per_mtok = 5\noutput_per_mtok = 25\n' for m in models
+                )
+                + f"[budget]\nmax_session_cost_usd = {args.cap}\nmin_output_tokens = 1024\n"
+            )
         with gateway_processes(work, toml, count=1) as ports:
             gateway = f"http://127.0.0.1:{ports[0]}"
             env = {**os.environ, **agent.env(gateway, home)}
             runs = []
-            for prompt in ("Run the tests, then say done.", "Run the tests again, then say done."):
+            prompts = ["Run the tests, then say done.", "Run the tests again, then say done."]
+            if args.cap is not None:  # one conversation, continued until the cap ends it
+                prompts = [f"Step {i}: run the tests, then say done." for i in range(8)]
+            for i, prompt in enumerate(prompts):
                 started = time.monotonic()
-                done = subprocess.run(agent.command(prompt), cwd=work, env=env,
+                resume = args.cap is not None and i > 0
+                done = subprocess.run(agent.command(prompt, resume), cwd=work, env=env,
                                       capture_output=True, text=True, timeout=300, check=False,
                                       stdin=subprocess.DEVNULL)  # fmt: skip
                 runs.append((done.returncode, time.monotonic() - started,
@@ -132,22 +149,29 @@ def main() -> int:
     for line in access:
         print(f"  session {line['session']} api={line['api']} source={line['source']} "
               f"reason={line['reason']} model={line['model']} status={line['status']} "
-              f"stream={line['stream']} cost={line['cost_usd']}")  # fmt: skip
+              f"stream={line['stream']} cost={line['cost_usd']} "
+              f"output_limit={line.get('output_limit')}")  # fmt: skip
     print(f"sessions listed for this key: {len(sessions)}")
     for row in sessions:
         print(f"  {row['id']}: {row['request_count']} requests, {row['session_cost_usd']} USD")
     failures = []
-    if any(code != 0 for code, *_ in runs):
+    ended = [code for code, *_ in runs] if args.cap is None else [runs[0][0]]  # then the cap
+    if any(code != 0 for code in ended):
         failures.append(f"a {args.agent} run failed")
     if not access:
         failures.append("no request reached the gateway")
     if any(line["api"] != agent.api or line["source"] != agent.source for line in access):
         failures.append(f"a request was not on the {agent.api} API keyed by {agent.source}")
-    if any(line["status"] != 200 or line["cost_usd"] == "0.000000" for line in access):
-        failures.append("a request failed, or was not charged")
-    if len(sessions) != 2:  # (the log cuts ids to 8 characters: UUIDv7s share those)
+    served = [line for line in access if line["status"] == 200]
+    if args.cap is None and len(served) != len(access):
+        failures.append("a request failed")
+    if any(line["cost_usd"] == "0.000000" for line in served):
+        failures.append("a request was not charged")
+    if args.cap is not None:
+        failures += cap_failures(args.cap, access, sessions)
+    elif len(sessions) != 2:  # (the log cuts ids to 8 characters: UUIDv7s share those)
         failures.append(f"expected 2 sessions, the gateway lists {len(sessions)}")
-    if sum(row["request_count"] for row in sessions) != len(access):
+    if sum(row["request_count"] for row in sessions) != len(served):
         failures.append("the sessions do not account for every request")
     if not any(row["request_count"] >= 2 for row in sessions):
         failures.append("no conversation had several turns")
@@ -155,6 +179,23 @@ def main() -> int:
         print(f"FAIL: {failure}")
     print("OK" if not failures else f"{len(failures)} check(s) failed")
     return 1 if failures else 0
+
+
+def cap_failures(
+    cap: float, access: list[dict[str, object]], sessions: list[dict[str, object]]
+) -> list[str]:
+    """Under a cap below the agent's worst case: turns served with lowered output limits,
+    then refused (429) as final; no session past its cap."""
+    failures = []
+    if not any(line.get("output_limit") for line in access):
+        failures.append("no request was served with a lowered output limit")
+    if any(line["status"] not in (200, 429) for line in access):
+        failures.append("a request failed other than by the cap")
+    if not any(line["status"] == 429 for line in access):
+        failures.append("the cap was never reached")
+    if any(float(str(row["session_cost_usd"])) > cap for row in sessions):
+        failures.append(f"a session spent more than its {cap} USD cap")
+    return failures
 
 
 if __name__ == "__main__":

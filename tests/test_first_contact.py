@@ -138,8 +138,8 @@ def test_the_demo_needs_no_openai_client() -> None:
     result = run_cli("demo", block="openai")
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line[:4].strip().isdigit()]
-    assert len(rows) == 11 + 3 + 3  # the chat conversation, the Messages and Responses sessions
-    assert "budget_exceeded" in rows[10]
+    assert len(rows) == 12 + 3 + 3  # the chat conversation, the Messages and Responses sessions
+    assert "sent with max_tokens" in rows[10] and "budget_exceeded" in rows[11]
     assert result.stderr == ""  # no warnings, no tracebacks
 
 

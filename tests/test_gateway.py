@@ -623,7 +623,7 @@ def test_a_refused_request_is_logged_with_what_is_known(caplog: pytest.LogCaptur
     long_id = "0190b5c2-7a1e-7cc3-9f00-" + "a" * 40
     with (
         caplog.at_level(logging.INFO, logger="llm_sessions.access"),
-        gateway_with_standin(max_session_cost_usd=0.01) as gw,
+        gateway_with_standin(max_session_cost_usd=0.01, fit_output=False) as gw,
         gw.http() as http,
     ):
         headers = {"x-session-id": long_id}

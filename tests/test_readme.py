@@ -54,9 +54,11 @@ def test_policy_example_walks_the_chain_and_finishes_once() -> None:
     exec(python_block_after(BLOCKS[2]), namespace)
     handle, policy = namespace["handle"], namespace["policy"]
     called: list[str] = []
+    limits: list[int | None] = []
 
     def call_upstream(model: str, body: dict[str, Any]) -> dict[str, Any] | None:
         called.append(body["model"])
+        limits.append(body.get("max_tokens"))
         if model == "anthropic/claude-sonnet-4.6":
             return None  # the primary is down
         return {"usage": {"prompt_tokens": 1000, "completion_tokens": 100}}
@@ -67,8 +69,12 @@ def test_policy_example_walks_the_chain_and_finishes_once() -> None:
     entry = policy.store.get_session("s")
     assert entry.model == "openai/gpt-4o"  # the fallback that served is pinned
     assert entry.reserved_micros == 0
-    with pytest.raises(BudgetExceeded):  # the $2 cap holds
-        handle({"x-session-id": "s"}, {**body, "max_tokens": 1_000_000}, call_upstream)
+    # a worst case over the $2 cap: sent with the largest output limit that fits
+    assert handle({"x-session-id": "s"}, {**body, "max_tokens": 1_000_000}, call_upstream)
+    assert called[-1] == "openai/gpt-4o"
+    assert limits[-1] is not None and 1024 <= limits[-1] < 1_000_000
+    with pytest.raises(BudgetExceeded):  # 1,000 answers: even at the floor, over the cap
+        handle({"x-session-id": "s"}, {**body, "max_tokens": 1_000_000, "n": 1000}, call_upstream)
 
 
 def test_client_example(capsys: pytest.CaptureFixture[str]) -> None:

@@ -214,7 +214,7 @@ def test_cache_reads_are_priced_as_cache_reads() -> None:
 
 
 def test_the_budget_caps_responses_sessions() -> None:
-    with gateway_with_standin(max_session_cost_usd=0.05) as gw:
+    with gateway_with_standin(max_session_cost_usd=0.05, fit_output=False) as gw:
         client = gw.client()
         with pytest.raises(openai.RateLimitError) as info:
             client.responses.create(model="auto", input="x", max_output_tokens=100_000)

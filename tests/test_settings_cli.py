@@ -66,6 +66,8 @@ def test_defaults_and_command_line_overrides() -> None:
         ('[budget]\nmode = "lenient"', "budget.mode"),
         ("[budget]\nmax_session_cost_usd = -1", "budget.max_session_cost_usd"),
         ("[budget]\nreservation_ttl_ms = 1000", "budget.reservation_ttl_ms"),
+        ("[budget]\nmin_output_tokens = 0", "budget.min_output_tokens"),
+        ("[budget]\nfit_output = 1", "budget.fit_output"),
         ("[server]\nmetrics_admin_only = true", "server.metrics_admin_only"),
         ("[nonsense]\nx = 1", "nonsense"),
         ("not toml = = =", "not valid TOML"),
@@ -110,8 +112,9 @@ def test_demo_shows_the_whole_story() -> None:
         assert part_costs == sorted(part_costs) and part_costs[0] > 0
     assert reasons == [
         "new", "pinned", "upgraded", "pinned", "pinned", "escalated",
-        "pinned", "cache_sticky", "cache_sticky", "cache_sticky", "(refused)",
+        "pinned", "cache_sticky", "cache_sticky", "cache_sticky", "cache_sticky", "(refused)",
     ]  # fmt: skip
+    assert "sent with max_tokens" in rows[-2]  # lowered to what fits the cap
     assert [row.split()[4] for row in rows[3:6]] == ["0", "1", "2"]  # strikes
     assert "*" in rows[8].split()[2]  # served by a fallback after the 503
     assert "budget_exceeded" in rows[-1]

@@ -96,6 +96,8 @@ def _conversation(client: httpx.Client, standin: StandIn, out: Callable[[str], N
                 f"over the ${error.get('cap_usd')} cap, final")  # fmt: skip
             return
         h = raw.headers
+        if "x-session-output-limit" in h:
+            note += f": sent with max_tokens {h['x-session-output-limit']}"
         reply = raw.json()["choices"][0]["message"]["content"]
         messages.append({"role": "assistant", "content": reply})
         served = h["x-session-served-model"]
@@ -133,7 +135,8 @@ def _conversation(client: httpx.Client, standin: StandIn, out: Callable[[str], N
     user("Commit it.")
     ask("the fallback is pinned for now")
     user("Now write an exhaustive property-based test suite for the auth module.")
-    ask("", max_tokens=100_000)  # its worst case alone is over the session's $0.50 cap
+    ask("worst case over the $0.50 cap", max_tokens=100_000)  # the output limit that fits
+    ask("", max_tokens=100_000, n=64)  # 64 answers: even at the floor, over the cap
     out("\n* served by a fallback. Every row went through the gateway over HTTP.")
 
 

@@ -54,7 +54,10 @@ class SessionPolicy:
     flow route; any other model is the user's explicit choice. With
     `max_session_cost_usd`, each request reserves its worst-case cost against the cap
     before it is routed; `budget_mode` is ``"strict"`` (refuse) or ``"downgrade"`` (send
-    an auto session's request to the SIMPLE tier when that fits). Use `begin`/`finish`
+    an auto session's request to the SIMPLE tier when that fits). With `fit_output` (the
+    default), a request whose worst case does not fit what is left is first given the
+    largest output limit that fits (`Decision.output_limit`), down to
+    `min_output_tokens`. Use `begin`/`finish`
     with a sync store and `abegin`/`afinish` with an async one.
 
     When the store can't be reached, `on_store_error` says what a capped request gets:
@@ -93,6 +96,8 @@ class SessionPolicy:
         id_sources: Sequence[str] = DEFAULT_ID_SOURCES,
         state_holder: Callable[[str], str] | None = None,
         unknown_state: str = "forward",
+        fit_output: bool = True,
+        min_output_tokens: int = 1024,
     ) -> None:
         if not hasattr(store, "transact") or not hasattr(store, "config"):
             raise TypeError(f"store must be a session store, got {type(store).__name__}")
@@ -137,6 +142,7 @@ class SessionPolicy:
             ("reservation_ttl_ms", reservation_ttl_ms, 1),
             ("fallback_pin_ms", fallback_pin_ms, 0),
             ("finish_retry_ms", finish_retry_ms, 0),
+            ("min_output_tokens", min_output_tokens, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -144,6 +150,10 @@ class SessionPolicy:
         self.reservation_ttl_ms = reservation_ttl_ms
         self.fallback_pin_ms = fallback_pin_ms
         self.finish_retry_ms = finish_retry_ms
+        if not isinstance(fit_output, bool):
+            raise TypeError(f"fit_output must be a bool, got {type(fit_output).__name__}")
+        self.fit_output = fit_output
+        self.min_output_tokens = min_output_tokens
         self._resolved = _resolve_tiers(self.tiers)
         #: each tier's primary (that of the tier it resolves to): what escalation moves to
         self.primaries = {t: self.tiers[self._resolved[t]].primary for t in Tier}

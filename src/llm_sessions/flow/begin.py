@@ -95,11 +95,16 @@ def begin_rules(
         for m in policy.tiers[pick.tier].chain
         if m != pick.model and (bound is None or m in bound)
     ]
-    reserved = 0
+    reserved = output_limit = 0
     if policy.cap_micros is not None:
         reserved = req.choices * policy.worst_case_micros(
             [pick.model, *fallbacks], req.prompt_tokens, req.max_output_tokens
         )
+        fitted = None
+        if spent + held + reserved > policy.cap_micros and policy.fit_output:
+            fitted = _fit(policy, req, [pick.model, *fallbacks], spent + held)
+            if fitted is not None:
+                output_limit, reserved = fitted
         if spent + held + reserved > policy.cap_micros:
             downgrade = _downgrade(policy, req, explicit_session, spent + held, bound)
             if downgrade is None:
@@ -131,7 +136,7 @@ def begin_rules(
     activated = bool(record[CACHE_STICKY]) and not (entry is not None and entry.cache_sticky)
     begun = Begun(
         pick.model, pick.tier, pick.reason, strikes, spent, held, reserved, None, fallbacks,
-        activated, pick.pin_from,
+        activated, pick.pin_from, output_limit,
     )  # fmt: skip
     return entry_of(record, new_flow), begun
 
@@ -230,6 +235,30 @@ def escalate(policy: SessionPolicy, record: Record) -> bool:
     return True
 
 
+def _fit(
+    policy: SessionPolicy, req: Turn, models: list[str], committed: int
+) -> tuple[int, int] | None:
+    """`fit_output`: the largest output limit, at least `min_output_tokens` and below
+    the one asked for, whose worst case on `models` fits what is left of the cap, and
+    that worst case; None when even the floor does not fit."""
+    assert policy.cap_micros is not None
+    left = policy.cap_micros - committed
+
+    def worst(output: int) -> int:
+        return req.choices * policy.worst_case_micros(models, req.prompt_tokens, output)
+
+    low, high = policy.min_output_tokens, req.max_output_tokens - 1
+    if low > high or worst(low) > left:
+        return None
+    while low < high:  # the worst case grows with the output: the last that fits
+        middle = (low + high + 1) // 2
+        if worst(middle) <= left:
+            low = middle
+        else:
+            high = middle - 1
+    return low, worst(low)
+
+
 def _downgrade(
     policy: SessionPolicy,
     req: Turn,
@@ -261,8 +290,9 @@ def decision_of(policy: SessionPolicy, turn: Turn, begun: Begun) -> Decision:
             model=begun.model,
         )
     headers = response_headers(
-        turn.session_id, begun.model, begun.tier, begun.reason, begun.spent, turn.source
-    )
+        turn.session_id, begun.model, begun.tier, begun.reason, begun.spent, turn.source,
+        begun.output_limit,
+    )  # fmt: skip
     return Decision(
         session_id=turn.session_id,
         model=begun.model,
@@ -284,6 +314,7 @@ def decision_of(policy: SessionPolicy, turn: Turn, begun: Begun) -> Decision:
         links=turn.links_out,
         pin_from=begun.pin_from,
         owned=turn.owned,
+        output_limit=begun.output_limit or None,
     )
 
 

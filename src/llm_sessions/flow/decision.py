@@ -73,6 +73,8 @@ class Decision:
     links: tuple[str, ...] = ()  # link names `finish` points at this session (a conversation)
     pin_from: str = ""  # the pin a chain bound this turn away from: `finish` moves it if served
     owned: tuple[str, ...] = ()  # owner records `finish` writes (a conversation's)
+    # the output limit lowered so the worst case fits the cap (`fit_output`); None: as asked
+    output_limit: int | None = None
     _outcome: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
@@ -135,6 +137,7 @@ class Begun(NamedTuple):
     fallbacks: list[str]
     sticky_activated: bool = False
     pin_from: str = ""  # the pin a chain bound this turn away from
+    output_limit: int = 0  # the output limit lowered to fit the cap (0: as asked)
 
 
 def entry_of(record: Record, flow: FlowState) -> Entry:
@@ -143,7 +146,13 @@ def entry_of(record: Record, flow: FlowState) -> Entry:
 
 
 def response_headers(
-    session_id: str | None, model: str, tier: Tier, reason: str, spent: int, source: str = ""
+    session_id: str | None,
+    model: str,
+    tier: Tier,
+    reason: str,
+    spent: int,
+    source: str = "",
+    output_limit: int = 0,
 ) -> dict[str, str]:
     """The ``X-Session-*`` headers of a decision."""
     headers = {} if session_id is None else {"X-Session-ID": session_id}
@@ -157,4 +166,6 @@ def response_headers(
             "X-Session-Cost-USD": format_usd(spent),
         }
     )
+    if output_limit:
+        headers["X-Session-Output-Limit"] = str(output_limit)
     return headers

@@ -12,8 +12,10 @@ from .chat import Verdict
 
 __all__ = [
     "ERROR_TYPES",
+    "MIN_THINKING_BUDGET",
     "UNREAD_EVENTS",
     "error_body",
+    "fit_thinking",
     "read_stream_event",
     "text_bytes",
     "to_view",
@@ -166,6 +168,29 @@ def _json(value: Any) -> str:
 
 
 # -- responses -------------------------------------------------------------------------------
+
+
+#: The least thinking budget the Messages API accepts.
+MIN_THINKING_BUDGET = 1024
+
+
+def fit_thinking(body: dict[str, Any], limit: int) -> None:
+    """Keep an extended-thinking budget within an output limit lowered to `limit` (the
+    API requires ``budget_tokens < max_tokens``): scaled down with the limit, at least
+    `MIN_THINKING_BUDGET`; thinking is turned off when even that does not fit."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < limit:
+        return
+    asked = body.get("max_tokens")
+    share = budget / asked if isinstance(asked, int) and asked > budget else 0.5
+    scaled = max(int(limit * share), MIN_THINKING_BUDGET)
+    if scaled < limit:
+        body["thinking"] = {**thinking, "budget_tokens": scaled}
+    else:
+        body["thinking"] = {"type": "disabled"}
 
 
 def text_bytes(message: Any) -> int:

@@ -47,8 +47,9 @@ def log_request(metrics: Metrics, record: dict[str, Any], status: int, started: 
         "latency_ms": round(latency * 1000, 1),
         "cost_usd": format_usd(record.get("cost", 0)),
     }
-    if "complete" in record:
-        line["complete"] = record["complete"]
+    for optional in ("complete", "output_limit"):
+        if optional in record:
+            line[optional] = record[optional]
     if "request_id" in record:
         line["request_id"] = record["request_id"]
     log.info(json.dumps(line))

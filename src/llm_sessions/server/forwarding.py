@@ -61,7 +61,7 @@ async def forward(
     metrics = gateway.metrics
     for model in served[: gateway.max_attempts]:
         client, sent_as, headers = route(gateway, model, request, wire.forward_headers)
-        payload = _payload(gateway, body, sent_as, stream, wire)
+        payload = _payload(gateway, decision, body, sent_as, stream, wire)
         try:
             attempt = await client.attempt(model, payload, wire.path, headers)
             response = None
@@ -94,15 +94,24 @@ async def forward(
 
 
 def _payload(
-    gateway: Gateway, body: dict[str, Any], sent_as: str, stream: bool, wire: Wire
+    gateway: Gateway,
+    decision: Decision,
+    body: dict[str, Any],
+    sent_as: str,
+    stream: bool,
+    wire: Wire,
 ) -> dict[str, Any]:
     """The body sent upstream: the model as the upstream names it; under a cap, the
-    output limit reserved when the client set none (Messages requires one anyway); on a
-    stream of an API that must ask for its usage, that ask."""
+    output limit lowered to fit it (`fit_output`), else the one reserved when the client
+    set none (Messages requires one anyway); on a stream of an API that must ask for its
+    usage, that ask."""
     payload = {**body, "model": sent_as}
-    if gateway.policy.cap_micros is not None and not any(
-        body.get(k) is not None for k in wire.limits
-    ):
+    given = [k for k in wire.limits if body.get(k) is not None]
+    if decision.output_limit is not None:  # lowered so the worst case fits the cap
+        wire.fit_limit(payload, decision.output_limit)
+        for field in given or wire.limits[:1]:
+            payload[field] = decision.output_limit
+    elif gateway.policy.cap_micros is not None and not given:
         payload[wire.limits[0]] = gateway.settings.default_max_tokens
     if stream and wire.asks_stream_usage:
         payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}

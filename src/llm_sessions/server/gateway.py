@@ -44,6 +44,8 @@ class Gateway:
             finish_retry_ms=settings.store_finish_retry_ms,
             id_sources=settings.id_sources,
             unknown_state=settings.unknown_state,
+            fit_output=settings.fit_output,
+            min_output_tokens=settings.min_output_tokens,
             state_holder=self.upstream_of,
         )
         self.upstreams = {up.name: Upstream(up) for up in settings.upstreams}

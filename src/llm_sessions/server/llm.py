@@ -85,6 +85,8 @@ async def _handle(
     headers = {**decision.headers, "X-Session-Strikes": str(decision.strikes)}
     record.update(session=decision.session_id, reason=decision.reason, tier=decision.tier.value,
                   model=decision.model, headers=headers, source=decision.source)  # fmt: skip
+    if decision.output_limit is not None:
+        record["output_limit"] = decision.output_limit
     metrics = gateway.metrics
     metrics.requests.labels(decision.reason).inc()
     if decision.reason == "escalated":

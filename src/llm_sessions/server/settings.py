@@ -147,6 +147,8 @@ class Settings:
     budget_mode: str = "strict"
     budget_on_store_error: str = "refuse"
     reservation_ttl_ms: int = 600_000
+    fit_output: bool = True  # lower an output limit to what fits the cap, to a floor
+    min_output_tokens: int = 1024
     stats_limit: int = 100
 
     @cached_property
@@ -431,6 +433,8 @@ def _parse(root: _Reader) -> Settings:
         raise ConfigError(
             f"config: budget.on_store_error must be 'refuse' or 'allow', got {on_store_error!r}"
         )
+    fit_output = budget.get("fit_output", bool, True)
+    min_output_tokens = budget.number("min_output_tokens", 1024, minimum=1, integer=True)
     budget.done()
     root.done()
     return Settings(
@@ -461,6 +465,8 @@ def _parse(root: _Reader) -> Settings:
         pricing=pricing,
         max_session_cost_usd=cap,
         budget_mode=mode,
+        fit_output=fit_output,
+        min_output_tokens=min_output_tokens,
         budget_on_store_error=on_store_error,
         reservation_ttl_ms=reservation_ttl_ms,
         stats_limit=stats_limit,

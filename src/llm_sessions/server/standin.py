@@ -126,8 +126,10 @@ class StandIn:
                 },
                 status_code=b.status,
             )
+        prompt = [body.get("system"), body.get("tools"), body.get("messages", [])]
         usage: dict[str, Any] = {
-            "input_tokens": len(json.dumps(body.get("messages", []))) // 4 + 1,
+            # the whole prompt, as Anthropic counts it: system prompt, tools and messages
+            "input_tokens": len(json.dumps(prompt)) // 4 + 1,
             "output_tokens": len(b.text.split(" ")),
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": b.cached_tokens,

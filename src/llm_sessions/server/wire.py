@@ -37,6 +37,8 @@ class Wire:
     background: Callable[[dict[str, Any]], bool] = lambda body: False
     # an answer whose output is still to come: billed when it is seen (`stored`)
     unfinished: Callable[[Any], bool] = lambda data: False
+    # what else a lowered output limit changes in the body (a thinking budget)
+    fit_limit: Callable[[dict[str, Any], int], None] = lambda body, limit: None
 
 
 def _chat_stream_reader(body: dict[str, Any]) -> Callable[[Any, dict[str, Any]], Any]:
@@ -63,6 +65,7 @@ MESSAGES = Wire(
     anthropic_errors=True,
     forward_headers=("anthropic-version", "anthropic-beta"),
     unread=messages.UNREAD_EVENTS,
+    fit_limit=messages.fit_thinking,
 )
 RESPONSES = Wire(
     "responses",
