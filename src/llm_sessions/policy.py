@@ -99,31 +99,14 @@ class SessionPolicy:
         fit_output: bool = True,
         min_output_tokens: int = 1024,
     ) -> None:
-        if not hasattr(store, "transact") or not hasattr(store, "config"):
-            raise TypeError(f"store must be a session store, got {type(store).__name__}")
         self.store = store
-        self._sync_store: Store | None = None
-        self._async_store: AsyncStore | None = None
-        if inspect.iscoroutinefunction(store.transact):
-            self._async_store = store  # type: ignore[assignment]
-        else:
-            self._sync_store = store  # type: ignore[assignment]
+        self._sync_store, self._async_store = _twins(store)
         self.config = store.config
         self.tiers = routing_table(tiers)
         self.classify: Classifier = default_classify if classify is None else classify
-        if not callable(self.classify):
-            raise TypeError("classify must be a callable (messages, tools) -> Tier")
-        self.pricing = dict(pricing or {})
-        for model, price in self.pricing.items():
-            if not isinstance(price, Pricing):
-                raise TypeError(f"pricing[{model!r}] must be a Pricing, got {type(price).__name__}")
-        if (
-            isinstance(profiles, str)
-            or not profiles
-            or not all(isinstance(p, str) and p for p in profiles)
-        ):
-            raise ValueError(f"profiles must be a non-empty list of names, got {profiles!r}")
-        self.profiles = tuple(profiles)
+        _check_callable("classify", self.classify, "(messages, tools) -> Tier")
+        self.pricing = _checked_pricing(pricing)
+        self.profiles = _checked_profiles(profiles)
         self.cap_micros: int | None = None
         if max_session_cost_usd is not None:  # a cap rounds down: never more than it says
             self.cap_micros = usd_to_micros(
@@ -133,27 +116,18 @@ class SessionPolicy:
         self.on_store_error = _one_of("on_store_error", on_store_error, ("refuse", "allow"))
         self.unknown_state = _one_of("unknown_state", unknown_state, ("forward", "refuse"))
         self.id_sources = check_id_sources(id_sources)
-        if state_holder is not None and not callable(state_holder):
-            raise TypeError("state_holder must be a callable (model) -> str")
+        if state_holder is not None:
+            _check_callable("state_holder", state_holder, "(model) -> str")
         self.state_holder = state_holder
         self._held: dict[str, frozenset[str]] = {}  # holder -> the table's models it holds
-        for name, value, low in (
-            ("default_max_tokens", default_max_tokens, 1),
-            ("reservation_ttl_ms", reservation_ttl_ms, 1),
-            ("fallback_pin_ms", fallback_pin_ms, 0),
-            ("finish_retry_ms", finish_retry_ms, 0),
-            ("min_output_tokens", min_output_tokens, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        self.default_max_tokens = default_max_tokens
-        self.reservation_ttl_ms = reservation_ttl_ms
-        self.fallback_pin_ms = fallback_pin_ms
-        self.finish_retry_ms = finish_retry_ms
+        self.default_max_tokens = _at_least("default_max_tokens", default_max_tokens, 1)
+        self.reservation_ttl_ms = _at_least("reservation_ttl_ms", reservation_ttl_ms, 1)
+        self.fallback_pin_ms = _at_least("fallback_pin_ms", fallback_pin_ms, 0)
+        self.finish_retry_ms = _at_least("finish_retry_ms", finish_retry_ms, 0)
         if not isinstance(fit_output, bool):
             raise TypeError(f"fit_output must be a bool, got {type(fit_output).__name__}")
         self.fit_output = fit_output
-        self.min_output_tokens = min_output_tokens
+        self.min_output_tokens = _at_least("min_output_tokens", min_output_tokens, 1)
         self._resolved = _resolve_tiers(self.tiers)
         #: each tier's primary (that of the tier it resolves to): what escalation moves to
         self.primaries = {t: self.tiers[self._resolved[t]].primary for t in Tier}
@@ -383,3 +357,41 @@ def _resolve_tiers(tiers: Mapping[Tier, TierModels]) -> dict[Tier, Tier]:
         below = [t for t in Tier if t < tier and t in tiers]
         resolved[tier] = above[0] if above else below[-1]
     return resolved
+
+
+def _twins(store: Store | AsyncStore) -> tuple[Store | None, AsyncStore | None]:
+    """`store` as the sync or the async store it is."""
+    if not hasattr(store, "transact") or not hasattr(store, "config"):
+        raise TypeError(f"store must be a session store, got {type(store).__name__}")
+    if inspect.iscoroutinefunction(store.transact):
+        return None, store  # type: ignore[return-value]
+    return store, None  # type: ignore[return-value]
+
+
+def _check_callable(name: str, value: object, shape: str) -> None:
+    if not callable(value):
+        raise TypeError(f"{name} must be a callable {shape}")
+
+
+def _checked_pricing(pricing: Mapping[str, Pricing] | None) -> dict[str, Pricing]:
+    checked = dict(pricing or {})
+    for model, price in checked.items():
+        if not isinstance(price, Pricing):
+            raise TypeError(f"pricing[{model!r}] must be a Pricing, got {type(price).__name__}")
+    return checked
+
+
+def _checked_profiles(profiles: Sequence[str]) -> tuple[str, ...]:
+    if (
+        isinstance(profiles, str)
+        or not profiles
+        or not all(isinstance(p, str) and p for p in profiles)
+    ):
+        raise ValueError(f"profiles must be a non-empty list of names, got {profiles!r}")
+    return tuple(profiles)
+
+
+def _at_least(name: str, value: int, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value

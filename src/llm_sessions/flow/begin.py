@@ -12,7 +12,7 @@ inside one atomic step of the store, and the `Decision` made of their outcome.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .. import rules
 from ..errors import BudgetExceeded
@@ -95,30 +95,20 @@ def begin_rules(
         for m in policy.tiers[pick.tier].chain
         if m != pick.model and (bound is None or m in bound)
     ]
-    reserved = output_limit = 0
-    if policy.cap_micros is not None:
-        reserved = req.choices * policy.worst_case_micros(
-            [pick.model, *fallbacks], req.prompt_tokens, req.max_output_tokens
-        )
-        fitted = None
-        if spent + held + reserved > policy.cap_micros and policy.fit_output:
-            fitted = _fit(policy, req, [pick.model, *fallbacks], spent + held)
-            if fitted is not None:
-                output_limit, reserved = fitted
-        if spent + held + reserved > policy.cap_micros:
-            downgrade = _downgrade(policy, req, explicit_session, spent + held, bound)
-            if downgrade is None:
-                refused = (pick.model, pick.tier, pick.reason, strikes, spent, held, 0, reserved)
-                return entry, Begun(*refused, [])
-            # the pin is not moved and nothing escalates; the request goes to SIMPLE
-            pick.model, fallbacks, reserved = downgrade
-            pick.tier, pick.reason = Tier.SIMPLE, "budget_downgrade"
-            record = before_escalation
-            if entry is not None:
-                record[MODEL], record[TIER] = entry.model, entry.tier
-            pick.fallback_from, pick.fallback_at = flow.fallback_from, flow.fallback_at
-            pick.pin_from = ""
-            sticky_ttl = flow.sticky_ttl_ms
+    budget = _budget(policy, req, [pick.model, *fallbacks], spent + held, explicit_session, bound)
+    if budget.outcome == "refused":
+        refused = (pick.model, pick.tier, pick.reason, strikes, spent, held, 0, budget.reserved)
+        return entry, Begun(*refused, [])
+    fallbacks = budget.fallbacks
+    if budget.outcome == "downgraded":  # the pin is not moved and nothing escalates
+        pick.model, pick.tier, pick.reason = fallbacks.pop(0), Tier.SIMPLE, "budget_downgrade"
+        record = before_escalation
+        if entry is not None:
+            record[MODEL], record[TIER] = entry.model, entry.tier
+        pick.fallback_from, pick.fallback_at = flow.fallback_from, flow.fallback_at
+        pick.pin_from = ""
+        sticky_ttl = flow.sticky_ttl_ms
+    reserved, output_limit = budget.reserved, budget.output_limit
 
     reservations = flow.reservations
     if reserved:
@@ -233,6 +223,45 @@ def escalate(policy: SessionPolicy, record: Record) -> bool:
     while rules.escalate_session(record, policy.primaries) not in (target, None):
         pass
     return True
+
+
+class _Budget(NamedTuple):
+    """Rule 7's outcome: the reservation (refused: the worst case that did not fit), the
+    output limit lowered to fit (0: as asked), and the models to try."""
+
+    outcome: str  # "reserved", "downgraded" (to SIMPLE: `models`' first) or "refused"
+    reserved: int
+    output_limit: int
+    fallbacks: list[str]  # downgraded: SIMPLE's models, the one to call first
+
+
+def _budget(
+    policy: SessionPolicy,
+    req: Turn,
+    models: list[str],
+    committed: int,
+    explicit_session: bool,
+    bound: frozenset[str] | None,
+) -> _Budget:
+    """Rule 7 for a request to `models` (the decided one first) with `committed` spent
+    and reserved by the session: its worst case reserved when it fits the cap; else the
+    largest output limit that fits (`fit_output`); else SIMPLE's models (``downgrade``);
+    else refused."""
+    if policy.cap_micros is None:
+        return _Budget("reserved", 0, 0, models[1:])
+    reserved = req.choices * policy.worst_case_micros(
+        models, req.prompt_tokens, req.max_output_tokens
+    )
+    if committed + reserved <= policy.cap_micros:
+        return _Budget("reserved", reserved, 0, models[1:])
+    fitted = _fit(policy, req, models, committed) if policy.fit_output else None
+    if fitted is not None:
+        return _Budget("reserved", fitted[1], fitted[0], models[1:])
+    downgrade = _downgrade(policy, req, explicit_session, committed, bound)
+    if downgrade is None:
+        return _Budget("refused", reserved, 0, [])
+    model, fallbacks, worst = downgrade
+    return _Budget("downgraded", worst, 0, [model, *fallbacks])
 
 
 def _fit(

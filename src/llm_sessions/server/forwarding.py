@@ -131,41 +131,13 @@ async def _answer(
     a byte could be sent (then the next model is tried)."""
     upstream = attempt.response
     assert upstream is not None
-    model = attempt.model
-    headers = {**record["headers"], "X-Session-Served-Model": model}
-    record["model"] = model
+    headers = {**record["headers"], "X-Session-Served-Model": attempt.model}
+    record["model"] = attempt.model
     if attempt.terminal or upstream.status_code != 200:
-        # the upstream refused (quota, a bad request): the client sees it; nothing served
-        if attempt.terminal:
-            gateway.metrics.upstream_errors.labels(attempt.error_kind).inc()
-        try:
-            content = await upstream.aread()
-        except UpstreamBroke:
-            refused = error_body("the upstream refused the request", "upstream_error")
-            content = json.dumps(refused).encode()
-        finally:
-            await upstream.aclose()
-        await finish(gateway, decision, None, 0)
-        media = upstream.headers.get("content-type", "application/json")
-        return Response(content, upstream.status_code, headers=headers, media_type=media)
-
-    stored = body.get("store") is not False  # an answer that was not stored can't be continued
+        return await _refused(gateway, decision, attempt, headers)
     if stream:
-        started = time.perf_counter()
-
-        async def done(meter: StreamMeter, complete: bool) -> None:
-            usage = meter.usage
-            if not complete and usage is not None:  # its output count may be a placeholder
-                usage = with_generated_output(usage, meter.generated_bytes())
-            answer = (meter.answer_id, meter.answer_items) if stored else None
-            cost = await charge(gateway, decision, model, usage, meter.generated_bytes, answer)
-            record.update(cost=cost, complete=complete)
-            log_request(gateway.metrics, record, 200, started)
-
         record["relaying"] = True  # from here the relay records the outcome
-        meter = StreamMeter(wire.reader(body), wire.unread, wire.read_marker)
-        return RelayResponse(upstream, done, headers, meter)
-
+        return _relayed(gateway, decision, attempt, body, record, wire, headers)
     try:
         content = await upstream.aread()
     except UpstreamBroke:
@@ -177,16 +149,67 @@ async def _answer(
     except ValueError:
         data = None
     usage = data.get("usage") if isinstance(data, dict) else None
+    stored = body.get("store") is not False  # an answer that was not stored can't be continued
     answer = (wire.answer_id(data), wire.answer_items(data)) if stored else None
     if answer is not None and answer[0] is not None and wire.unfinished(data):
         # a background response, queued: billed when its output is seen (`stored`)
-        await finish(gateway, decision, model, 0, answer, billed_later=True)
+        await finish(gateway, decision, attempt.model, 0, answer, billed_later=True)
         record["cost"] = 0
     else:
         output = wire.text_bytes(data)
-        record["cost"] = await charge(gateway, decision, model, usage, output, answer)
+        record["cost"] = await charge(gateway, decision, attempt.model, usage, output, answer)
     headers["X-Session-Cache-Read-Tokens"] = str(cache_read(usage))
     return Response(content, 200, headers=headers, media_type="application/json")
+
+
+async def _refused(
+    gateway: Gateway, decision: Decision, attempt: Attempt, headers: dict[str, str]
+) -> Response:
+    """The upstream refused (quota, a bad request): the client sees its answer; nothing
+    was served."""
+    upstream = attempt.response
+    assert upstream is not None
+    if attempt.terminal:
+        gateway.metrics.upstream_errors.labels(attempt.error_kind).inc()
+    try:
+        content = await upstream.aread()
+    except UpstreamBroke:
+        refused = error_body("the upstream refused the request", "upstream_error")
+        content = json.dumps(refused).encode()
+    finally:
+        await upstream.aclose()
+    await finish(gateway, decision, None, 0)
+    media = upstream.headers.get("content-type", "application/json")
+    return Response(content, upstream.status_code, headers=headers, media_type=media)
+
+
+def _relayed(
+    gateway: Gateway,
+    decision: Decision,
+    attempt: Attempt,
+    body: dict[str, Any],
+    record: dict[str, Any],
+    wire: Wire,
+    headers: dict[str, str],
+) -> RelayResponse:
+    """A stream relayed event by event, metered; billed (and logged) when it ends, from
+    its usage, else from what it generated (never less than what was seen)."""
+    upstream = attempt.response
+    assert upstream is not None
+    started = time.perf_counter()
+    stored = body.get("store") is not False
+
+    async def done(meter: StreamMeter, complete: bool) -> None:
+        usage = meter.usage
+        if not complete and usage is not None:  # its output count may be a placeholder
+            usage = with_generated_output(usage, meter.generated_bytes())
+        answer = (meter.answer_id, meter.answer_items) if stored else None
+        cost = await charge(gateway, decision, attempt.model, usage, meter.generated_bytes, answer)
+        record.update(cost=cost, complete=complete)
+        log_request(gateway.metrics, record, 200, started)
+
+    meter = StreamMeter(wire.reader(body), wire.unread, wire.read_marker)
+    return RelayResponse(upstream, done, headers, meter)
 
 
 async def charge(

@@ -222,6 +222,14 @@ class _Reader:
             raise ConfigError(f"config: {self.name(key)} must be >= {minimum}, got {value!r}")
         return value
 
+    def one_of(self, key: str, choices: tuple[str, ...]) -> str:
+        """A string key that must be one of `choices` (the first is the default)."""
+        value = self.get(key, str, choices[0])
+        if value not in choices:
+            listed = " or ".join(repr(c) for c in choices)
+            raise ConfigError(f"config: {self.name(key)} must be {listed}, got {value!r}")
+        return str(value)
+
     def table_of(self, key: str) -> _Reader:
         self.used.add(key)
         return _Reader(self.table.get(key, {}), self.name(key))
@@ -306,6 +314,16 @@ def _upstream(up: _Reader, name: str) -> UpstreamSettings:
 
 
 def _parse(root: _Reader) -> Settings:
+    """The whole file: each table read by a function of its own."""
+    fields: dict[str, Any] = {}
+    for read in (_upstreams, _server, _store, _sessions, _routing, _pricing, _budget):
+        fields.update(read(root))
+    root.done()
+    return Settings(**fields)
+
+
+def _upstreams(root: _Reader) -> dict[str, Any]:
+    """[upstream], [upstreams.NAME] and [models."ID"]."""
     has_default = "upstream" in root.table or "upstreams" not in root.table
     upstream = _upstream(root.table_of("upstream"), "default")
     named_table = root.table_of("upstreams")
@@ -325,40 +343,52 @@ def _parse(root: _Reader) -> Settings:
             )
         routes[model] = ModelRoute(target, entry.get("name", str, model))
         entry.done()
+    return {"upstream": upstream, "named_upstreams": named, "use_default_upstream": has_default,
+            "model_routes": routes}  # fmt: skip
 
+
+def _server(root: _Reader) -> dict[str, Any]:
     server = root.table_of("server")
-    host = server.get("host", str, "127.0.0.1")
-    port = server.number("port", 8080, minimum=1, integer=True)
-    max_body = server.number("max_body_bytes", 10 * 1024 * 1024, minimum=1024, integer=True)
-    api_keys_file = server.get("api_keys_file", str, None) or None
-    admin_keys_file = server.get("admin_keys_file", str, None) or None
-    metrics_admin_only = server.get("metrics_admin_only", bool, False)
-    if metrics_admin_only and admin_keys_file is None:
+    fields = {
+        "host": server.get("host", str, "127.0.0.1"),
+        "port": server.number("port", 8080, minimum=1, integer=True),
+        "max_body_bytes": server.number(
+            "max_body_bytes", 10 * 1024 * 1024, minimum=1024, integer=True
+        ),
+        "api_keys_file": server.get("api_keys_file", str, None) or None,
+        "admin_keys_file": server.get("admin_keys_file", str, None) or None,
+        "metrics_admin_only": server.get("metrics_admin_only", bool, False),
+        "stats_limit": server.number("stats_limit", 100, minimum=0, integer=True),
+    }
+    if fields["metrics_admin_only"] and fields["admin_keys_file"] is None:
         raise ConfigError(
             "config: server.metrics_admin_only needs server.admin_keys_file (else no key "
             "could read /metrics)"
         )
-    stats_limit = server.number("stats_limit", 100, minimum=0, integer=True)
     server.done()
+    return fields
 
+
+def _store(root: _Reader) -> dict[str, Any]:
     store = root.table_of("store")
-    store_url = store.get("url", str, "memory://")
-    on_error = store.get("on_error", str, "fail_open")
-    if on_error not in ("raise", "fail_open"):
-        raise ConfigError(
-            f"config: store.on_error must be 'raise' or 'fail_open', got {on_error!r}"
-        )
-    key_prefix = store.get("key_prefix", str, "llm-sessions:")
-    busy_timeout_ms = store.number("busy_timeout_ms", 5000, minimum=0, integer=True)
-    store_max_connections = store.get("max_connections", int, None)
-    if store_max_connections is not None and store_max_connections < 1:
-        raise ConfigError(
-            f"config: store.max_connections must be >= 1, got {store_max_connections!r}"
-        )
-    finish_retry_ms = store.number("finish_retry_ms", 10_000, minimum=0, integer=True)
-    socket_timeout_s = store.number("socket_timeout_s", 0.5, minimum=0.001)
+    max_connections = store.get("max_connections", int, None)
+    if max_connections is not None and max_connections < 1:
+        raise ConfigError(f"config: store.max_connections must be >= 1, got {max_connections!r}")
+    fields = {
+        "store_url": store.get("url", str, "memory://"),
+        "store_on_error": store.one_of("on_error", ("fail_open", "raise")),
+        "store_key_prefix": store.get("key_prefix", str, "llm-sessions:"),
+        "store_busy_timeout_ms": store.number("busy_timeout_ms", 5000, minimum=0, integer=True),
+        "store_max_connections": max_connections,
+        "store_finish_retry_ms": store.number("finish_retry_ms", 10_000, minimum=0, integer=True),
+        "store_socket_timeout_s": store.number("socket_timeout_s", 0.5, minimum=0.001),
+    }
     store.done()
+    return fields
 
+
+def _sessions(root: _Reader) -> dict[str, Any]:
+    """[sessions] and [cache_ttl_ms]."""
     sess = root.table_of("sessions")
     ttl_table = root.table_of("cache_ttl_ms")
     cache_ttls = {key: ttl_table.number(key, 0, minimum=0, integer=True) for key in ttl_table.table}
@@ -375,102 +405,67 @@ def _parse(root: _Reader) -> Settings:
         id_sources = check_id_sources(s if isinstance(s, str) else repr(s) for s in sources)
     except ValueError as exc:
         raise ConfigError(f"config: sessions.id_sources: {exc}") from None
-    unknown_state = sess.get("unknown_state", str, "forward")
-    if unknown_state not in ("forward", "refuse"):
-        raise ConfigError(
-            f"config: sessions.unknown_state must be 'forward' or 'refuse', got {unknown_state!r}"
-        )
+    unknown_state = sess.one_of("unknown_state", ("forward", "refuse"))
     sess.done()
     try:
         sessions = Config(**values, cache_ttl_ms=cache_ttls)
     except ValueError as exc:  # Config's own checks name the argument, which is the key
         raise ConfigError(f"config: sessions.{_without_name(str(exc))}") from None
+    return {"sessions": sessions, "id_sources": id_sources, "unknown_state": unknown_state}
 
+
+def _routing(root: _Reader) -> dict[str, Any]:
     routing = root.table_of("routing")
     profiles = routing.get("profiles", list, ["auto"])
     if not profiles or not all(isinstance(p, str) and p for p in profiles):
         raise ConfigError("config: routing.profiles must be a non-empty list of names")
-    default_max_tokens = routing.number("default_max_tokens", 4096, minimum=1, integer=True)
-    fallback_pin_ms = routing.number("fallback_pin_ms", 300_000, minimum=0, integer=True)
-    tiers_table = routing.get("tiers", dict, DEFAULT_TIERS)
+    fields = {
+        "profiles": tuple(profiles),
+        "default_max_tokens": routing.number("default_max_tokens", 4096, minimum=1, integer=True),
+        "fallback_pin_ms": routing.number("fallback_pin_ms", 300_000, minimum=0, integer=True),
+    }
     try:
-        tiers = routing_table(tiers_table)
+        fields["tiers"] = routing_table(routing.get("tiers", dict, DEFAULT_TIERS))
     except ValueError as exc:  # "routing table: SIMPLE.primary ..." names the rest of the key
         raise ConfigError(f"config: routing.tiers{_routing_detail(str(exc))}") from None
     routing.done()
+    return fields
 
+
+_PRICES = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok",
+           "cache_write_1h_per_mtok")  # fmt: skip
+
+
+def _pricing(root: _Reader) -> dict[str, Any]:
     prices = root.table_of("pricing")
     pricing: dict[str, Pricing] = {}
     for model in prices.table:
         entry = prices.table_of(model)
-        amounts = [
-            entry.get(key, (int, float, str), None)
-            for key in (
-                "input_per_mtok",
-                "output_per_mtok",
-                "cache_read_per_mtok",
-                "cache_write_per_mtok",
-                "cache_write_1h_per_mtok",
-            )
-        ]
+        amounts = [entry.get(key, (int, float, str), None) for key in _PRICES]
         try:
             pricing[model] = Pricing(*amounts)
         except ValueError as exc:  # Pricing's message starts with the key it is about
             raise ConfigError(f"config: {entry.path}.{exc}") from None
         entry.done()
     prices.done()
+    return {"pricing": pricing}
 
+
+def _budget(root: _Reader) -> dict[str, Any]:
     budget = root.table_of("budget")
     cap = budget.get("max_session_cost_usd", float, None)
     if cap is not None and cap < 0:
         raise ConfigError(f"config: budget.max_session_cost_usd must be >= 0, got {cap!r}")
-    mode = budget.get("mode", str, "strict")
-    if mode not in ("strict", "downgrade"):
-        raise ConfigError(f"config: budget.mode must be 'strict' or 'downgrade', got {mode!r}")
-    reservation_ttl_ms = budget.number("reservation_ttl_ms", 600_000, minimum=1, integer=True)
-    on_store_error = budget.get("on_store_error", str, "refuse")
-    if on_store_error not in ("refuse", "allow"):
-        raise ConfigError(
-            f"config: budget.on_store_error must be 'refuse' or 'allow', got {on_store_error!r}"
-        )
-    fit_output = budget.get("fit_output", bool, True)
-    min_output_tokens = budget.number("min_output_tokens", 1024, minimum=1, integer=True)
+    fields = {
+        "max_session_cost_usd": cap,
+        "budget_mode": budget.one_of("mode", ("strict", "downgrade")),
+        "reservation_ttl_ms": budget.number("reservation_ttl_ms", 600_000, minimum=1, integer=True),
+        "budget_on_store_error": budget.one_of("on_store_error", ("refuse", "allow")),
+        "fit_output": budget.get("fit_output", bool, True),
+        "min_output_tokens": budget.number("min_output_tokens", 1024, minimum=1, integer=True),
+    }
     budget.done()
-    root.done()
-    return Settings(
-        upstream=upstream,
-        named_upstreams=named,
-        use_default_upstream=has_default,
-        model_routes=routes,
-        host=host,
-        port=port,
-        max_body_bytes=max_body,
-        api_keys_file=api_keys_file,
-        admin_keys_file=admin_keys_file,
-        metrics_admin_only=metrics_admin_only,
-        store_url=store_url,
-        store_on_error=on_error,
-        store_key_prefix=key_prefix,
-        store_busy_timeout_ms=busy_timeout_ms,
-        store_max_connections=store_max_connections,
-        store_finish_retry_ms=finish_retry_ms,
-        store_socket_timeout_s=socket_timeout_s,
-        sessions=sessions,
-        id_sources=id_sources,
-        unknown_state=unknown_state,
-        tiers=tiers,
-        profiles=tuple(profiles),
-        default_max_tokens=default_max_tokens,
-        fallback_pin_ms=fallback_pin_ms,
-        pricing=pricing,
-        max_session_cost_usd=cap,
-        budget_mode=mode,
-        fit_output=fit_output,
-        min_output_tokens=min_output_tokens,
-        budget_on_store_error=on_store_error,
-        reservation_ttl_ms=reservation_ttl_ms,
-        stats_limit=stats_limit,
-    )
+    return fields
 
 
 def _check_upstream(upstream: UpstreamSettings) -> None:
