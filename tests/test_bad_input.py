@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway_helpers import Running, gateway_with_standin
 from llm_sessions import Config, RedisSessionStore
@@ -267,3 +269,33 @@ def test_control_characters_in_a_header_are_refused_before_the_app(
     assert reply.startswith(b"HTTP/1.1 400")
     assert _state(running, url) == before
     assert len(running.standin.received) == forwarded
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab1'),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                 max_size=3),
+    max_leaves=40,
+)  # fmt: skip
+
+
+def depth_of(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((depth_of(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth_of(v) for v in value), default=0)
+    return 0
+
+
+@given(value=JSON_VALUES, wrap=st.integers(0, 6), limit=st.integers(1, 10))
+def test_the_nesting_check_reads_the_bytes_as_the_parser_does(
+    value: Any, wrap: int, limit: int
+) -> None:
+    """The byte-level check (strings cut out, innermost pairs peeled a level a pass) says
+    exactly what a walk of the parsed value says, brackets inside strings included."""
+    from llm_sessions.server.parsing import _STRING, _deeper_than
+
+    for _ in range(wrap):
+        value = [value] if wrap % 2 else {"k": value}
+    raw = json.dumps({"v": value}).encode()
+    assert _deeper_than(_STRING.sub(b'""', raw), limit) == (depth_of({"v": value}) > limit)

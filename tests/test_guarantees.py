@@ -6,11 +6,16 @@ Rows so far:
 - a tenant never reads, continues, deletes or spends another tenant's session or
   stored state;
 - the cap holds: a session's spend stays within its cap under concurrent requests, and
-  with the stored context a continuation is sent again.
+  with the stored context a continuation is sent again;
+- a malformed request, or one past the counts any LLM API takes, is a 4xx in the API's
+  own error shape and changes nothing: no session, no upstream call. (What one request
+  may cost the gateway in CPU and event-loop time is measured by bench/body_bench.py,
+  not asserted here: these machines are shared.)
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -232,3 +237,50 @@ def test_the_cap_holds_with_the_stored_context_a_continuation_sends(
     assert set(statuses) <= {200, 429}, statuses
     assert statuses.count(429) >= 1
     assert spent_micros(gw, session) <= CAP_USD * 1_000_000
+
+
+# -- malformed requests ---------------------------------------------------------------------
+
+
+def _items(api: str, count: int, content: Any = "x") -> dict[str, Any]:
+    """`count` messages (Responses: input items) of `content`."""
+    field = "input" if api == "responses" else "messages"
+    return {field: [{"role": "user", "content": content}] * count}
+
+
+MALFORMED: dict[str, tuple[Any, str | None]] = {
+    # name: (the body, or a function of the API giving it; the param the error names)
+    "not JSON": (b'{"model": "auto", "messages": [', None),
+    "not an object": (b"[1, 2, 3]", None),
+    "NaN": (b'{"model": "auto", "temperature": NaN}', None),
+    "nested too deeply": (lambda api: {**_items(api, 1), "metadata": json.loads("[" * 129 + "]" * 129)}, None),
+    "too many tools": (lambda api: {**_items(api, 1), "tools": [{}] * 1025}, "tools"),
+    "too many messages": (lambda api: _items(api, 100_001), "input|messages"),
+    "too many parts": (lambda api: _items(api, 2, [{"type": "text", "text": "x"}] * 50_001), "input|messages"),
+    "a bad model": (lambda api: {**_items(api, 1), "model": 7}, "model"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", STREAMED)
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_request_is_refused_in_its_api_shape_and_changes_nothing(
+    gateway: Running, api: str, stream: bool, case: str
+) -> None:
+    made, param = MALFORMED[case]
+    if callable(made):
+        body = {"model": "auto", "stream": stream, **made(api)}
+        if api == "messages":
+            body["max_tokens"] = 16
+        content = json.dumps(body).encode()
+    else:
+        content = made
+    with gateway.http() as http:
+        reply = http.post(PATHS[api], content=content, headers={"x-session-id": "bad"})
+        assert http.get("/v1/sessions").json()["sessions"] == []
+    assert reply.status_code == 400, reply.text
+    kind, _ = error_of(api, reply)
+    assert kind == "invalid_request_error"
+    if param is not None and api != "messages":  # Anthropic's errors have no param
+        assert reply.json()["error"]["param"] in param.split("|")
+    assert gateway.standin.received == []

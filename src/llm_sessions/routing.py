@@ -429,6 +429,11 @@ def default_classify(messages: Sequence[Any], tools: Sequence[Any] | None = None
     return classify_by_text(roles, texts, [utf8_len(t) for t in texts], tools)
 
 
+#: The characters of the latest user message the cue patterns read, at each end: a long
+#: message (a paste) is classified by its first and last ones, so the cost is bounded.
+CLASSIFIED_CHARS = 16_384
+
+
 def classify_by_text(
     roles: Sequence[str], texts: Sequence[str], sizes: Sequence[int], tools: Sequence[Any] | None
 ) -> Tier:
@@ -438,6 +443,8 @@ def classify_by_text(
         if roles[i] == "user":
             latest = texts[i]
             break
+    if len(latest) > 2 * CLASSIFIED_CHARS:  # the ask is at its start or end, not in a paste
+        latest = f"{latest[:CLASSIFIED_CHARS]}\n{latest[-CLASSIFIED_CHARS:]}"
     tokens = math.ceil(sum(sizes) / 3)
     if _REASONING_CUES.search(latest):
         return Tier.REASONING

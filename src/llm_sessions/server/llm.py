@@ -25,7 +25,7 @@ from ..records import format_usd
 from .access_log import cap, log_request
 from .forwarding import finish, forward
 from .model_routes import check_api, check_explicit_model
-from .parsing import parse_body, read_body, read_stream_flag
+from .parsing import check_counts, parse_body, read_body, read_stream_flag
 from .rejections import Reject, rejection
 from .upstream import RelayResponse
 from .wire import Wire
@@ -65,6 +65,7 @@ async def _handle(
 ) -> Response:
     scope = gateway.authorize(request)
     body = parse_body(await read_body(request, gateway.settings.max_body_bytes))
+    check_counts(body)
     check_api(gateway.settings, wire)
     stream = read_stream_flag(body)
     record["stream"] = stream

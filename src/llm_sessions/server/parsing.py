@@ -14,10 +14,25 @@ from starlette.requests import Request
 
 from .rejections import Reject
 
-__all__ = ["MAX_JSON_DEPTH", "parse_body", "read_body", "read_stream_flag"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_MESSAGES",
+    "MAX_PARTS",
+    "MAX_TOOLS",
+    "check_counts",
+    "parse_body",
+    "read_body",
+    "read_stream_flag",
+]
 
 #: The deepest nesting of arrays and objects a request body may have.
 MAX_JSON_DEPTH = 128
+#: Most tools one request may offer (OpenAI's APIs allow 128; MCP-heavy agents send more).
+MAX_TOOLS = 1024
+#: Most messages (or Responses input items) one request may hold (the Messages API's limit).
+MAX_MESSAGES = 100_000
+#: Most content parts (blocks) all of a request's messages may hold together.
+MAX_PARTS = 100_000
 _LONE_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
@@ -33,6 +48,29 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise Reject(413, f"request body is over the {limit}-byte limit", code="body_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def check_counts(body: dict[str, Any]) -> None:
+    """A 400 naming the field for more tools, messages or content parts than an LLM API
+    takes: the gateway's work per request stays bounded whatever the body's shape."""
+    tools = body.get("tools")
+    if isinstance(tools, list) and len(tools) > MAX_TOOLS:
+        raise Reject(400, f"'tools' may hold at most {MAX_TOOLS} tools", param="tools")
+    for field in ("messages", "input"):
+        items = body.get(field)
+        if not isinstance(items, list):
+            continue
+        if len(items) > MAX_MESSAGES:
+            raise Reject(400, f"'{field}' may hold at most {MAX_MESSAGES} items", param=field)
+        parts = 0
+        for item in items:
+            content = item.get("content") if type(item) is dict else None
+            if type(content) is list:
+                parts += len(content)
+        if parts > MAX_PARTS:
+            raise Reject(
+                400, f"'{field}' may hold at most {MAX_PARTS} content parts in all", param=field
+            )
 
 
 def read_stream_flag(body: dict[str, Any]) -> bool:
@@ -66,12 +104,17 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     at most `MAX_JSON_DEPTH` deep, an object. Anything else is a 400 naming the problem.
 
     orjson reads it when it can read it exactly (it turns integers past 64 bits into
-    floats: a body with such a float, and any it refuses, goes to the standard library's
-    decoder, which also says what is wrong)."""
+    floats: a body with a number of 19 digits or more, and any it refuses, goes to the
+    standard library's decoder, which also says what is wrong). The checks read the bytes
+    (strings cut out) at the speed of C, never every value in Python: a body's cost is
+    bounded by a few passes over its bytes whatever its shape."""
     body = None
     with contextlib.suppress(orjson.JSONDecodeError):
         body = orjson.loads(raw)
-    if not isinstance(body, dict) or _may_hold_huge_int(body):
+    structure = None  # the body without its strings: numbers, brackets and the rest
+    if isinstance(body, dict) and _long_number(raw):
+        structure = _STRING.sub(b'""', raw)
+    if not isinstance(body, dict) or (structure and _long_number(structure)):
         try:
             body = _STRICT_JSON.decode(raw.decode("utf-8"))
         except RecursionError:
@@ -80,8 +123,12 @@ def parse_body(raw: bytes) -> dict[str, Any]:
             raise Reject(400, f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise Reject(400, "the request body must be a JSON object")
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(body) > MAX_JSON_DEPTH:
-        raise Reject(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
+    # brackets in strings only make the bytes look deeper: exact only when they do
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than(raw, MAX_JSON_DEPTH):
+        if structure is None:
+            structure = _STRING.sub(b'""', raw)
+        if _deeper_than(structure, MAX_JSON_DEPTH):
+            raise Reject(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
     if b"\\u" in raw and _LONE_SURROGATE_ESCAPE.search(raw):
         try:
             json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -92,29 +139,27 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _may_hold_huge_int(value: Any) -> bool:
-    """`value` holds a whole float of 2**63 or more: perhaps an integer orjson rounded."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is dict:
-            stack.extend(item.values())
-        elif kind is list:
-            stack.extend(item)
-        elif kind is float and abs(item) >= 2.0**63 and item.is_integer():
-            return True
-    return False
+# A JSON string (possessive: no backtracking), the table that makes every digit a "0" (a
+# run of 19 may be an integer past 64 bits: 2**63 has 19), and the one that keeps only
+# brackets, as one kind.
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 
 
-def _depth(value: Any) -> int:
-    """How deeply `value` nests arrays and objects (without recursion)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        deepest = max(deepest, depth)
-        if depth > MAX_JSON_DEPTH:
-            return depth
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return deepest
+def _long_number(text: bytes) -> bool:
+    """`text` has a run of 19 digits or more (two passes of C: faster than a regex)."""
+    return _LONG_RUN in text.translate(_DIGITS)
+
+
+def _deeper_than(structure: bytes, limit: int) -> bool:
+    """JSON text without strings (`structure`) nests arrays and objects deeper than
+    `limit`: each pass removes the innermost pairs (one level), `limit` passes at most."""
+    brackets = structure.translate(_BRACKETS, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return bool(brackets)

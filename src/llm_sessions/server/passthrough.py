@@ -13,7 +13,7 @@ from ..errors import InvalidRequest, InvalidSessionId
 from ..protocols import messages
 from .access_log import log_request
 from .model_routes import check_api, check_explicit_model, route, served_on
-from .parsing import parse_body, read_body
+from .parsing import check_counts, parse_body, read_body
 from .rejections import Reject, rejection
 from .upstream import Upstream, UpstreamBroke, read_json
 from .wire import MESSAGES
@@ -30,6 +30,7 @@ async def count_tokens(gateway: Gateway, request: Request) -> Response:
     try:
         scope = gateway.authorize(request)
         body = parse_body(await read_body(request, gateway.settings.max_body_bytes))
+        check_counts(body)
         check_api(gateway.settings, MESSAGES)
         check_explicit_model(gateway, body, MESSAGES)
         try:  # a count needs no max_tokens; the view does
