@@ -71,13 +71,7 @@ def begin_rules(
     if not explicit_session:
         record[TIER] = pick.tier
 
-    # rule 5: loop detection (a retry of a failed attempt is not a strike)
-    retry = bool(flow.failed_fingerprint) and flow.failed_fingerprint == req.fingerprint
-    strikes = record[STRIKES] if retry else rules.record_request_hash(record, req.fingerprint)
-    before_escalation = list(record)
-    if strikes >= STRIKE_LIMIT and not record[USER_EXPLICIT] and escalate(policy, record):
-        pick.model, pick.tier, pick.reason = record[MODEL], record[TIER], "escalated"
-        pick.fallback_from, pick.fallback_at = "", 0
+    strikes, before_escalation = _strike(policy, req, flow, record, pick)  # rule 5
 
     # a chain of stored responses: only models of the state's holder can continue it
     bound = req.bound if not explicit_session else None
@@ -129,6 +123,21 @@ def begin_rules(
         activated, pick.pin_from, output_limit,
     )  # fmt: skip
     return entry_of(record, new_flow), begun
+
+
+def _strike(
+    policy: SessionPolicy, req: Turn, flow: FlowState, record: Record, pick: _Pick
+) -> tuple[int, Record]:
+    """Rule 5: the turn's fingerprint counted (a retry of a failed attempt is not a
+    strike) and, at `STRIKE_LIMIT`, the session escalated one tier up. The strikes, and
+    the record as it was before any escalation."""
+    retry = bool(flow.failed_fingerprint) and flow.failed_fingerprint == req.fingerprint
+    strikes = record[STRIKES] if retry else rules.record_request_hash(record, req.fingerprint)
+    before_escalation = list(record)
+    if strikes >= STRIKE_LIMIT and not record[USER_EXPLICIT] and escalate(policy, record):
+        pick.model, pick.tier, pick.reason = record[MODEL], record[TIER], "escalated"
+        pick.fallback_from, pick.fallback_at = "", 0
+    return strikes, before_escalation
 
 
 def _decide(
