@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from llm_sessions import (
 from helpers import FakeClock, SyncFacade
 from redis_server import RedisServer
 
-STORE_KINDS = ["memory", "async-memory", "redis", "async-redis"]
+# "redis-cluster": a redis-server in cluster mode (one node holding every slot), where a
+# script that touches keys of two slots fails with CROSSSLOT
+STORE_KINDS = ["memory", "async-memory", "redis", "async-redis", "redis-cluster"]
 
 StoreFactory = Callable[..., Any]
 
@@ -40,6 +43,32 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server in cluster mode, one node holding all 16,384 slots."""
+    directory = Path(tmp_path_factory.mktemp("redis-cluster"))
+    server = RedisServer(
+        directory, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"
+    ).start()
+    client = redis.Redis(port=server.port)
+    client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+    deadline = time.monotonic() + 15
+    while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+        assert time.monotonic() < deadline, "the cluster-mode redis-server never came up"
+        time.sleep(0.05)
+    client.close()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_server: RedisServer) -> str:
+    client = redis.Redis(port=redis_cluster_server.port)
+    client.flushall()
+    client.close()
+    return redis_cluster_server.url
+
+
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """The private server's URL, with an empty database."""
@@ -56,7 +85,7 @@ def _build(
         return SessionStore(config, clock=clock)
     if kind == "async-memory":
         return SyncFacade(AsyncSessionStore(config, clock=clock), loop)
-    if kind == "redis":
+    if kind in ("redis", "redis-cluster"):
         return RedisSessionStore(url, config, clock=clock, **kw)
     if kind == "async-redis":
         return SyncFacade(AsyncRedisSessionStore(url, config, clock=clock, **kw), loop)
@@ -74,7 +103,11 @@ def make_store(
 ) -> Iterator[StoreFactory]:
     """make_store(config=None, clock=<the test's FakeClock>, **store kwargs) -> a store of
     this kind, sync or behind a `SyncFacade`; all are closed at the end of the test."""
-    url = request.getfixturevalue("redis_url") if "redis" in store_kind else ""
+    url = ""
+    if store_kind == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+    elif "redis" in store_kind:
+        url = request.getfixturevalue("redis_url")
     loop = asyncio.new_event_loop()
     made: list[Any] = []
 

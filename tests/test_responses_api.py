@@ -12,6 +12,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -371,9 +372,14 @@ def test_without_an_upstream_for_the_responses_api_it_is_a_clear_400() -> None:
         assert gw.standin.received == []
 
 
-def test_replicas_on_redis_follow_each_others_chains(redis_url: str) -> None:
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+def test_replicas_on_redis_follow_each_others_chains(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
     """The link from a response to its session and upstream lives in the shared store: a
-    chain started on one replica continues, and is retrieved, on another."""
+    chain started on one replica continues, and is retrieved, on another; on a Redis in
+    cluster mode too (no script spans two slots), with every turn's cost recorded."""
+    redis_url = request.getfixturevalue("redis_cluster_url" if kind != "redis" else "redis_url")
     standin = StandIn()
     with ExitStack() as stack:
         upstream = stack.enter_context(running(standin.app()))
@@ -394,6 +400,9 @@ def test_replicas_on_redis_follow_each_others_chains(redis_url: str) -> None:
         stack.callback(other.close)
         with pytest.raises(openai.NotFoundError):
             other.responses.retrieve(first.id)
+        with httpx.Client(base_url=urls[0], headers={"authorization": "Bearer sk-r"}) as http:
+            session = http.get(f"/v1/sessions/{headers['x-session-id']}").json()
+        assert session["request_count"] == 2 and float(session["session_cost_usd"]) > 0
 
 
 @pytest.mark.parametrize("api", ["responses", "messages"])

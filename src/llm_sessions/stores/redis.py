@@ -30,6 +30,7 @@ from .redis_core import (
     Fetch,
     Now,
     Op,
+    Pipeline,
     RedisOps,
     Scan,
     Sleep,
@@ -299,8 +300,7 @@ class RedisSessionStore(_RedisStoreBase):
                     if type(cmd) is Eval:
                         try:
                             reply = client.execute_command(
-                                "EVALSHA", shas[cmd.script], 1 + len(cmd.keys), cmd.key,
-                                *cmd.keys, *cmd.args,
+                                "EVALSHA", shas[cmd.script], 1, cmd.key, *cmd.args,
                             )  # fmt: skip
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = self._eval_again(cmd, exc)
@@ -322,15 +322,16 @@ class RedisSessionStore(_RedisStoreBase):
             self._shas[cmd.script] = self._client.script_load(SCRIPTS[cmd.script])
         elif not cmd.read:
             raise exc
-        return self._client.evalsha(
-            self._shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
-        )
+        return self._client.evalsha(self._shas[cmd.script], 1, cmd.key, *cmd.args)
 
     def _keyspace(self, cmd: Any) -> Any:
         client = self._client
-        if isinstance(cmd, Unlink):
-            return client.unlink(*cmd.keys)
-        for attempt in (1, 2):  # reads: one retry after a connection error
+        if isinstance(cmd, Unlink):  # one key a command: keys of any slots
+            pipe = client.pipeline(transaction=False)
+            for key in cmd.keys:
+                pipe.unlink(key)
+            return sum(pipe.execute())
+        for attempt in (1, 2):  # reads and link writes: one retry after a connection error
             try:
                 if isinstance(cmd, Now):
                     return self._clock() if self._clock is not None else _server_ms(client.time())
@@ -341,7 +342,15 @@ class RedisSessionStore(_RedisStoreBase):
                     for key in cmd.keys:
                         pipe.hmget(key, cmd.fields)
                     return pipe.execute()
+                if isinstance(cmd, Pipeline):
+                    pipe = client.pipeline(transaction=False)
+                    for each in cmd.evals:
+                        pipe.evalsha(self._shas[each.script], 1, each.key, *each.args)
+                    return pipe.execute()
                 raise AssertionError(cmd)
+            except NoScriptError:  # Redis lost a script: load it, send them all again
+                for each in cmd.evals:
+                    self._shas[each.script] = client.script_load(SCRIPTS[each.script])
             except RedisConnectionError:
                 if attempt == 2:
                     raise
@@ -463,8 +472,7 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                     if type(cmd) is Eval:
                         try:
                             reply = await self._command(
-                                "EVALSHA", shas[cmd.script], 1 + len(cmd.keys), cmd.key,
-                                *cmd.keys, *cmd.args,
+                                "EVALSHA", shas[cmd.script], 1, cmd.key, *cmd.args,
                             )  # fmt: skip
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = await self._eval_again(cmd, exc)
@@ -524,15 +532,16 @@ class AsyncRedisSessionStore(_RedisStoreBase):
             self._shas[cmd.script] = sha.decode() if isinstance(sha, bytes) else sha
         elif not cmd.read:
             raise exc
-        return await self._command(
-            "EVALSHA", self._shas[cmd.script], 1 + len(cmd.keys), cmd.key, *cmd.keys, *cmd.args
-        )
+        return await self._command("EVALSHA", self._shas[cmd.script], 1, cmd.key, *cmd.args)
 
     async def _keyspace(self, cmd: Any) -> Any:
         client = self._client
-        if isinstance(cmd, Unlink):
-            return await client.unlink(*cmd.keys)
-        for attempt in (1, 2):  # reads: one retry after a connection error
+        if isinstance(cmd, Unlink):  # one key a command: keys of any slots
+            pipe = client.pipeline(transaction=False)
+            for key in cmd.keys:
+                pipe.unlink(key)
+            return sum(await pipe.execute())
+        for attempt in (1, 2):  # reads and link writes: one retry after a connection error
             try:
                 if isinstance(cmd, Now):
                     if self._clock is not None:
@@ -545,7 +554,15 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                     for key in cmd.keys:
                         pipe.hmget(key, cmd.fields)
                     return await pipe.execute()
+                if isinstance(cmd, Pipeline):
+                    pipe = client.pipeline(transaction=False)
+                    for each in cmd.evals:
+                        pipe.evalsha(self._shas[each.script], 1, each.key, *each.args)
+                    return await pipe.execute()
                 raise AssertionError(cmd)
+            except NoScriptError:  # Redis lost a script: load it, send them all again
+                for each in cmd.evals:
+                    self._shas[each.script] = await client.script_load(SCRIPTS[each.script])
             except RedisConnectionError:
                 if attempt == 2:
                     raise

@@ -62,6 +62,7 @@ __all__ = [
     "Fetch",
     "Now",
     "Op",
+    "Pipeline",
     "RedisOps",
     "Scan",
     "Sleep",
@@ -88,6 +89,7 @@ WRITE_SCRIPTS = (
     "set_cache_sticky",
     "compare_and_set",
     "resolve_link",
+    "write_link",
 )
 
 
@@ -128,7 +130,6 @@ class Eval:
     key: str
     args: tuple[bytes, ...]
     read: bool = False
-    keys: tuple[str, ...] = ()  # more keys the script writes (KEYS[2..])
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,14 @@ class Fetch:
 
 
 @dataclass(frozen=True, slots=True)
+class Pipeline:
+    """Several `Eval` writes that may be repeated (each on its own key, any slot), in
+    one pipeline: one round trip. Reply: their replies."""
+
+    evals: tuple[Eval, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Sleep:
     """Pause before trying again (another process won a compare-and-set). Reply: None."""
 
@@ -161,12 +170,13 @@ class Sleep:
 
 @dataclass(frozen=True, slots=True)
 class Unlink:
-    """UNLINK keys. Reply: the number removed."""
+    """UNLINK keys, one a command in one pipeline (keys of any slots). Reply: the number
+    removed."""
 
     keys: tuple[bytes, ...]
 
 
-Command = Eval | Now | Scan | Fetch | Unlink | Sleep
+Command = Eval | Now | Scan | Fetch | Unlink | Sleep | Pipeline
 
 
 @dataclass(slots=True)
@@ -671,6 +681,10 @@ class RedisOps:
         # would start a new session, with a budget of its own)
         return Op(steps(), None, False)
 
+    def _link_write(self, name: str, value: str) -> Eval:
+        args = (self._now_arg(), self._timeout_arg, _b(name), _b(value))
+        return Eval("write_link", self.link_key(name), args)
+
     def transact(
         self,
         session_id: str,
@@ -684,11 +698,10 @@ class RedisOps:
         session wait for each other in-process (the op's `lock`); past `busy_timeout_ms`
         (the store's default when None, ``math.inf`` for no limit) it raises `SessionBusy`.
         It never fails open: a store that can't be reached raises `StoreUnavailable`.
-        `links` are written by the same script as the record (see `compare_and_set.lua`)."""
+        `links` are written once the record is, in one pipeline of single-key scripts
+        (`write_link.lua`): no script spans two keys, so any Redis Cluster takes them."""
         check_id(session_id)
         check_links(links)
-        link_keys = tuple(self.link_key(name) for name in links or ())
-        link_args = [_b(part) for pair in (links or {}).items() for part in pair]
         limit_ms = self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
         deadline = None if math.isinf(limit_ms) else time.monotonic() + limit_ms / 1000
         key = self.key(session_id)
@@ -723,23 +736,15 @@ class RedisOps:
                 else:  # only what changed since the version this process wrote
                     dropped, pairs = encode_changes(stored, new)
                     change = [b"%d" % len(dropped), *dropped, *pairs]
-                written = link_keys if new is not None else ()
                 reply = yield Eval(
                     "compare_and_set",
                     key,
-                    (
-                        self._now_arg(),
-                        self._timeout_arg,
-                        _b(session_id),
-                        version,
-                        b"%d" % len(written),
-                        *(link_args if written else ()),
-                        *change,
-                    ),
-                    keys=written,
+                    (self._now_arg(), self._timeout_arg, _b(session_id), version, *change),
                 )
                 if reply[0] == 1:
                     self._remember(session_id, new, reply[1] if len(reply) > 1 else None)
+                    if links and new is not None:  # each on its own key: any slot
+                        yield Pipeline(tuple(self._link_write(n, v) for n, v in links.items()))
                     return result
                 self._remember(session_id, None, None)
                 stored = None

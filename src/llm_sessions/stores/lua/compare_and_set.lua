@@ -1,17 +1,16 @@
 -- The write half of `transact`: write the record if nobody wrote since it was read.
--- ARGV[4]: the version that was read ('' when there was no key); ARGV[5]: how many
--- links follow (n), then n (name, value) pairs whose keys are KEYS[2..n+1]; then d: -1
--- when the field/value pairs after it are the whole new record (none: delete the
--- session), else the number of field names that follow it to delete before the pairs
--- after them are set (the changes to the record of version ARGV[4]).
+-- ARGV[4]: the version that was read ('' when there was no key); ARGV[5]: d, -1 when the
+-- field/value pairs after it are the whole new record (none: delete the session), else
+-- the number of field names that follow it to delete before the pairs after them are
+-- set (the changes to the record of version ARGV[4]). It touches the session's key only
+-- (any Redis Cluster slot): its links follow, each written on its own (`write_link`).
 -- Returns {1, new version} on success ({1} when the session was deleted), or
 -- {0, now, current record} so the caller can retry at once.
 local current = redis.call('HGET', key, 'v')
 if (current or '') ~= ARGV[4] then
   return {0, now, record()}
 end
-local links = tonumber(ARGV[5])
-local at = 6 + 2 * links
+local at = 5
 local dropped = tonumber(ARGV[at])
 local first = at + 1 + math.max(dropped, 0)
 if dropped < 0 then
@@ -39,13 +38,5 @@ if ttl >= 0 then
 else
   redis.call('DEL', key)
   return {1}
-end
--- Links live the session timeout from now (a hash without an 'id': never a session).
-for i = 1, links do
-  local link = KEYS[i + 1]
-  redis.call('DEL', link)
-  redis.call('HSET', link, 'name', ARGV[4 + 2 * i], 'to', ARGV[5 + 2 * i],
-    'expires_at', now + timeout)
-  redis.call('PEXPIRE', link, math.max(timeout, 1))
 end
 return {1, redis.call('HGET', key, 'v')}
