@@ -599,3 +599,35 @@ def test_a_steady_state_write_sends_only_what_changed(
         assert store.get_session("s") == entry._replace(session_cost_micros=9)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("step_s", [3_600, -3_600])
+def test_a_step_of_the_hosts_clock_never_resets_a_live_session(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, step_s: int
+) -> None:
+    """The default clock is Redis' own: a step of this host's wall clock (an NTP step, a
+    VM resumed) of more than the session timeout, either way, changes nothing. (The next
+    writes estimated the server's time from the wall clock; a forward step made every
+    remembered session look expired, and a fresh record was written over the live one:
+    its cost back to 0, its cap bypassed.)"""
+    import time as real_time
+
+    from llm_sessions import Pricing, SessionPolicy
+
+    store = RedisSessionStore(redis_url, Config(timeout_ms=60_000, cleanup_interval_ms=0))
+    policy = SessionPolicy(store, {"SIMPLE": {"primary": "m"}}, pricing={"m": Pricing(1, 1)})
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    session = {"x-session-id": "stepped"}
+    try:
+        first = policy.begin(session, body)
+        policy.finish(first, served_model="m", cost_micros=500)
+        wall = real_time.time_ns
+        monkeypatch.setattr(real_time, "time_ns", lambda: wall() + step_s * 1_000_000_000)
+        again = policy.begin(session, body)
+        policy.finish(again, served_model="m", cost_micros=500)
+        assert again.reason == "pinned" and again.session_cost_micros == 500
+        entry = store.get_session("stepped")
+        assert entry is not None and entry.session_cost_micros == 1000
+        assert entry.request_count == 2
+    finally:
+        store.close()

@@ -428,19 +428,20 @@ class RedisOps:
         """The live entry and version in a record read at `now` (the server's time, which
         the next writes without a read estimate from)."""
         if self.clock is None:
-            self._server_offset_ms = now - time.time_ns() // 1_000_000
+            self._server_offset_ms = now - _monotonic_ms()
         return self._live(session_id, values, now), values[-1] or b""
 
     def _remembered(self, session_id: str) -> tuple[int, Entry, bytes] | None:
         """``(now, entry, version)`` of the record this process last wrote for the
-        session, with the time as the server's clock has it; None when there is none."""
+        session, with the time as the server's clock has it (estimated from a monotonic
+        clock and the offset the last read measured); None when there is none."""
         known = self._known.get(session_id)
         if known is None:
             return None
         if self.clock is not None:
             now = self.clock()
-        elif self._server_offset_ms is not None:
-            now = time.time_ns() // 1_000_000 + self._server_offset_ms
+        elif self._server_offset_ms is not None:  # steps of the host's clock don't count
+            now = _monotonic_ms() + self._server_offset_ms
         else:
             return None
         entry, version = known
@@ -716,7 +717,9 @@ class RedisOps:
             if remembered is not None:  # what this process wrote last: no read
                 now, stored, version = remembered
                 old = self._alive(stored, now)
-            else:
+                if old is None and self.clock is None:  # a local estimate: the server decides
+                    remembered = stored = None
+            if remembered is None:
                 now, values = yield self._read(session_id)
                 old, version = self._as_read(session_id, values, now)
             lost = 0
@@ -769,3 +772,7 @@ class RedisOps:
                 old, version = self._as_read(session_id, values, now)
 
         return Op(steps(), None, True, key, deadline)
+
+
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
