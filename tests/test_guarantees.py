@@ -7,6 +7,8 @@ Rows so far:
   stored state;
 - the cap holds: a session's spend stays within its cap under concurrent requests, and
   with the stored context a continuation is sent again;
+- a served request is billed once: from the upstream's usage when it comes, else from a
+  conservative estimate, at least what was generated;
 - a malformed request, or one past the counts any LLM API takes, is a 4xx in the API's
   own error shape and changes nothing: no session, no upstream call. (What one request
   may cost the gateway in CPU and event-loop time is measured by bench/body_bench.py,
@@ -286,3 +288,50 @@ def test_a_malformed_request_is_refused_in_its_api_shape_and_changes_nothing(
     if param is not None and api != "messages":  # Anthropic's errors have no param
         assert reply.json()["error"]["param"] in param.split("|")
     assert gateway.standin.received == []
+
+
+# -- billed once ----------------------------------------------------------------------------
+
+
+def usage_in(api: str, stream: bool, reply: httpx.Response) -> dict[str, Any] | None:
+    """The usage an answer carried, as its API reports it (streams: their usage events)."""
+    if not stream:
+        return dict(reply.json()["usage"]) if reply.json().get("usage") else None
+    events = [json.loads(line[6:]) for line in reply.text.splitlines()
+              if line.startswith("data: ") and line[6:] != "[DONE]"]  # fmt: skip
+    if api == "chat":
+        return next((e["usage"] for e in events if e.get("usage")), None)
+    if api == "responses":
+        done = [e for e in events if e.get("type") == "response.completed"]
+        return done[-1]["response"].get("usage") if done else None
+    start = next(e["message"] for e in events if e.get("type") == "message_start")
+    delta = [e["usage"] for e in events if e.get("type") == "message_delta" and e.get("usage")]
+    return {**start.get("usage", {}), **delta[-1]} if delta else None
+
+
+@pytest.mark.parametrize("usage", [True, False], ids=["usage", "no-usage"])
+@pytest.mark.parametrize("stream", STREAMED)
+@pytest.mark.parametrize("api", APIS)
+def test_a_served_request_is_billed_once(
+    gateway: Running, api: str, stream: bool, usage: bool
+) -> None:
+    """The session's cost is the answer's usage priced, once; without usage, the
+    estimate, never less than the output generated (ceil(bytes / 3) tokens)."""
+    from llm_sessions import token_usage
+
+    gateway.standin.default = Behaviour(text=FIFTY_WORDS, usage=usage)
+    named = {"x-session-id": f"billed-{api}-{stream}-{usage}"}
+    extra = {"stream_options": {"include_usage": True}} if api == "chat" and stream else {}
+    reply = send(gateway, api, "sk-test", "count to fifty", stream, named, **extra)
+    assert reply.status_code == 200, reply.text
+    price = PRICES[reply.headers["x-session-served-model"]]
+    spent = spent_micros(gateway, named["x-session-id"])
+    seen = usage_in(api, stream, reply)
+    if usage:
+        assert seen is not None
+        assert spent == price.usage_micros(token_usage(seen))
+    else:
+        assert seen is None or not seen.get("output_tokens", seen.get("completion_tokens"))
+        assert spent >= price.cost_micros(0, -(-len(FIFTY_WORDS.encode()) // 3)) > 0
+    found = gateway.session(named["x-session-id"])
+    assert found is not None and found["request_count"] == 1
