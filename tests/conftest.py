@@ -20,7 +20,7 @@ from llm_sessions import (
 )
 
 from helpers import FakeClock, SyncFacade
-from redis_server import RedisServer
+from redis_server import RedisServer, free_port
 
 # "redis-cluster": a redis-server in cluster mode (one node holding every slot), where a
 # script that touches keys of two slots fails with CROSSSLOT
@@ -48,8 +48,12 @@ def redis_cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     """A private redis-server in cluster mode, one node holding all 16,384 slots."""
     directory = Path(tmp_path_factory.mktemp("redis-cluster"))
     server = RedisServer(
-        directory, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"
-    ).start()
+        directory,
+        "--cluster-enabled", "yes",
+        "--cluster-config-file", "nodes.conf",
+        # its bus port, else the port + 10,000: past 65,535 for half the free ports
+        "--cluster-port", str(free_port()),
+    ).start()  # fmt: skip
     client = redis.Redis(port=server.port)
     client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
     deadline = time.monotonic() + 15

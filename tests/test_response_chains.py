@@ -335,3 +335,33 @@ def test_a_continuation_reserves_the_context_it_continues(make_policy: MakePolic
     d = policy.begin({}, turn("resp_long", text="more"))
     policy.finish(d, served_model="a/m", response_id="resp_2")  # no usage: the estimate
     assert policy.begin({}, turn("resp_2", text=None)).prompt_tokens > 41_000
+
+
+def test_a_link_never_outlives_its_session(make_policy: MakePolicy, clock: FakeClock) -> None:
+    """A deleted (or expired) session takes its responses along: they can't be retrieved
+    through it, and a turn continuing one starts a session of its own rather than
+    bringing the deleted one back, even when a new session took the same id since."""
+    policy, store = make_policy(TWO, state_holder=holder)
+    named = {"x-session-id": "mine"}
+    first = policy.begin(named, turn(text="hello"))
+    policy.finish(first, served_model="a/m", cost_micros=10, response_id="resp_old")
+    assert policy.response_session("resp_old") == ("mine", "a")
+    store.clear_session(first.key)  # DELETE /v1/sessions/mine
+    assert policy.response_session("resp_old") is None
+    after = policy.begin({}, turn("resp_old", text=None))
+    assert after.session_id != "mine" and after.source == "derived"
+    assert store.get_session(first.key) is None  # not brought back
+    # a new session under the same id (a millisecond later: sessions are told apart by
+    # when they were created): the old response is still not part of it
+    clock.advance(1)
+    again = policy.begin(named, turn(text="a new start"))
+    policy.finish(again, served_model="a/m", cost_micros=1)
+    assert policy.response_session("resp_old") is None
+    assert policy.begin({}, turn("resp_old", text=None)).session_id != "mine"
+    # retrievals never renew a link past its session's life
+    policy.finish(policy.begin(named, turn(text="more")), served_model="a/m",
+                  response_id="resp_new")  # fmt: skip
+    for _ in range(3):
+        clock.advance(store.config.timeout_ms // 2)
+        policy.response_session("resp_new")
+    assert policy.response_session("resp_new") is None

@@ -231,14 +231,12 @@ class SessionPolicy:
         return await shell.arecord(self, store, decision, step, links)
 
     def response_session(self, response_id: str, scope: str = "") -> tuple[str, str] | None:
-        """``(session id, holder)`` of a response `finish` remembered for `scope`, or None.
-        Renews it, like any use."""
+        """``(session id, holder)`` of a response `finish` remembered for `scope`, or None
+        (also once its session is gone: expired, or deleted)."""
         store = self._sync("aresponse_session")
         if not chains.usable_id(response_id):
             return None
-        return chains.link_target(
-            store.resolve_link(chains.link_name("response", response_id, scope))
-        )
+        return shell.response_target(store, chains.link_name("response", response_id, scope))
 
     async def aresponse_session(self, response_id: str, scope: str = "") -> tuple[str, str] | None:
         """`response_session` for an async store."""
@@ -246,7 +244,7 @@ class SessionPolicy:
         if not chains.usable_id(response_id):
             return None
         name = chains.link_name("response", response_id, scope)
-        return chains.link_target(await store.resolve_link(name))
+        return await shell.aresponse_target(store, name)
 
     def bill_response(self, response_id: str, usage: Any, scope: str = "") -> int:
         """Bill a background response (one `finish` recorded ``billed_later``) once its

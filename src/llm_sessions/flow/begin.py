@@ -18,7 +18,16 @@ from .. import rules
 from ..errors import BudgetExceeded
 from ..fingerprint import provider_from_model
 from ..records import EMPTY_FLOW, Entry, FlowState, Reservation
-from ..rules import CACHE_STICKY, MODEL, STRIKE_LIMIT, STRIKES, TIER, USER_EXPLICIT, Record
+from ..rules import (
+    CACHE_STICKY,
+    CREATED_AT,
+    MODEL,
+    STRIKE_LIMIT,
+    STRIKES,
+    TIER,
+    USER_EXPLICIT,
+    Record,
+)
 from ..stores.base import Transition
 from ..tiers import Tier, tier_rank
 from .decision import Begun, Decision, Turn, entry_of, response_headers
@@ -55,7 +64,10 @@ def begin_rules(
     policy: SessionPolicy, req: Turn, entry: Entry | None, now: int
 ) -> tuple[Entry | None, Begun]:
     """Rules 2-7 on `entry` (None: no session yet): the entry to keep and the outcome. A
-    refused request keeps `entry` as it was."""
+    refused request keeps `entry` as it was, as does one whose link named a session that
+    is gone (expired, deleted: `dead_link`, and the shell begins it again without it)."""
+    if req.link_born and (entry is None or entry.created_at != req.link_born):
+        return entry, Begun("", req.tier, "", 0, 0, 0, 0, None, [], dead_link=True)
     flow = entry.flow if entry is not None else EMPTY_FLOW
     spent = entry.session_cost_micros if entry is not None else 0
     held = sum(r.micros for r in flow.reservations)
@@ -120,7 +132,7 @@ def begin_rules(
     activated = bool(record[CACHE_STICKY]) and not (entry is not None and entry.cache_sticky)
     begun = Begun(
         pick.model, pick.tier, pick.reason, strikes, spent, held, reserved, None, fallbacks,
-        activated, pick.pin_from, output_limit,
+        activated, pick.pin_from, output_limit, int(record[CREATED_AT]),
     )  # fmt: skip
     return entry_of(record, new_flow), begun
 
@@ -353,6 +365,7 @@ def decision_of(policy: SessionPolicy, turn: Turn, begun: Begun) -> Decision:
         pin_from=begun.pin_from,
         owned=turn.owned,
         output_limit=begun.output_limit or None,
+        session_created_at=begun.created_at,
     )
 
 

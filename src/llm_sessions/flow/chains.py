@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import UnknownState
 from ..ids import session_key, split_key
+from ..records import Entry
 from .decision import Decision, Turn
 
 if TYPE_CHECKING:
@@ -23,8 +24,8 @@ __all__ = [
     "Link",
     "follow",
     "foreign_claim",
+    "link_alive",
     "link_name",
-    "link_target",
     "links_for",
     "owner_name",
     "owner_value",
@@ -80,32 +81,34 @@ class Link(NamedTuple):
     holder: str
     context: int = 0
     unbilled: str = ""
+    born: int = 0  # when its session was created: a session created since is another
 
     def dumps(self) -> str:
-        return json.dumps([self.key, self.holder, self.context, self.unbilled])
+        return json.dumps([self.key, self.holder, self.context, self.unbilled, self.born])
 
 
 def read_link(value: str | None) -> Link | None:
     """The `Link` a store holds; None for none, or an unreadable one (written as
-    ``[key, holder]`` before it knew the context: context 0)."""
+    ``[key, holder]`` before it knew more: context 0, its session's birth unknown)."""
     try:
         fields = json.loads(value) if value is not None else None
     except (ValueError, TypeError):
         return None
-    if not isinstance(fields, list) or len(fields) not in (2, 4):
+    if not isinstance(fields, list) or len(fields) not in (2, 5):
         return None
-    key, holder, context, unbilled = (*fields, 0, "") if len(fields) == 2 else fields
+    key, holder, context, unbilled, born = (*fields, 0, "", 0) if len(fields) == 2 else fields
     if not (isinstance(key, str) and isinstance(holder, str) and isinstance(unbilled, str)):
         return None
-    if isinstance(context, bool) or not isinstance(context, int) or context < 0:
-        return None
-    return Link(key, holder, context, unbilled)
+    for number in (context, born):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            return None
+    return Link(key, holder, context, unbilled, born)
 
 
-def link_target(value: str | None) -> tuple[str, str] | None:
-    """``(session id, holder)`` of a link's value; None for none (or an unreadable one)."""
-    link = read_link(value)
-    return None if link is None else (split_key(link.key)[1], link.holder)
+def link_alive(link: Link, entry: Entry | None) -> bool:
+    """The session `link` was written for still lives: `entry` is that session, not a
+    new one under the same id (it expired, or was deleted, since)."""
+    return not link.born or (entry is not None and entry.created_at == link.born)
 
 
 def links_for(
@@ -136,7 +139,7 @@ def links_for(
     if not names and not owners:
         return None
     holder = policy.state_holder(served_model) if policy.state_holder is not None else ""
-    link = Link(decision.key or "", holder, max(context_tokens, 0))
+    link = Link(decision.key or "", holder, max(context_tokens, 0), "", decision.session_created_at)
     links = dict.fromkeys(names, link.dumps())
     links.update(dict.fromkeys(owners, owner_value(scope)))
     if served and served[0][0] == "response" and billed_later:  # its usage comes later
@@ -160,6 +163,7 @@ def follow(policy: SessionPolicy, turn: Turn, value: str | None) -> Turn:
         session_id = split_key(link.key)[1]
         return turn._replace(
             session_id=session_id, key=link.key, source="previous_response_id", bound=bound,
-            prompt_tokens=prompt,
+            prompt_tokens=prompt, link_born=link.born,
+            unlinked=(turn.session_id, turn.key, turn.source),
         )  # fmt: skip
     return turn._replace(bound=bound, prompt_tokens=prompt)

@@ -75,6 +75,7 @@ class Decision:
     owned: tuple[str, ...] = ()  # owner records `finish` writes (a conversation's)
     # the output limit lowered so the worst case fits the cap (`fit_output`); None: as asked
     output_limit: int | None = None
+    session_created_at: int = 0  # when the session was created (0: no session)
     _outcome: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
@@ -121,6 +122,10 @@ class Turn(NamedTuple):
     owned: tuple[str, ...] = ()  # owner records `finish` writes (a conversation's)
     # the only models that can serve it (those of the holder of the state it continues)
     bound: frozenset[str] | None = None
+    # a followed link that named the session: when that session was created (the link is
+    # dead if the session is not that one any more), and the session before the link
+    link_born: int = 0
+    unlinked: tuple[str | None, str | None, str] | None = None
 
 
 class Begun(NamedTuple):
@@ -138,6 +143,8 @@ class Begun(NamedTuple):
     sticky_activated: bool = False
     pin_from: str = ""  # the pin a chain bound this turn away from
     output_limit: int = 0  # the output limit lowered to fit the cap (0: as asked)
+    created_at: int = 0  # when the session was created (its links remember it)
+    dead_link: bool = False  # the session the followed link named is gone: nothing done
 
 
 def entry_of(record: Record, flow: FlowState) -> Entry:

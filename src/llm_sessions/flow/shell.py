@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import LLMSessionsError, SessionBusy, StoreUnavailable
+from ..ids import split_key
 from ..records import Entry
 from ..rules import MAX_COST_MICROS
 from ..stores.base import AsyncStore, Store, Transition
 from . import finish as charging
 from .begin import begin_step, decision_of, without_session
-from .chains import follow, foreign_claim, link_name, owner_name, read_link
+from .chains import follow, foreign_claim, link_alive, link_name, owner_name, read_link
 from .decision import Decision, Turn
 from .finish import release_step
 from .reading import read_request
@@ -52,6 +53,11 @@ def begin(
             return without_session(policy, turn)
         transacting = True
         begun = store.transact(turn.key, begin_step(policy, turn))
+        if begun.dead_link:  # its session is gone: the turn goes on as if it were unknown
+            turn = _unlinked(turn)
+            if turn.key is None:
+                return without_session(policy, turn)
+            begun = store.transact(turn.key, begin_step(policy, turn))
     except StoreUnavailable as exc:
         if transacting and policy.cap_micros is not None and not isinstance(exc, SessionBusy):
             args = (policy, store, turn.key or "", turn.reservation_id)
@@ -77,6 +83,11 @@ async def abegin(
             return without_session(policy, turn)
         transacting = True
         begun = await store.transact(turn.key, begin_step(policy, turn))
+        if begun.dead_link:  # its session is gone: the turn goes on as if it were unknown
+            turn = _unlinked(turn)
+            if turn.key is None:
+                return without_session(policy, turn)
+            begun = await store.transact(turn.key, begin_step(policy, turn))
     except StoreUnavailable as exc:
         if transacting and policy.cap_micros is not None and not isinstance(exc, SessionBusy):
             release = _arelease(policy, store, turn.key or "", turn.reservation_id)
@@ -96,12 +107,12 @@ def _continued(policy: SessionPolicy, store: Store, turn: Turn) -> Turn:
     each claim the caller's scope has no link for checked against its owner record
     (`UnknownState` for another caller's). A store that fails here fails the request
     (`StoreUnavailable`, even where the store fails open): a claim that can't be checked
-    is never forwarded. The owner records of the caller's own claims are rewritten by its
-    `finish`, so they live as long as the links they stand beside."""
+    is never forwarded. The links of the caller's own claims, and their owner records,
+    are written again by its `finish`: they live on with the session that uses them."""
     refuse = policy.unknown_state == "refuse"
     try:
         followed = store.resolve_link(turn.follow_link) if turn.follow_link else None
-        owned = list(turn.owned)
+        owned, renewed = list(turn.owned), list(turn.links_out)
         for kind, ident, name in turn.claims:
             found = followed if name == turn.follow_link else store.resolve_link(name)
             if found is None:
@@ -109,13 +120,16 @@ def _continued(policy: SessionPolicy, store: Store, turn: Turn) -> Turn:
                 refusal = foreign_claim(turn, kind, ident, owner, refuse)
                 if refusal is not None:
                     raise refusal
-            else:
-                owned.append(owner_name(kind, ident))  # renewed with the link it owns
+            else:  # the caller's own: its link and owner record live on with the session
+                owned.append(owner_name(kind, ident))
+                renewed.append(name)
     except LLMSessionsError:
         raise
     except Exception as exc:
         raise store_fault(exc) from exc
-    return follow(policy, turn, followed)._replace(owned=tuple(dict.fromkeys(owned)))
+    return follow(policy, turn, followed)._replace(
+        owned=tuple(dict.fromkeys(owned)), links_out=tuple(dict.fromkeys(renewed))
+    )
 
 
 async def _acontinued(policy: SessionPolicy, store: AsyncStore, turn: Turn) -> Turn:
@@ -123,7 +137,7 @@ async def _acontinued(policy: SessionPolicy, store: AsyncStore, turn: Turn) -> T
     refuse = policy.unknown_state == "refuse"
     try:
         followed = await store.resolve_link(turn.follow_link) if turn.follow_link else None
-        owned = list(turn.owned)
+        owned, renewed = list(turn.owned), list(turn.links_out)
         for kind, ident, name in turn.claims:
             found = followed if name == turn.follow_link else await store.resolve_link(name)
             if found is None:
@@ -131,13 +145,44 @@ async def _acontinued(policy: SessionPolicy, store: AsyncStore, turn: Turn) -> T
                 refusal = foreign_claim(turn, kind, ident, owner, refuse)
                 if refusal is not None:
                     raise refusal
-            else:
-                owned.append(owner_name(kind, ident))  # renewed with the link it owns
+            else:  # the caller's own: its link and owner record live on with the session
+                owned.append(owner_name(kind, ident))
+                renewed.append(name)
     except LLMSessionsError:
         raise
     except Exception as exc:
         raise store_fault(exc) from exc
-    return follow(policy, turn, followed)._replace(owned=tuple(dict.fromkeys(owned)))
+    return follow(policy, turn, followed)._replace(
+        owned=tuple(dict.fromkeys(owned)), links_out=tuple(dict.fromkeys(renewed))
+    )
+
+
+def _unlinked(turn: Turn) -> Turn:
+    """`turn` in the session it had before its link named one (that session is gone):
+    the response it continues is not written to the new session's links either."""
+    assert turn.unlinked is not None
+    session_id, key, source = turn.unlinked
+    links = tuple(name for name in turn.links_out if name != turn.follow_link)
+    return turn._replace(
+        session_id=session_id, key=key, source=source, link_born=0, unlinked=None,
+        links_out=links,
+    )  # fmt: skip
+
+
+def response_target(store: Store, name: str) -> tuple[str, str] | None:
+    """``(session id, holder)`` of the response link `name`, while its session lives."""
+    link = read_link(store.resolve_link(name))
+    if link is None or (link.born and not link_alive(link, store.get_session(link.key))):
+        return None
+    return split_key(link.key)[1], link.holder
+
+
+async def aresponse_target(store: AsyncStore, name: str) -> tuple[str, str] | None:
+    """`response_target` against an async store."""
+    link = read_link(await store.resolve_link(name))
+    if link is None or (link.born and not link_alive(link, await store.get_session(link.key))):
+        return None
+    return split_key(link.key)[1], link.holder
 
 
 def peek(

@@ -357,8 +357,9 @@ class SessionStore:
         return result
 
     def resolve_link(self, name: str) -> str | None:
-        """The value of the link `name` (written by `transact`), renewing it for the
-        session timeout from now; None when there is none or it expired."""
+        """The value of the link `name` (written by `transact`); None when there is none or
+        it expired. A link lives the session timeout from its last write, so never longer
+        than the session it was written with: a use does not renew it."""
         check_id(name)
         if not self._enabled:
             return None
@@ -370,8 +371,6 @@ class SessionStore:
             if found[1] < now:
                 del held[name]
                 return None
-            held[name] = (found[0], now + self._timeout)
-            held.move_to_end(name)
             return found[0]
 
     def list_sessions(

@@ -88,7 +88,6 @@ WRITE_SCRIPTS = (
     "add_session_cost",
     "set_cache_sticky",
     "compare_and_set",
-    "resolve_link",
     "write_link",
 )
 
@@ -100,7 +99,8 @@ def _load_scripts() -> dict[str, str]:
     # The shebang (Redis >= 7) declares what a script may do. Writers carry no flags, so
     # Redis refuses them whole when over maxmemory, instead of letting a first
     # non-growing write (DEL, HINCRBY...) through and with it every later one.
-    flags = dict.fromkeys(WRITE_SCRIPTS, "#!lua\n") | {"read_session": "#!lua flags=no-writes\n"}
+    reads = dict.fromkeys(("read_session", "resolve_link"), "#!lua flags=no-writes\n")
+    flags = dict.fromkeys(WRITE_SCRIPTS, "#!lua\n") | reads
     return {
         name: shebang + prelude + lua.joinpath(f"{name}.lua").read_text("utf-8")
         for name, shebang in flags.items()
