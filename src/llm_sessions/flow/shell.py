@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import LLMSessionsError, SessionBusy, StoreUnavailable
@@ -103,55 +103,56 @@ async def abegin(
 
 
 def _continued(policy: SessionPolicy, store: Store, turn: Turn) -> Turn:
-    """`turn` once the stored state it continues is looked up: its link followed, and
-    each claim the caller's scope has no link for checked against its owner record
-    (`UnknownState` for another caller's). A store that fails here fails the request
+    """`_claims` against a sync store. A store that fails here fails the request
     (`StoreUnavailable`, even where the store fails open): a claim that can't be checked
-    is never forwarded. The links of the caller's own claims, and their owner records,
-    are written again by its `finish`: they live on with the session that uses them."""
-    refuse = policy.unknown_state == "refuse"
+    is never forwarded."""
+    steps = _claims(policy, turn)
     try:
-        followed = store.resolve_link(turn.follow_link) if turn.follow_link else None
-        owned, renewed = list(turn.owned), list(turn.links_out)
-        for kind, ident, name in turn.claims:
-            found = followed if name == turn.follow_link else store.resolve_link(name)
-            if found is None:
-                owner = store.resolve_link(owner_name(kind, ident))
-                refusal = foreign_claim(turn, kind, ident, owner, refuse)
-                if refusal is not None:
-                    raise refusal
-            else:  # the caller's own: its link and owner record live on with the session
-                owned.append(owner_name(kind, ident))
-                renewed.append(name)
+        name = next(steps)
+        while True:
+            name = steps.send(store.resolve_link(name))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
     except LLMSessionsError:
         raise
     except Exception as exc:
         raise store_fault(exc) from exc
-    return follow(policy, turn, followed)._replace(
-        owned=tuple(dict.fromkeys(owned)), links_out=tuple(dict.fromkeys(renewed))
-    )
 
 
 async def _acontinued(policy: SessionPolicy, store: AsyncStore, turn: Turn) -> Turn:
     """`_continued` against an async store."""
-    refuse = policy.unknown_state == "refuse"
+    steps = _claims(policy, turn)
     try:
-        followed = await store.resolve_link(turn.follow_link) if turn.follow_link else None
-        owned, renewed = list(turn.owned), list(turn.links_out)
-        for kind, ident, name in turn.claims:
-            found = followed if name == turn.follow_link else await store.resolve_link(name)
-            if found is None:
-                owner = await store.resolve_link(owner_name(kind, ident))
-                refusal = foreign_claim(turn, kind, ident, owner, refuse)
-                if refusal is not None:
-                    raise refusal
-            else:  # the caller's own: its link and owner record live on with the session
-                owned.append(owner_name(kind, ident))
-                renewed.append(name)
+        name = next(steps)
+        while True:
+            name = steps.send(await store.resolve_link(name))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
     except LLMSessionsError:
         raise
     except Exception as exc:
         raise store_fault(exc) from exc
+
+
+def _claims(policy: SessionPolicy, turn: Turn) -> Generator[str, str | None, Turn]:
+    """`turn` once the stored state it continues is looked up (each link to read is
+    yielded, its value sent back): its link followed, and each claim the caller's scope
+    has no link for checked against its owner record (`UnknownState` for another
+    caller's). The links of the caller's own claims, and their owner records, are
+    written again by its `finish`: they live on with the session that uses them."""
+    refuse = policy.unknown_state == "refuse"
+    followed = (yield turn.follow_link) if turn.follow_link else None
+    owned, renewed = list(turn.owned), list(turn.links_out)
+    for kind, ident, name in turn.claims:
+        found = followed if name == turn.follow_link else (yield name)
+        if found is None:
+            owner = yield owner_name(kind, ident)
+            refusal = foreign_claim(turn, kind, ident, owner, refuse)
+            if refusal is not None:
+                raise refusal
+        else:  # the caller's own: its link and owner record live on with the session
+            owned.append(owner_name(kind, ident))
+            renewed.append(name)
     return follow(policy, turn, followed)._replace(
         owned=tuple(dict.fromkeys(owned)), links_out=tuple(dict.fromkeys(renewed))
     )
