@@ -29,7 +29,22 @@ from .reading import read_request
 if TYPE_CHECKING:
     from ..policy import SessionPolicy
 
-__all__ = ["abegin", "apeek", "arecord", "begin", "peek", "peeked", "record"]
+__all__ = [
+    "abegin",
+    "abill_later",
+    "apeek",
+    "arecord",
+    "aresponse_target",
+    "aretrying",
+    "begin",
+    "bill_later",
+    "peek",
+    "peeked",
+    "record",
+    "response_target",
+    "retrying",
+    "store_fault",
+]
 
 T = TypeVar("T")
 
