@@ -8,7 +8,8 @@ Rows so far:
 - the cap holds: a session's spend stays within its cap under concurrent requests, and
   with the stored context a continuation is sent again;
 - a served request is billed once: from the upstream's usage when it comes, else from a
-  conservative estimate, at least what was generated;
+  conservative estimate, at least what was generated; also when a fallback on another
+  upstream served it, at that model's price;
 - a malformed request, or one past the counts any LLM API takes, is a 4xx in the API's
   own error shape and changes nothing: no session, no upstream call. (What one request
   may cost the gateway in CPU and event-loop time is measured by bench/body_bench.py,
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway_helpers import PRICES, Running, gateway_with_standin
+from gateway_helpers import PRICES, Running, gateway_over_standins, gateway_with_standin
 from llm_sessions.server.standin import Behaviour
 
 APIS = ("chat", "messages", "responses")
@@ -347,3 +348,67 @@ def test_a_served_request_is_billed_once(
         assert spent >= price.cost_micros(0, -(-len(FIFTY_WORDS.encode()) // 3)) > 0
     found = gateway.session(named["x-session-id"])
     assert found is not None and found["request_count"] == 1
+
+
+TWO_UPSTREAMS = """
+[upstream]
+base_url = "{a}/v1"
+apis = ["chat", "messages", "responses"]
+
+[upstreams.b]
+base_url = "{b}/v1"
+apis = ["chat", "messages", "responses"]
+
+[models."b/m"]
+upstream = "b"
+
+[routing.tiers.SIMPLE]
+primary = "a/m"
+fallback = ["b/m"]
+
+[pricing."a/m"]
+input_per_mtok = 1
+output_per_mtok = 2
+
+[pricing."b/m"]
+input_per_mtok = 3
+output_per_mtok = 6
+
+[store]
+url = "{store}"
+"""
+
+
+@pytest.mark.parametrize("store", STORES)
+@pytest.mark.parametrize("stream", STREAMED)
+@pytest.mark.parametrize("api", APIS)
+def test_a_request_a_fallback_upstream_served_is_billed_once_at_its_price(
+    api: str, stream: bool, store: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    """Two upstreams: the primary's answers 503, the fallback's serves. The session is
+    billed once, the fallback's usage at the fallback's price, and pinned to it."""
+    from llm_sessions import Pricing, token_usage
+
+    url = request.getfixturevalue("redis_url") if store == "redis" else "memory://"
+    with gateway_over_standins(tmp_path, TWO_UPSTREAMS, ("a", "b"), store=url) as (
+        gateway_url,
+        standins,
+        _,
+    ):
+        standins["a"].set("a/m", status=503)
+        extra = {"stream_options": {"include_usage": True}} if api == "chat" and stream else {}
+        named = {"x-session-id": "fell-back", "authorization": "Bearer sk-test"}
+        with httpx.Client(base_url=gateway_url, timeout=30) as http:
+            reply = http.post(PATHS[api], json=body_for(api, "hello", stream, **extra),
+                              headers=named)  # fmt: skip
+            reply.read()
+            found = http.get("/v1/sessions/fell-back", headers=named).json()
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-session-served-model"] == "b/m"
+    assert (len(standins["a"].received), len(standins["b"].received)) == (1, 1)
+    seen = usage_in(api, stream, reply)
+    assert seen is not None
+    assert round(float(found["session_cost_usd"]) * 1e6) == Pricing(3, 6).usage_micros(
+        token_usage(seen)
+    )
+    assert found["request_count"] == 1 and found["model"] == "b/m"
