@@ -35,14 +35,12 @@ __all__ = [
     "apeek",
     "arecord",
     "aresponse_target",
-    "aretrying",
     "begin",
     "bill_later",
     "peek",
     "peeked",
     "record",
     "response_target",
-    "retrying",
     "store_fault",
 ]
 
@@ -247,12 +245,8 @@ def record(
     links: dict[str, str] | None,
 ) -> int:
     """Run a finish step (retrying the store for `finish_retry_ms`); the session total."""
-    key = decision.key or ""
     try:
-        total = retrying(
-            policy.finish_retry_ms,
-            lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
-        )
+        total = _write(policy, store, decision.key or "", step, links)
     except StoreUnavailable as exc:
         raise _unrecorded(exc) from exc
     return decision.settle(total)
@@ -266,12 +260,8 @@ async def arecord(
     links: dict[str, str] | None,
 ) -> int:
     """`record` against an async store."""
-    key = decision.key or ""
     try:
-        total = await aretrying(
-            policy.finish_retry_ms,
-            lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
-        )
+        total = await _awrite(policy, store, decision.key or "", step, links)
     except StoreUnavailable as exc:
         raise _unrecorded(exc) from exc
     return decision.settle(total)
@@ -285,11 +275,7 @@ def bill_later(
     late = _late_charge(policy, name, response_id, store.resolve_link(name), usage)
     if late is None:
         return 0
-    key, step, links = late
-    return retrying(
-        policy.finish_retry_ms,
-        lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
-    )
+    return _write(policy, store, *late)
 
 
 async def abill_later(
@@ -300,11 +286,7 @@ async def abill_later(
     late = _late_charge(policy, name, response_id, await store.resolve_link(name), usage)
     if late is None:
         return 0
-    key, step, links = late
-    return await aretrying(
-        policy.finish_retry_ms,
-        lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
-    )
+    return await _awrite(policy, store, *late)
 
 
 def _late_charge(
@@ -327,6 +309,35 @@ def _late_charge(
 
 
 # -- retries of the store, for the writes that are safe to repeat ------------------------------
+
+
+def _write(
+    policy: SessionPolicy,
+    store: Store,
+    key: str,
+    step: Transition[T],
+    links: dict[str, str] | None = None,
+) -> T:
+    """A write that is safe to repeat (finish, a late charge, a release): it waits out
+    contention, and is retried while the store can't be reached, for `finish_retry_ms`."""
+    return retrying(
+        policy.finish_retry_ms,
+        lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
+    )
+
+
+async def _awrite(
+    policy: SessionPolicy,
+    store: AsyncStore,
+    key: str,
+    step: Transition[T],
+    links: dict[str, str] | None = None,
+) -> T:
+    """`_write` against an async store."""
+    return await aretrying(
+        policy.finish_retry_ms,
+        lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
+    )
 
 
 def retrying(limit_ms: int, call: Callable[[], T]) -> T:
@@ -369,11 +380,8 @@ async def aretrying(limit_ms: int, call: Callable[[], Awaitable[T]]) -> T:
 def _release(policy: SessionPolicy, store: Store, key: str, reservation_id: str) -> None:
     """After a `begin` the store failed: its write may still have landed (a reply lost
     to a hung server), so remove its reservation if it is there, retrying."""
-    step = release_step(reservation_id)
     try:
-        retrying(
-            policy.finish_retry_ms, lambda: store.transact(key, step, busy_timeout_ms=math.inf)
-        )
+        _write(policy, store, key, release_step(reservation_id))
     except LLMSessionsError as exc:
         log.warning("could not check a failed request's reservation: %s", exc)
 
@@ -382,11 +390,8 @@ async def _arelease(
     policy: SessionPolicy, store: AsyncStore, key: str, reservation_id: str
 ) -> None:
     """`_release` for an async store."""
-    step = release_step(reservation_id)
     try:
-        await aretrying(
-            policy.finish_retry_ms, lambda: store.transact(key, step, busy_timeout_ms=math.inf)
-        )
+        await _awrite(policy, store, key, release_step(reservation_id))
     except LLMSessionsError as exc:
         log.warning("could not check a failed request's reservation: %s", exc)
 
