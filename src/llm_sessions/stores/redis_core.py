@@ -699,8 +699,9 @@ class RedisOps:
         session wait for each other in-process (the op's `lock`); past `busy_timeout_ms`
         (the store's default when None, ``math.inf`` for no limit) it raises `SessionBusy`.
         It never fails open: a store that can't be reached raises `StoreUnavailable`.
-        `links` are written once the record is, in one pipeline of single-key scripts
-        (`write_link.lua`): no script spans two keys, so any Redis Cluster takes them."""
+        `links` are written just before the record, once, in one pipeline of single-key
+        scripts (`write_link.lua`): no script spans two keys, so any Redis Cluster takes
+        them; nothing is written when `fn` changes nothing."""
         check_id(session_id)
         check_links(links)
         limit_ms = self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
@@ -722,7 +723,7 @@ class RedisOps:
             if remembered is None:
                 now, values = yield self._read(session_id)
                 old, version = self._as_read(session_id, values, now)
-            lost = 0
+            lost, linked = 0, False
             while True:
                 new, result = fn(old, now)
                 if new is old and remembered is None:
@@ -739,6 +740,11 @@ class RedisOps:
                 else:  # only what changed since the version this process wrote
                     dropped, pairs = encode_changes(stored, new)
                     change = [b"%d" % len(dropped), *dropped, *pairs]
+                if links and new is not None and not linked:  # each on its own key: any slot
+                    # before the record: a retry after a lost reply finds the record
+                    # written and writes nothing, so links written after it could be lost
+                    yield Pipeline(tuple(self._link_write(n, v) for n, v in links.items()))
+                    linked = True
                 reply = yield Eval(
                     "compare_and_set",
                     key,
@@ -746,8 +752,6 @@ class RedisOps:
                 )
                 if reply[0] == 1:
                     self._remember(session_id, new, reply[1] if len(reply) > 1 else None)
-                    if links and new is not None:  # each on its own key: any slot
-                        yield Pipeline(tuple(self._link_write(n, v) for n, v in links.items()))
                     return result
                 self._remember(session_id, None, None)
                 stored = None
