@@ -6,14 +6,16 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import tracemalloc
 import weakref
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_sessions import Config, SessionStore, Tier, monotonic_wall_clock, session_key
+from llm_sessions import Config, Entry, SessionStore, Tier, monotonic_wall_clock, session_key
 from llm_sessions.ids import key_scope
+from llm_sessions.stores.memory_links import LINK_OVERHEAD
 
 from helpers import FakeClock
 
@@ -188,7 +190,8 @@ def test_default_clock_ignores_wall_clock_steps(monkeypatch: pytest.MonkeyPatch)
 _SCOPES = st.sampled_from(["", "acme", "a:b", "b%c"])
 _IDS = st.sampled_from(["s1", "s2", "x:y", "z%"])
 _OPS = st.lists(
-    st.tuples(st.sampled_from(["set", "cost", "clear", "delete", "advance", "get", "expire"]),
+    st.tuples(st.sampled_from(["set", "cost", "clear", "delete", "advance", "get", "expire",
+                               "link", "resolve"]),
               _SCOPES, _IDS),
     max_size=60,
 )  # fmt: skip
@@ -201,7 +204,9 @@ def test_the_scope_index_matches_the_sessions(ops: list[tuple[str, str, str]]) -
 
     clock = FakeClock()
     store = SessionStore(
-        Config(max_sessions=5, timeout_ms=1000, cleanup_interval_ms=0), clock=clock
+        Config(max_sessions=5, timeout_ms=1000, cleanup_interval_ms=0),
+        clock=clock,
+        link_bytes=4 * (LINK_OVERHEAD + 20),  # room for about four links
     )
     for op, scope, sid in ops:
         key = session_key(sid, scope)
@@ -217,8 +222,13 @@ def test_the_scope_index_matches_the_sessions(ops: list[tuple[str, str, str]]) -
             clock.advance(600)
         elif op == "get":
             store.get_session(key)
+        elif op == "link":  # a name another scope's session may have written before
+            store.transact(key, lambda e, now: (_touch(e, now)[0], None), links={sid: key})
+        elif op == "resolve":
+            assert store.resolve_link(sid) in (None, *(session_key(sid, s) for s in _SCOPES_ALL))
         else:
             store.expire()
+        _check_links(store)
         indexed = {k for keys in store._scopes.values() for k in keys}
         assert indexed == {k for k in store._entries if key_scope(k)}  # the scoped ones
         assert all(key_scope(k) == s for s, keys in store._scopes.items() for k in keys)
@@ -232,3 +242,118 @@ def test_the_scope_index_matches_the_sessions(ops: list[tuple[str, str, str]]) -
             assert listed == live
     store.clear_all()
     assert store._scopes == {}
+    assert store._links.bytes == 0 and len(store._links) == 0
+
+
+_SCOPES_ALL = ("", "acme", "a:b", "b%c")
+
+
+def _check_links(store: SessionStore) -> None:
+    """The links' indexes agree with each other, their byte count and the sessions."""
+    links = store._links
+    held = links._held
+    assert links.bytes == sum(h[4] for h in held.values()) <= links.budget
+    assert {n for names in links._scopes.values() for n in names} == set(held)
+    assert {n for names in links._sessions.values() for n in names} == set(held)
+    assert all(links._scopes.values()) and all(links._sessions.values())
+    for scope, names in links._scopes.items():
+        assert links._scope_bytes[scope] == sum(held[n][4] for n in names)
+    for session, names in links._sessions.items():
+        assert session in store._entries  # a link never outlives its session
+        assert all(held[n][2] == session for n in names)
+
+
+# -- links: bounded in bytes, fair across tenants, gone with their session ------------------
+
+
+def _touch(entry: Entry | None, now: int) -> tuple[Entry | None, None]:
+    if entry is None:
+        return Entry("m", Tier.MEDIUM, now, now, 1, (), 0, False, False, False, 0, "", 0), None
+    return entry._replace(last_used_at=now), None
+
+
+def _write_links(store: SessionStore, tenant: str, start: int, count: int) -> list[str]:
+    """`count` turns of `tenant`, each linking a response id and its owner record, as the
+    routing flow does; returns the response links' names in the order written."""
+    names = []
+    for i in range(start, start + count):
+        key = session_key(f"s{i % 7}", tenant)
+        name = session_key(f"response:resp_{i:032x}", tenant)
+        value = f'["{key}", "upstream", 12345, "", 1700000000000]'
+        store.transact(key, _touch, links={name: value, f"owner:{tenant}{i:034x}": "f" * 32})
+        names.append(name)
+    return names
+
+
+def test_links_hold_no_more_memory_than_their_bound(clock: FakeClock) -> None:
+    """The bound is in bytes of memory, measured: what the links hold once far more were
+    written than fit stays within `link_bytes`, and uses most of it (the per-link overhead
+    counted is what Python holds, not a guess many times too large)."""
+    budget = 4 << 20
+    store = SessionStore(cfg(max_sessions=1_000, timeout_ms=10**9), clock=clock, link_bytes=budget)
+    for tenant in ("a", "b", "c"):
+        _write_links(store, tenant, 0, 1)  # the sessions, before measuring
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for tenant in ("a", "b", "c"):
+            _write_links(store, tenant, 1, 5_000)  # 30,000 links: about 3x what fits
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert store.resolve_link(session_key(f"response:resp_{5_000:032x}", "c")) is not None
+    assert store.resolve_link(session_key(f"response:resp_{1:032x}", "a")) is None  # evicted
+    assert budget // 2 < used <= budget
+
+
+def test_a_tenant_flooding_links_evicts_its_own_not_anothers(clock: FakeClock) -> None:
+    store = SessionStore(cfg(max_sessions=1_000, timeout_ms=10**9), clock=clock, link_bytes=1 << 20)
+    quiet = _write_links(store, "quiet", 0, 100)
+    flood = _write_links(store, "flood", 0, 20_000)
+    assert all(store.resolve_link(name) is not None for name in quiet)
+    assert store.resolve_link(flood[-1]) is not None
+    assert store.resolve_link(flood[0]) is None
+    # two tenants writing as fast as they can end up with a share each
+    other = _write_links(store, "other", 0, 20_000)
+    kept = [sum(store.resolve_link(n) is not None for n in names) for names in (flood, other)]
+    assert all(store.resolve_link(name) is not None for name in quiet)
+    assert min(kept) > 0.8 * max(kept)
+
+
+def test_links_go_with_their_session(clock: FakeClock) -> None:
+    """Deleted, evicted at `max_sessions` or expired and replaced: a session's links are
+    gone with it, memory included, and a new session under the same id has none of them."""
+    store = SessionStore(cfg(max_sessions=2), clock=clock)
+    store.transact("t:a", _touch, links={"t:r1": "a", "owner:1": "x"})
+    store.transact("t:b", _touch, links={"t:r2": "b"})
+    store.clear_session("t:a")
+    assert store.resolve_link("t:r1") is None and store.resolve_link("owner:1") is None
+    store.transact("t:a", _touch)  # a new session under the id: the old links stay gone
+    assert store.resolve_link("t:r1") is None
+    store.transact("t:c", _touch, links={"t:r3": "c"})  # evicts t:b, the least recent
+    assert store.get_session("t:b") is None and store.resolve_link("t:r2") is None
+    assert store.resolve_link("t:r3") == "c"
+    clock.advance(TIMEOUT + 1)
+    store.transact("t:c", _touch)  # expired, and made anew
+    assert store.resolve_link("t:r3") is None
+    assert store._links.bytes == 0 and len(store._links) == 0
+
+
+def test_a_link_written_again_by_another_session_moves_to_it(clock: FakeClock) -> None:
+    """A conversation continued from another session: its link now leads there, and lives
+    (and goes) with that session, not the first."""
+    store = SessionStore(cfg(), clock=clock)
+    store.transact("a", _touch, links={"conv": "a"})
+    store.transact("b", _touch, links={"conv": "b"})
+    store.clear_session("a")
+    assert store.resolve_link("conv") == "b"
+    store.clear_session("b")
+    assert store.resolve_link("conv") is None
+
+
+def test_link_bytes_is_checked() -> None:
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="link_bytes"):
+            SessionStore(cfg(), link_bytes=bad)  # type: ignore[arg-type]

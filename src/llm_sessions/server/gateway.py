@@ -99,7 +99,7 @@ class Gateway:
 
 def _open_store(settings: Settings) -> AsyncStore:
     """The store `settings` name (``store.url``), with its options."""
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"link_bytes": settings.store_memory_links_mb << 20}
     if not settings.store_url.startswith("memory:"):
         kwargs = {
             "key_prefix": settings.store_key_prefix,

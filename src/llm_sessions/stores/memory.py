@@ -7,9 +7,8 @@ expiry walks only what has expired, in small batches that release the lock betwe
 them. Each scope's keys are also indexed, so listing a scope costs what it holds. The
 clock is assumed not to go backwards (the default one never does).
 
-Links (a name leading to a session, e.g. a response id) live beside the sessions in
-their own `OrderedDict`, in expiry order too: every link lives the session timeout from
-its last write or use, so renewing one moves it to the end.
+Links (a name leading to a session, e.g. a response id) live beside the sessions, each
+with its session, bounded in bytes and fair across tenants (see `memory_links`).
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ from .base import (
     check_models,
     check_str,
 )
+from .memory_links import DEFAULT_LINK_BYTES, MemoryLinks
 
 __all__ = ["AsyncSessionStore", "SessionStore"]
 
@@ -58,7 +58,6 @@ T = TypeVar("T")
 _SWEEP_BATCH = 256  # expired entries removed per lock hold
 _OPPORTUNISTIC_SWEEP = 4  # expired entries removed by each new session
 _LIST_BATCH = 4096  # keys looked at between two hand-overs of the GIL when listing
-LINKS_PER_SESSION = 16  # links held at most: this many times max_sessions
 _new_tuple = tuple.__new__
 
 
@@ -66,11 +65,18 @@ class SessionStore:
     """Thread-safe in-memory session store (the reference's ``Store``).
 
     `clock` returns unix milliseconds; by default the wall clock read once, then advanced
-    monotonically. Every method is atomic with respect to the others, and reads return
-    immutable snapshots. See the README for the numbered rules each method follows.
+    monotonically. `link_bytes` bounds the memory its links hold (see `memory_links`).
+    Every method is atomic with respect to the others, and reads return immutable
+    snapshots. See the README for the numbered rules each method follows.
     """
 
-    def __init__(self, config: Config | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        clock: Clock | None = None,
+        link_bytes: int = DEFAULT_LINK_BYTES,
+    ) -> None:
         self._config = Config() if config is None else config
         if not isinstance(self._config, Config):
             raise TypeError(f"config must be a Config, got {type(self._config).__name__}")
@@ -84,9 +90,9 @@ class SessionStore:
         # Unscoped keys are not indexed: without tenants they are all the sessions there
         # are, and they cost no memory here.
         self._scopes: dict[str, set[str]] = {}
-        # link name -> (value, expires_at), least recently renewed first
-        self._links: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        self._max_links = self._max * LINKS_PER_SESSION
+        if isinstance(link_bytes, bool) or not isinstance(link_bytes, int) or link_bytes < 0:
+            raise ValueError(f"link_bytes must be an int >= 0, got {link_bytes!r}")
+        self._links = MemoryLinks(link_bytes)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,8 +133,9 @@ class SessionStore:
             self._scopes.setdefault(scope, set()).add(session_id)
 
     def _drop(self, session_id: str) -> None:
-        """Remove a session that is there, and its index entry."""
+        """Remove a session that is there, its index entry and its links."""
         del self._entries[session_id]
+        self._links.drop_session(session_id)
         scope = key_scope(session_id)
         if scope:
             keys = self._scopes[scope]
@@ -144,19 +151,7 @@ class SessionStore:
                 break
             self._drop(next(iter(entries)))
             removed += 1
-        links = self._links
-        while removed < limit and links and next(iter(links.values()))[1] < now:
-            links.popitem(last=False)
-            removed += 1
         return removed
-
-    def _set_links(self, links: Mapping[str, str], now: int) -> None:
-        expires, held = now + self._timeout, self._links
-        for name, value in links.items():
-            held.pop(name, None)
-            held[name] = (value, expires)
-        while len(held) > self._max_links:
-            held.popitem(last=False)  # the least recently renewed
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -353,7 +348,7 @@ class SessionStore:
                 if new.last_used_at != old.last_used_at:  # type: ignore[union-attr]
                     self._entries.move_to_end(session_id)
             if links:
-                self._set_links(links, now)
+                self._links.write(session_id, links, now + self._timeout)
         return result
 
     def resolve_link(self, name: str) -> str | None:
@@ -364,12 +359,11 @@ class SessionStore:
         if not self._enabled:
             return None
         with self._lock:
-            now, held = self._clock(), self._links
-            found = held.get(name)
+            now = self._clock()
+            found = self._links.read(name, now)
             if found is None:
                 return None
-            if found[1] < now:
-                del held[name]
+            if self._live(found[1], now) is None:  # its session expired: so did the link
                 return None
             return found[0]
 
@@ -434,7 +428,9 @@ class SessionStore:
         removed = 0
         while True:
             with self._lock:
-                n = self._sweep_front(self._clock(), _SWEEP_BATCH)
+                now = self._clock()
+                n = self._sweep_front(now, _SWEEP_BATCH)
+                n += self._links.sweep(now, _SWEEP_BATCH - n)
             removed += n
             if n < _SWEEP_BATCH:
                 return removed
@@ -477,8 +473,14 @@ class AsyncSessionStore:
     """The in-memory store with ``async def`` methods: the same object underneath, called
     directly (no thread hops; its lock is only ever held for microseconds)."""
 
-    def __init__(self, config: Config | None = None, *, clock: Clock | None = None) -> None:
-        self._sync = SessionStore(config, clock=clock)
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        clock: Clock | None = None,
+        link_bytes: int = DEFAULT_LINK_BYTES,
+    ) -> None:
+        self._sync = SessionStore(config, clock=clock, link_bytes=link_bytes)
 
     @property
     def config(self) -> Config:
