@@ -16,7 +16,12 @@ cap, and what the upstream billed for it (its answers' usage at those prices) ov
 - ``continuations``: one 12,000-token context, then 20 continuations of it at once (item 5);
 - ``background``: 10 background responses, each retrieved when done (item 6);
 - ``agent``: an agent's 128,000-token limit under a cap below its worst case, turn after
-  turn until refused (item 11): served turns and spend.
+  turn until refused (item 11): served turns and spend;
+- ``outage``: on Redis (``on_error = "fail_open"``), 40 chained Responses turns, every
+  other one sent while Redis stalls for 0.8 s (``DEBUG SLEEP``), longer than the
+  gateway's 0.5 s socket timeout: its link can't be read (item 7);
+- ``cut-stream``: 10 Messages streams the upstream drops after their first text, before
+  any usage: billed upstream for the input and the words it sent (item 8).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,14 +44,16 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gateway_helpers import wait_until_up
 
-from redis_server import free_port
+from redis_server import RedisServer, free_port
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 IN, OUT = 5, 25  # USD per million tokens: the upstream's price of every model
 STANDIN = """
 import uvicorn
 from llm_sessions.server.standin import Behaviour, StandIn
-standin = StandIn(default=Behaviour(text=" ".join(["word"] * 20000)))
+words = " ".join(["word"] * 20000)
+standin = StandIn(default=Behaviour(text=words))
+standin.set("claude-cut", text=words, break_stream=True, break_after=3000)
 uvicorn.run(standin.app(), host="127.0.0.1", port={port}, log_level="warning")
 """
 
@@ -59,13 +68,15 @@ def billed(usage: dict[str, Any] | None) -> float:
 
 
 def serve(
-    work: Path, upstream: str, cap: float, gateway_src: Path
+    work: Path, upstream: str, cap: float, gateway_src: Path, store: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    models = ("gpt-4o-mini", "gpt-4o", "o3-mini")
+    models = ("gpt-4o-mini", "gpt-4o", "o3-mini", "claude-cut")
     prices = "".join(f'[pricing."{m}"]\ninput_per_mtok = {IN}\noutput_per_mtok = {OUT}\n'
                      for m in models)  # fmt: skip
     config = work / f"gateway-{cap}.toml"
-    config.write_text(f'[upstream]\nbase_url = "{upstream}/v1"\napis = ["chat", "responses"]\n'
+    config.write_text(f'[upstream]\nbase_url = "{upstream}/v1"\n'
+                      'apis = ["chat", "responses", "messages"]\n'
+                      f'[store]\nurl = "{store}"\n'
                       f"{prices}[budget]\nmax_session_cost_usd = {cap}\n")  # fmt: skip
     port = free_port()
     env = {**os.environ, "OPENAI_API_KEY": "sk-x", "PYTHONPATH": str(gateway_src)}
@@ -144,12 +155,70 @@ def agent(http: httpx.Client) -> tuple[float, str]:
     return spent, f"{served} turns served before a {reply.status_code}"
 
 
-SCENARIOS: dict[str, tuple[float, Callable[[httpx.Client], tuple[float, str]]]] = {
-    "unpriced": (0.1, unpriced),
-    "no-limit": (0.25, no_limit),
-    "continuations": (0.25, continuations),
-    "background": (0.25, background),
-    "agent": (1.0, agent),
+def outage(http: httpx.Client, redis: RedisServer) -> tuple[float, str]:
+    """Chained turns, every other one while Redis stalls past the socket timeout. No
+    session header: the chain names the session, as with Codex."""
+    http = httpx.Client(base_url=http.base_url, headers={"authorization": "Bearer sk-b"})
+    body = {"model": "auto", "input": "begin", "max_output_tokens": 1_000}
+    first = http.post("/v1/responses", json=body)
+    spent, previous = billed(first.json().get("usage")), first.json()["id"]
+    statuses: dict[int, int] = {}
+    stalling = redis.client()
+    for i in range(40):
+        stall = None
+        if i % 2 == 0:
+            stall = threading.Thread(target=stalling.execute_command, args=("DEBUG", "SLEEP", 0.8))
+            stall.start()
+            time.sleep(0.05)  # the stall has begun
+        reply = http.post("/v1/responses", json={**body, "input": f"go on {i}",
+                                                 "previous_response_id": previous})  # fmt: skip
+        if stall is not None:
+            stall.join()
+        statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
+        if reply.status_code == 200:
+            spent += billed(reply.json().get("usage"))
+            previous = reply.json()["id"]
+    stalling.close()
+    http.close()
+    return spent, "of 40 turns: " + ", ".join(f"{n} {code}" for code, n in sorted(statuses.items()))
+
+
+def cut_stream(http: httpx.Client) -> tuple[float, str]:
+    """Messages streams dropped by the upstream after their first text."""
+    spent, answered = 0.0, 0
+    for i in range(10):
+        body = {"model": "claude-cut", "max_tokens": 5_000, "stream": True,
+                "messages": [{"role": "user", "content": f"write {i}"}]}  # fmt: skip
+        inputs = words = 0
+        with http.stream("POST", "/v1/messages", json=body) as reply:
+            if reply.status_code != 200:
+                continue
+            answered += 1
+            try:
+                for line in reply.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    event = json.loads(line[6:])
+                    if event.get("type") == "message_start":
+                        inputs = event["message"].get("usage", {}).get("input_tokens", 0)
+                    elif event.get("type") == "content_block_delta":
+                        words += len(event["delta"].get("text", "").split())
+            except httpx.HTTPError:
+                pass  # the cut, as the client sees it
+        spent += (inputs * IN + words * OUT) / 1e6  # what the upstream generated and bills
+    return spent, f"{answered} of 10 streams begun"
+
+
+Scenario = Callable[..., tuple[float, str]]
+# name: (cap in USD, the scenario, the store it runs on)
+SCENARIOS: dict[str, tuple[float, Scenario, str]] = {
+    "unpriced": (0.1, unpriced, "memory"),
+    "no-limit": (0.25, no_limit, "memory"),
+    "continuations": (0.25, continuations, "memory"),
+    "background": (0.25, background, "memory"),
+    "agent": (1.0, agent, "memory"),
+    "outage": (0.25, outage, "redis"),
+    "cut-stream": (0.25, cut_stream, "memory"),
 }
 
 
@@ -161,21 +230,24 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     upstream = subprocess.Popen([sys.executable, "-c", STANDIN.format(port=port)], env=env)
+    redis = RedisServer(work / "redis", "--enable-debug-command", "local").start()
     try:
         wait_until_up(f"http://127.0.0.1:{port}/v1/models", upstream)
         print(f"gateway from {args.gateway_src}")
         print(f"{'scenario':<14} {'cap USD':>8} {'upstream USD':>13} {'spend/cap':>10}  what")
-        for name, (cap, run) in SCENARIOS.items():
-            proc, url = serve(work, f"http://127.0.0.1:{port}", cap, args.gateway_src)
+        for name, (cap, run, store) in SCENARIOS.items():
+            url_of_store = redis.url if store == "redis" else "memory://"
+            proc, url = serve(work, f"http://127.0.0.1:{port}", cap, args.gateway_src, url_of_store)
             try:
                 headers = {"authorization": "Bearer sk-bench", "x-session-id": f"cap-{name}"}
                 with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
-                    spent, what = run(http)
+                    spent, what = run(http, redis) if store == "redis" else run(http)
             finally:
                 proc.terminate()
                 proc.wait(15)
             print(f"{name:<14} {cap:>8.2f} {spent:>13.4f} {spent / cap:>10.2f}  {what}")
     finally:
+        redis.stop()
         upstream.terminate()
         upstream.wait(15)
     print(json.dumps({"note": "spend/cap <= 1 is a cap that holds"}))

@@ -39,6 +39,7 @@ class Behaviour:
     cached_tokens: int = 0  # report this many prompt tokens as read from the prompt cache
     gate: threading.Event | None = None  # when streaming, hold after the first chunk until set
     break_stream: bool = False  # when streaming, drop the connection after the first chunk
+    break_after: int = 1  # ... after this many chunks (a Messages stream's are words)
 
 
 @dataclass
@@ -170,12 +171,12 @@ class StandIn:
             yield event("content_block_start", {"index": 0, "content_block": empty})
             yield event("ping", {})
             if block["type"] == "text":
-                for piece in _pieces(b.text):
+                for sent, piece in enumerate(_pieces(b.text), 1):
                     if b.chunk_delay_s:
                         await asyncio.sleep(b.chunk_delay_s)
                     delta = {"type": "text_delta", "text": piece}
                     yield event("content_block_delta", {"index": 0, "delta": delta})
-                    if b.break_stream:
+                    if b.break_stream and sent >= b.break_after:
                         raise ConnectionAbortedError("the stand-in drops the stream")
             else:
                 delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
@@ -255,7 +256,7 @@ class StandIn:
                     yield chunk({"content": " ".join(words[i : i + per]) + " "})
                     while b.gate is not None and not b.gate.is_set():
                         await asyncio.sleep(0.005)
-                    if b.break_stream:
+                    if b.break_stream and i // per + 1 >= b.break_after:
                         raise ConnectionAbortedError("the stand-in drops the stream")
                 yield chunk({}, "stop")
                 if include_usage and b.usage:
