@@ -4,9 +4,11 @@ A new API or store is one more parameter value here, and inherits every row.
 
 Rows so far:
 - a tenant never reads, continues, deletes or spends another tenant's session or
-  stored state;
-- the cap holds: a session's spend stays within its cap under concurrent requests, and
-  with the stored context a continuation is sent again;
+  stored state; a caller's own key goes only to the forwarding upstream meant for it,
+  and a caller who brought one is never served on the operator's key;
+- the cap holds: a session's spend stays within its cap under concurrent requests (on
+  one upstream, and when a dearer fallback upstream serves), and with the stored context
+  a continuation is sent again;
 - a served request is billed once: from the upstream's usage when it comes, else from a
   conservative estimate, at least what was generated; also when a fallback on another
   upstream served it, at that model's price;
@@ -412,3 +414,125 @@ def test_a_request_a_fallback_upstream_served_is_billed_once_at_its_price(
         token_usage(seen)
     )
     assert found["request_count"] == 1 and found["model"] == "b/m"
+
+
+# -- the cap and the caller's key, over upstream topologies ----------------------------------
+
+
+@pytest.mark.parametrize("store", STORES)
+@pytest.mark.parametrize("stream", STREAMED)
+@pytest.mark.parametrize("api", APIS)
+def test_the_cap_holds_when_a_fallback_upstream_serves(
+    api: str, stream: bool, store: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    """Two upstreams, the primary down: 20 requests of one session at once, served by the
+    fallback at three times the primary's price. The worst case of each counts the dearest
+    model it may reach, so the session's spend stays within the cap."""
+    from llm_sessions import Pricing, token_usage
+
+    url = request.getfixturevalue("redis_url") if store == "redis" else "memory://"
+    template = TWO_UPSTREAMS + f"\n[budget]\nmax_session_cost_usd = {CAP_USD}\n"
+    with gateway_over_standins(tmp_path, template, ("a", "b"), store=url) as (
+        gateway_url,
+        standins,
+        _,
+    ):
+        standins["a"].set("a/m", status=503)
+        standins["b"].default = Behaviour(text=FIFTY_WORDS)
+        named = {"x-session-id": "capped-fallback", "authorization": "Bearer sk-test"}
+        limit = {"max_output_tokens": 50} if api == "responses" else {"max_tokens": 50}
+        extra = {"stream_options": {"include_usage": True}} if api == "chat" and stream else {}
+
+        def one(i: int) -> httpx.Response:
+            with httpx.Client(base_url=gateway_url, timeout=30, headers=named) as http:
+                body = body_for(api, f"turn {i}: " + "x" * 200, stream, **limit, **extra)
+                reply = http.post(PATHS[api], json=body)
+                reply.read()
+                return reply
+
+        replies = at_once(20, one)
+        with httpx.Client(base_url=gateway_url, timeout=30, headers=named) as http:
+            found = http.get("/v1/sessions/capped-fallback").json()
+    statuses = [r.status_code for r in replies]
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert statuses.count(200) >= 1 and statuses.count(429) >= 1
+    served = [r for r in replies if r.status_code == 200]
+    assert {r.headers["x-session-served-model"] for r in served} == {"b/m"}
+    upstream_bill = sum(
+        Pricing(3, 6).usage_micros(token_usage(usage_in(api, stream, r) or {})) for r in served
+    )
+    spent = round(float(found["session_cost_usd"]) * 1e6)
+    assert spent == upstream_bill  # each served answer billed once, at its price
+    assert 0 < spent <= CAP_USD * 1_000_000
+
+
+BESIDE_OPERATOR = """
+[upstream]
+base_url = "{operator}/v1"
+apis = ["chat", "messages", "responses"]
+api_key_env = "GUARANTEE_OPERATOR_KEY"
+
+[upstreams.own]
+base_url = "{own}/v1"
+apis = ["chat", "messages", "responses"]
+forward_client_key = true
+
+[models."own/m"]
+upstream = "own"
+
+[routing.tiers.SIMPLE]
+primary = "own/m"
+fallback = ["operator/m"]
+
+[pricing."own/m"]
+input_per_mtok = 1
+output_per_mtok = 2
+
+[store]
+url = "{store}"
+"""
+
+
+@pytest.mark.parametrize("store", STORES)
+@pytest.mark.parametrize("stream", STREAMED)
+@pytest.mark.parametrize("api", APIS)
+def test_a_callers_key_goes_only_where_it_is_meant(
+    api: str,
+    stream: bool,
+    store: str,
+    tmp_path: Any,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A forwarding-key upstream first, an operator-key one as its fallback. A caller's
+    key goes to the forwarding upstream only; when that is down, the caller who brought
+    a key gets an error in its API's shape, is not served on the operator's key, and is
+    charged nothing. A caller without a key of its own is served on the operator's, and
+    the operator's key goes nowhere else."""
+    monkeypatch.setenv("GUARANTEE_OPERATOR_KEY", "sk-operator")
+    url = request.getfixturevalue("redis_url") if store == "redis" else "memory://"
+    with gateway_over_standins(tmp_path, BESIDE_OPERATOR, ("operator", "own"), store=url) as (
+        gateway_url,
+        standins,
+        _,
+    ):
+        own, operator = standins["own"], standins["operator"]
+        with httpx.Client(base_url=gateway_url, timeout=30) as http:
+            caller = {"authorization": "Bearer sk-caller", "x-session-id": "byok"}
+            served = http.post(PATHS[api], json=body_for(api, "hi", stream), headers=caller)
+            before = http.get("/v1/sessions/byok", headers=caller).json()
+            own.set("own/m", status=503)
+            refused = http.post(PATHS[api], json=body_for(api, "again", stream), headers=caller)
+            spent = http.get("/v1/sessions/byok", headers=caller).json()
+            anonymous = http.post(PATHS[api], json=body_for(api, "hello", stream))
+    assert served.status_code == 200, served.text
+    assert served.headers["x-session-served-model"] == "own/m"
+    assert refused.status_code == 502, refused.text
+    error_of(api, refused)
+    # the anonymous caller was tried there too, with no key (that upstream has none of its own)
+    assert [h.get("authorization") for h in own.headers] == ["Bearer sk-caller"] * 2 + [None]
+    assert anonymous.status_code == 200, anonymous.text
+    assert anonymous.headers["x-session-served-model"] == "operator/m"
+    assert [h.get("authorization") for h in operator.headers] == ["Bearer sk-operator"]
+    assert float(before["session_cost_usd"]) > 0
+    assert spent["session_cost_usd"] == before["session_cost_usd"]  # nothing charged
