@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,15 @@ from llm_sessions import (
 )
 
 from helpers import FakeClock, SyncFacade
-from redis_server import RedisServer, free_port
+from redis_server import RedisClusterServers, RedisSentinelServers, RedisServer
 
-# "redis-cluster": a redis-server in cluster mode (one node holding every slot), where a
-# script that touches keys of two slots fails with CROSSSLOT
-STORE_KINDS = ["memory", "async-memory", "redis", "async-redis", "redis-cluster"]
+# "redis-cluster": a Redis Cluster of 3 masters and 3 replicas (redis+cluster://), where
+# a script that touches keys of two slots fails with CROSSSLOT; "redis-sentinel": a
+# primary, a replica and 3 sentinels (redis+sentinel://). Each sync and asyncio.
+STORE_KINDS = [
+    "memory", "async-memory", "redis", "async-redis",
+    "redis-cluster", "async-redis-cluster", "redis-sentinel", "async-redis-sentinel",
+]  # fmt: skip
 
 StoreFactory = Callable[..., Any]
 
@@ -44,33 +47,33 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def redis_cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A private redis-server in cluster mode, one node holding all 16,384 slots."""
-    directory = Path(tmp_path_factory.mktemp("redis-cluster"))
-    server = RedisServer(
-        directory,
-        "--cluster-enabled", "yes",
-        "--cluster-config-file", "nodes.conf",
-        # its bus port, else the port + 10,000: past 65,535 for half the free ports
-        "--cluster-port", str(free_port()),
-    ).start()  # fmt: skip
-    client = redis.Redis(port=server.port)
-    client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-    deadline = time.monotonic() + 15
-    while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-        assert time.monotonic() < deadline, "the cluster-mode redis-server never came up"
-        time.sleep(0.05)
-    client.close()
-    yield server
-    server.stop()
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A private Redis Cluster: 3 masters, 3 replicas, on loopback ports."""
+    cluster = RedisClusterServers(Path(tmp_path_factory.mktemp("redis-cluster"))).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture
-def redis_cluster_url(redis_cluster_server: RedisServer) -> str:
-    client = redis.Redis(port=redis_cluster_server.port)
-    client.flushall()
-    client.close()
-    return redis_cluster_server.url
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """The cluster's ``redis+cluster://`` URL, every master emptied."""
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelServers]:
+    """A private Sentinel set-up: a primary, a replica, 3 sentinels, on loopback ports."""
+    servers = RedisSentinelServers(Path(tmp_path_factory.mktemp("redis-sentinel"))).start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def redis_sentinel_url(redis_sentinel: RedisSentinelServers) -> str:
+    """The set-up's ``redis+sentinel://`` URL, its primary emptied."""
+    redis_sentinel.flush()
+    return redis_sentinel.url
 
 
 @pytest.fixture
@@ -89,10 +92,10 @@ def _build(
         return SessionStore(config, clock=clock)
     if kind == "async-memory":
         return SyncFacade(AsyncSessionStore(config, clock=clock), loop)
-    if kind in ("redis", "redis-cluster"):
-        return RedisSessionStore(url, config, clock=clock, **kw)
-    if kind == "async-redis":
+    if kind.startswith("async-redis"):
         return SyncFacade(AsyncRedisSessionStore(url, config, clock=clock, **kw), loop)
+    if kind.startswith("redis"):
+        return RedisSessionStore(url, config, clock=clock, **kw)
     raise AssertionError(kind)
 
 
@@ -108,8 +111,10 @@ def make_store(
     """make_store(config=None, clock=<the test's FakeClock>, **store kwargs) -> a store of
     this kind, sync or behind a `SyncFacade`; all are closed at the end of the test."""
     url = ""
-    if store_kind == "redis-cluster":
+    if store_kind.endswith("redis-cluster"):
         url = request.getfixturevalue("redis_cluster_url")
+    elif store_kind.endswith("redis-sentinel"):
+        url = request.getfixturevalue("redis_sentinel_url")
     elif "redis" in store_kind:
         url = request.getfixturevalue("redis_url")
     loop = asyncio.new_event_loop()

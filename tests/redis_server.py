@@ -94,3 +94,153 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
+
+
+def _wait(check: Any, what: str, seconds: float = 30) -> None:
+    """Poll `check()` until true (redis errors count as not yet)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if check():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not happen within {seconds} s")
+        time.sleep(0.05)
+
+
+class RedisClusterServers:
+    """A Redis Cluster on loopback: `masters` masters, each with `replicas` replicas, made
+    by ``redis-cli --cluster create``. Each node is a `RedisServer` (`nodes`)."""
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.directory = directory
+        self.masters, self.replicas = masters, replicas
+        self.nodes: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[: self.masters])
+        return f"redis+cluster://{hosts}"
+
+    def start(self) -> RedisClusterServers:
+        for i in range(self.masters * (1 + self.replicas)):
+            node = RedisServer(
+                self.directory / f"node{i}",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "1000",  # a master down this long fails over
+                "--cluster-port", str(free_port()),
+                "--cluster-replica-validity-factor", "0",  # any replica may take over
+            )  # fmt: skip
+            self.nodes.append(node.start())
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed: `make test` installs it")
+        hosts = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *hosts, "--cluster-replicas", str(self.replicas),
+             "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
+        )  # fmt: skip
+        for node in self.nodes:
+            client = node.client()
+            _wait(lambda c=client: b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO"),
+                  f"cluster node {node.port} ok")  # fmt: skip
+            client.close()
+        return self
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes that are masters now."""
+        found = []
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            client = node.client()
+            try:
+                if client.info("replication")["role"] == "master":
+                    found.append(node)
+            except redis.RedisError:
+                pass
+            finally:
+                client.close()
+        return found
+
+    def flush(self) -> None:
+        for node in self.primaries():
+            client = node.client()
+            client.flushall()
+            client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+class RedisSentinelServers:
+    """A primary, `replicas` replicas and `sentinels` sentinels on loopback, the primary
+    watched as `service`. `primary` is the node that was primary when it started."""
+
+    def __init__(
+        self, directory: Path, replicas: int = 1, sentinels: int = 3, service: str = "mymaster"
+    ) -> None:
+        self.directory, self.service = directory, service
+        self.primary = RedisServer(directory / "primary")
+        self.replica_nodes = [RedisServer(directory / f"replica{i}") for i in range(replicas)]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def start(self) -> RedisSentinelServers:
+        self.primary.start()
+        for node in self.replica_nodes:
+            node.extra = ("--replicaof", "127.0.0.1", str(self.primary.port))
+            node.start()
+        for i, port in enumerate(self.sentinel_ports):
+            conf = self.directory / f"sentinel{i}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+            )
+            binary = shutil.which("redis-sentinel") or self.primary.binary
+            self.sentinels.append(subprocess.Popen(
+                [binary, str(conf), "--sentinel"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port)
+            _wait(lambda c=client: len(c.execute_command("SENTINEL", "REPLICAS", self.service))
+                  >= len(self.replica_nodes)
+                  and len(c.execute_command("SENTINEL", "SENTINELS", self.service))
+                  >= len(self.sentinel_ports) - 1, f"sentinel {port} sees every node")  # fmt: skip
+            client.close()
+        return self
+
+    def current_primary_port(self) -> int:
+        client = redis.Redis(port=self.sentinel_ports[0])
+        try:
+            _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            return int(port)
+        finally:
+            client.close()
+
+    def flush(self) -> None:
+        client = redis.Redis(port=self.current_primary_port())
+        client.flushall()
+        client.close()
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            proc.terminate()
+        for proc in self.sentinels:
+            proc.wait(10)
+        self.sentinels = []
+        for node in (self.primary, *self.replica_nodes):
+            node.stop()

@@ -121,9 +121,12 @@ def test_keys_are_digests_under_the_prefix(redis_url: str, redis_server: RedisSe
         store.set_session(sid, "m")
     keys = sorted(k.decode() for k in redis_server.client().keys("*"))
     assert len(keys) == len(ids)
-    assert all(re.fullmatch(r"app:[0-9a-f]{16}:[0-9a-f]{32}", k) for k in keys)
+    # the digest in braces: the session's Redis Cluster hash tag (a raw "{slot}" id never is)
+    assert all(re.fullmatch(r"app:[0-9a-f]{16}:\{[0-9a-f]{32}\}", k) for k in keys)
     assert keys == sorted(store.key(sid) for sid in ids)
     store.close()
+    with pytest.raises(ValueError, match="braces"):
+        RedisSessionStore(redis_url, CFG, key_prefix="app{x}:")
 
 
 def test_key_ttl_follows_last_use(

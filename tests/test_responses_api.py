@@ -372,14 +372,15 @@ def test_without_an_upstream_for_the_responses_api_it_is_a_clear_400() -> None:
         assert gw.standin.received == []
 
 
-@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster", "redis-sentinel"])
 def test_replicas_on_redis_follow_each_others_chains(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
     """The link from a response to its session and upstream lives in the shared store: a
-    chain started on one replica continues, and is retrieved, on another; on a Redis in
-    cluster mode too (no script spans two slots), with every turn's cost recorded."""
-    redis_url = request.getfixturevalue("redis_cluster_url" if kind != "redis" else "redis_url")
+    chain started on one replica continues, and is retrieved, on another; on a Redis
+    Cluster too (no script spans two slots) and behind Sentinel, with every turn's cost
+    recorded."""
+    redis_url = request.getfixturevalue(f"{kind.replace('-', '_')}_url")
     standin = StandIn()
     with ExitStack() as stack:
         upstream = stack.enter_context(running(standin.app()))

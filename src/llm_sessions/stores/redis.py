@@ -36,10 +36,15 @@ from .redis_core import (
     Sleep,
     Unlink,
 )
+from .redis_urls import RedisTarget, parse_redis_url
 
 try:
     import redis as redis_sync
     import redis.asyncio as redis_async
+    import redis.asyncio.cluster as async_cluster
+    import redis.asyncio.sentinel as async_sentinel
+    import redis.cluster as sync_cluster
+    import redis.sentinel as sync_sentinel
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.exceptions import (
@@ -136,33 +141,42 @@ def _no_retry(module: Any) -> Retry | AsyncRetry:
     return AsyncRetry(NoBackoff(), 0) if module is redis_async else Retry(NoBackoff(), 0)
 
 
-def _pool(
+def _connect(
     module: Any,
     target: Any,
     socket_timeout: float | None,
     connect_timeout: float | None,
     max_connections: int | None,
     wait_s: float,
-) -> Any:
-    """A pool of `module` (``redis`` or ``redis.asyncio``) for a URL or a client of it: the
-    same server and settings, retries off, explicit timeouts applied, and blocking: past
-    `max_connections` a caller waits for a free connection, up to `wait_s`, instead of
-    failing. (A hung server frees its connections after the socket timeout, so a wait is
-    bounded either way; a busy one must not fail callers who would have been served.)"""
+) -> tuple[Any, Any]:
+    """``(client, pool)`` of `module` (``redis`` or ``redis.asyncio``) for a store URL (see
+    `redis_urls`) or a client of one server: retries off, explicit timeouts applied. One
+    server's pool is blocking: past `max_connections` a caller waits for a free
+    connection, up to `wait_s`, instead of failing (a hung server frees its connections
+    after the socket timeout, so a wait is bounded either way; a busy one must not fail
+    callers who would have been served). A cluster client keeps a pool per node, of
+    `max_connections` each, and has no pool of its own (None)."""
     size = DEFAULT_MAX_CONNECTIONS if max_connections is None else max_connections
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
+    timeouts: dict[str, Any] = {
+        "socket_timeout": DEFAULT_SOCKET_TIMEOUT if socket_timeout is None else socket_timeout,
+        "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT
+        if connect_timeout is None
+        else connect_timeout,
+        "retry": _no_retry(module),
+    }
     if isinstance(target, str):
-        kwargs: dict[str, Any] = {
-            "socket_timeout": DEFAULT_SOCKET_TIMEOUT if socket_timeout is None else socket_timeout,
-            "socket_connect_timeout": (
-                DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
-            ),
-            "retry": _no_retry(module),
-        }
-        return module.BlockingConnectionPool.from_url(
-            target, max_connections=size, timeout=wait_s, **kwargs
+        found = parse_redis_url(target)
+        if found.topology == "cluster":
+            return _cluster_client(module, found, size, timeouts), None
+        if found.topology == "sentinel":
+            client = _sentinel_client(module, found, size, timeouts)
+            return client, client.connection_pool
+        pool = module.BlockingConnectionPool.from_url(
+            target, max_connections=size, timeout=wait_s, **timeouts
         )
+        return module.Redis(connection_pool=pool), pool
     if isinstance(target, module.Redis):
         pool = target.connection_pool
         kwargs = dict(pool.connection_kwargs)
@@ -171,15 +185,80 @@ def _pool(
             kwargs["socket_timeout"] = socket_timeout
         if connect_timeout is not None:
             kwargs["socket_connect_timeout"] = connect_timeout
-        return module.BlockingConnectionPool(
+        pool = module.BlockingConnectionPool(
             connection_class=pool.connection_class,
             max_connections=size,
             timeout=wait_s,
             **kwargs,
         )
+        return module.Redis(connection_pool=pool), pool
     raise TypeError(
         f"expected a redis URL or a {module.__name__}.Redis client, got {type(target).__name__}"
     )
+
+
+def _auth(found: RedisTarget) -> dict[str, Any]:
+    """A target's credentials and TLS options, for each node's connections."""
+    kwargs: dict[str, Any] = {"username": found.username, "password": found.password}
+    if found.tls:
+        kwargs.update(ssl=True, **found.options)
+    return kwargs
+
+
+def _cluster_client(module: Any, found: RedisTarget, size: int, timeouts: dict[str, Any]) -> Any:
+    cluster = async_cluster if module is redis_async else sync_cluster
+    return cluster.RedisCluster(
+        startup_nodes=[cluster.ClusterNode(host, port) for host, port in found.hosts],
+        max_connections=size,
+        decode_responses=False,
+        **_auth(found),
+        **timeouts,
+    )
+
+
+def _sentinel_client(module: Any, found: RedisTarget, size: int, timeouts: dict[str, Any]) -> Any:
+    sentinel = async_sentinel if module is redis_async else sync_sentinel
+    own = {k: v for k, v in timeouts.items() if k != "retry"}
+    if found.sentinel_password is not None:
+        own["password"] = found.sentinel_password
+    if found.tls:
+        own.update(ssl=True, **found.options)
+    watchers = sentinel.Sentinel(list(found.hosts), sentinel_kwargs=own)
+    return watchers.master_for(
+        found.service,
+        redis_class=module.Redis,
+        db=found.db,
+        max_connections=size,
+        decode_responses=False,
+        **_auth(found),
+        **timeouts,
+    )
+
+
+def _sentinels(pool: Any) -> list[Any]:
+    """The clients of the sentinels a Sentinel pool asks (none for any other pool)."""
+    manager = getattr(pool, "sentinel_manager", None)
+    return list(getattr(manager, "sentinels", ()))
+
+
+#: A cluster SCAN's cursor: the node's own cursor times this, plus the node's index
+_NODES = 1024
+
+
+def _scan_step(cursor: int) -> tuple[int, int]:
+    """``(node index, node cursor)`` of a cluster-wide SCAN cursor."""
+    return cursor % _NODES, cursor // _NODES
+
+
+def _scan_next(index: int, following: Any, nodes: int) -> int:
+    """The cluster-wide cursor after node `index` answered `following` (0: that node is
+    done, so the next one from its start; 0 after the last one). redis-py's cluster
+    client answers a node's cursor in a dict by node name."""
+    if isinstance(following, dict):
+        (following,) = following.values()
+    if following:
+        return int(following) * _NODES + index
+    return 0 if index + 1 >= nodes else index + 1
 
 
 def _server_ms(reply: Any) -> int:
@@ -214,7 +293,7 @@ class _RedisStoreBase:
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in SCRIPTS.items()}
         self._errors = _ErrorPolicy(on_error)
         self._clock = clock
-        self._pool = _pool(
+        self._client, self._pool = _connect(
             self._module,
             client_or_url,
             socket_timeout,
@@ -222,7 +301,7 @@ class _RedisStoreBase:
             max_connections,
             max(busy_timeout_ms / 1000, DEFAULT_SOCKET_TIMEOUT),
         )
-        self._client = self._module.Redis(connection_pool=self._pool)
+        self._cluster = self._pool is None
         self._locks = self._lock_kind()
         # Connections of the pool that the async store's scripts reuse without handing them
         # back (the pool's wait, lock and bookkeeping cost more than a round trip): still
@@ -230,6 +309,8 @@ class _RedisStoreBase:
         # other commands always find one), and a failed one goes back to it, closed.
         self._idle: list[Any] = []
         self._idle_cap = max(int(getattr(self._pool, "max_connections", 1) or 1) - 1, 0)
+        if self._cluster:  # a command goes to its key's node: the client's own path
+            self._idle_cap = 0
 
     @property
     def config(self) -> Config:
@@ -329,14 +410,21 @@ class RedisSessionStore(_RedisStoreBase):
         if isinstance(cmd, Unlink):  # one key a command: keys of any slots
             pipe = client.pipeline(transaction=False)
             for key in cmd.keys:
-                pipe.unlink(key)
+                pipe.execute_command("UNLINK", key)
             return sum(pipe.execute())
         for attempt in (1, 2):  # reads and link writes: one retry after a connection error
             try:
                 if isinstance(cmd, Now):
                     return self._clock() if self._clock is not None else _server_ms(client.time())
                 if isinstance(cmd, Scan):
-                    return client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
+                    if not self._cluster:
+                        return client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
+                    index, at = _scan_step(cmd.cursor)  # each primary in turn
+                    nodes = sorted(client.get_primaries(), key=lambda node: node.name)
+                    following, keys = client.scan(
+                        at, match=cmd.match, count=SCAN_COUNT, target_nodes=nodes[index]
+                    )
+                    return _scan_next(index, following, len(nodes)), keys
                 if isinstance(cmd, Fetch):
                     pipe = client.pipeline(transaction=False)
                     for key in cmd.keys:
@@ -433,7 +521,10 @@ class RedisSessionStore(_RedisStoreBase):
     def close(self) -> None:
         """Close the store's connection pool and its connections. Idempotent."""
         self._client.close()
-        self._pool.disconnect()
+        if self._pool is not None:
+            self._pool.disconnect()
+        for watcher in _sentinels(self._pool):
+            watcher.close()
 
     def __enter__(self) -> RedisSessionStore:
         return self
@@ -498,6 +589,8 @@ class AsyncRedisSessionStore(_RedisStoreBase):
         is reopened before anything is sent on it; one that fails mid-command is closed,
         as redis-py does; an error reply (``NOSCRIPT``, ``OOM``...) is raised as redis-py
         raises it."""
+        if self._cluster:
+            return await self._client.execute_command(*args)
         idle = self._idle
         conn = idle.pop() if idle else await self._pool.get_connection()
         try:
@@ -539,7 +632,7 @@ class AsyncRedisSessionStore(_RedisStoreBase):
         if isinstance(cmd, Unlink):  # one key a command: keys of any slots
             pipe = client.pipeline(transaction=False)
             for key in cmd.keys:
-                pipe.unlink(key)
+                pipe.execute_command("UNLINK", key)
             return sum(await pipe.execute())
         for attempt in (1, 2):  # reads and link writes: one retry after a connection error
             try:
@@ -548,7 +641,16 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                         return self._clock()
                     return _server_ms(await client.time())
                 if isinstance(cmd, Scan):
-                    return await client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
+                    if not self._cluster:
+                        return await client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
+                    index, at = _scan_step(cmd.cursor)  # each primary in turn
+                    if not client.get_primaries():  # not one command sent yet
+                        await client.initialize()
+                    nodes = sorted(client.get_primaries(), key=lambda node: node.name)
+                    following, keys = await client.scan(
+                        at, match=cmd.match, count=SCAN_COUNT, target_nodes=nodes[index]
+                    )
+                    return _scan_next(index, following, len(nodes)), keys
                 if isinstance(cmd, Fetch):
                     pipe = client.pipeline(transaction=False)
                     for key in cmd.keys:
@@ -647,7 +749,10 @@ class AsyncRedisSessionStore(_RedisStoreBase):
         for conn in idle:
             await self._pool.release(conn)
         await self._client.aclose()
-        await self._pool.disconnect()
+        if self._pool is not None:
+            await self._pool.disconnect()
+        for watcher in _sentinels(self._pool):
+            await watcher.aclose()
 
     async def __aenter__(self) -> AsyncRedisSessionStore:
         return self

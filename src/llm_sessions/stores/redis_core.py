@@ -5,11 +5,12 @@ read, a script, a scan step...) and receives their replies, and returns the meth
 result. `RedisSessionStore` and `AsyncRedisSessionStore` only run these generators, one
 synchronously and one with ``await``; neither holds any rule of its own.
 
-Layout: one hash per session under ``key_prefix + tag + ":" + blake2b(key)``, where the
-tag is a digest of the key's scope half (see `ids.session_key`), so one SCAN MATCH selects
-a scope's sessions; a raw id never becomes a key. Fields: the `Entry` fields (``cost`` for
-the session cost, ``h1``..``h3`` for the hash window), the flow state when set, ``id`` and
-the record version ``v``.
+Layout: one hash per session under ``key_prefix + tag + ":{" + blake2b(key) + "}"``, where
+the tag is a digest of the key's scope half (see `ids.session_key`), so one SCAN MATCH
+selects a scope's sessions; a raw id never becomes a key. The braces are a Redis Cluster
+hash tag: whatever keys a session ever has share its slot, so no script spans two.
+Fields: the `Entry` fields (``cost`` for the session cost, ``h1``..``h3`` for the hash
+window), the flow state when set, ``id`` and the record version ``v``.
 """
 
 from __future__ import annotations
@@ -360,6 +361,8 @@ class RedisOps:
     ) -> None:
         if not isinstance(key_prefix, str):
             raise TypeError(f"key_prefix must be a str, got {type(key_prefix).__name__}")
+        if "{" in key_prefix or "}" in key_prefix:  # it would be every key's hash tag
+            raise ValueError(f"key_prefix must not hold braces, got {key_prefix!r}")
         if (
             isinstance(busy_timeout_ms, bool)
             or not isinstance(busy_timeout_ms, int | float)
@@ -380,9 +383,10 @@ class RedisOps:
         self._server_offset_ms: int | None = None  # the server's clock minus ours
 
     def key(self, session_id: str) -> str:
-        """The session's key: the prefix, its scope's tag and a 128-bit digest of the id."""
+        """The session's key: the prefix, its scope's tag and a 128-bit digest of the id,
+        in braces (the session's Redis Cluster hash tag)."""
         digest = hashlib.blake2b(_b(session_id), digest_size=16).hexdigest()
-        return f"{self.key_prefix}{_scope_tag(key_scope(session_id))}:{digest}"
+        return f"{self.key_prefix}{_scope_tag(key_scope(session_id))}:{{{digest}}}"
 
     def link_key(self, name: str) -> str:
         """A link's key: in its scope's key space, beside the sessions (`key`)."""

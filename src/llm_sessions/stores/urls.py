@@ -1,4 +1,4 @@
-"""Opening a store from a URL: ``memory://``, ``redis://``, ``rediss://``, ``unix://``."""
+"""Opening a store from a URL: ``memory://``, or a Redis one (see `redis_urls`)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ from urllib.parse import urlsplit
 from ..config import Config
 from .base import AsyncStore, Store
 from .memory import AsyncSessionStore, SessionStore
+from .redis_urls import SCHEMES
 
 __all__ = ["open_async_store", "open_store"]
-
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def _scheme(url: str) -> str:
     if not isinstance(url, str):
         raise TypeError(f"store url must be a str, got {type(url).__name__}")
     scheme = urlsplit(url).scheme.lower()
-    if scheme != "memory" and scheme not in _REDIS_SCHEMES:
+    if scheme != "memory" and scheme not in SCHEMES:
         raise ValueError(
-            f"unsupported store url {url!r}: use memory://, redis://, rediss:// or unix://"
+            f"unsupported store url {url!r}: use memory://, redis://, rediss://, unix://, "
+            "redis+cluster:// or redis+sentinel:// (rediss+ for TLS)"
         )
     return scheme
 
