@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         metavar="URL",
         help="where sessions live (store.url): memory:// (default), redis://host:6379/0, "
-        "rediss://... or unix://...",
+        "rediss://..., unix://..., redis+cluster://host:port[,host:port...] or "
+        "redis+sentinel://host:port[,host:port...]/service_name[/db]",
     )
     serve.add_argument(
         "--upstream",

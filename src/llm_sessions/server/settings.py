@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..config import Config
 from ..ids import DEFAULT_ID_SOURCES, check_id_sources
 from ..routing import Pricing, TierModels, routing_table
+from ..stores.redis_urls import SCHEMES, parse_redis_url
 from ..tiers import Tier
 
 if sys.version_info >= (3, 11):
@@ -57,10 +58,10 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
         if parts.password is None and "=" not in parts.query:
             return url  # nothing to hide: as written
-        if parts.password is not None:
-            user = f"{parts.username}:" if parts.username else ":"
-            host = f"{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-            parts = parts._replace(netloc=f"{user}***@{host}")
+        if parts.password is not None:  # the hosts as written: a cluster's are a list
+            userinfo, _, hosts = parts.netloc.rpartition("@")
+            user = userinfo.partition(":")[0]
+            parts = parts._replace(netloc=f"{user}:***@{hosts}")
         if "=" in parts.query:
             fields = (f.partition("=") for f in parts.query.split("&"))
             parts = parts._replace(
@@ -491,11 +492,17 @@ def _check_upstream(upstream: UpstreamSettings) -> None:
 
 def _check(settings: Settings) -> None:
     scheme = settings.store_url.partition("://")[0].lower()
-    if "://" not in settings.store_url or scheme not in ("memory", "redis", "rediss", "unix"):
+    if "://" not in settings.store_url or scheme not in ("memory", *SCHEMES):
         raise ConfigError(
-            "config: store.url must be memory://, redis://host:port/db, rediss://... or "
-            f"unix://..., got {redact_url(settings.store_url)!r}"
+            "config: store.url must be memory://, redis://host:port/db, rediss://..., "
+            "unix://..., redis+cluster://host:port,... or "
+            f"redis+sentinel://host:port,.../service, got {redact_url(settings.store_url)!r}"
         )
+    if scheme != "memory":
+        try:
+            parse_redis_url(settings.store_url)
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc} ({redact_url(settings.store_url)})") from None
     for upstream in settings.upstreams:
         _check_upstream(upstream)
     for api in (a for a in settings.apis if a in ROUTED_APIS):

@@ -7,7 +7,8 @@
   ``rediss+sentinel://``): the primary Sentinel names for `service_name`; the password
   is the data nodes'; the sentinels' own, if they have one, is ``sentinel_password``.
 
-Query options of the cluster and Sentinel forms: the TLS ones (``ssl_ca_certs``,
+Errors never repeat the URL (it may hold a password). Query options of the cluster and
+Sentinel forms: the TLS ones (``ssl_ca_certs``,
 ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``) and
 ``sentinel_password``. Anything else is refused, by name.
 """
@@ -57,7 +58,7 @@ def parse_redis_url(url: str) -> RedisTarget:
     topology = SCHEMES.get(scheme)
     if topology is None:
         raise ValueError(
-            f"unsupported store url {url!r}: use redis://, rediss://, unix://, "
+            f"unsupported store url scheme {scheme!r}: use redis://, rediss://, unix://, "
             "redis+cluster:// or redis+sentinel:// (rediss+ for TLS)"
         )
     if topology == "single":
@@ -79,22 +80,22 @@ def parse_redis_url(url: str) -> RedisTarget:
         elif name == "sentinel_password" and topology == "sentinel":
             sentinel_password = value
         else:
-            raise ValueError(f"store url {url!r}: unknown option {name!r}")
+            raise ValueError(f"store url: unknown option {name!r}")
     service, db = "", 0
     path = [unquote(p) for p in parts.path.split("/") if p]
     if topology == "sentinel":
         if not path or len(path) > 2:
             raise ValueError(
-                f"store url {url!r}: a Sentinel URL names its service: "
+                "store url: a Sentinel URL names its service: "
                 "redis+sentinel://host:port[,host:port...]/service_name[/db]"
             )
         service = path[0]
         if len(path) == 2:
             if not path[1].isdigit():
-                raise ValueError(f"store url {url!r}: the database must be a number")
+                raise ValueError("store url: the database must be a number")
             db = int(path[1])
     elif path:
-        raise ValueError(f"store url {url!r}: a cluster URL has no path (a cluster has one db)")
+        raise ValueError("store url: a cluster URL has no path (a cluster has one db)")
     return RedisTarget(
         topology,  # type: ignore[arg-type]
         url,
@@ -115,9 +116,9 @@ def _host(text: str, url: str) -> tuple[str, int]:
         host, port = text.strip(), ""
     host = host.strip("[]")  # an IPv6 address
     if not host:
-        raise ValueError(f"store url {url!r}: a host is missing")
+        raise ValueError("store url: a host is missing")
     if not port:
         return host, 26379 if "sentinel" in url.split(":", 1)[0] else 6379
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"store url {url!r}: bad port {port!r}")
+        raise ValueError(f"store url: bad port {port!r}")
     return host, int(port)

@@ -19,8 +19,8 @@ def _scheme(url: str) -> str:
     scheme = urlsplit(url).scheme.lower()
     if scheme != "memory" and scheme not in SCHEMES:
         raise ValueError(
-            f"unsupported store url {url!r}: use memory://, redis://, rediss://, unix://, "
-            "redis+cluster:// or redis+sentinel:// (rediss+ for TLS)"
+            f"unsupported store url scheme {scheme!r}: use memory://, redis://, rediss://, "
+            "unix://, redis+cluster:// or redis+sentinel:// (rediss+ for TLS)"
         )
     return scheme
 
