@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept only callers whose bearer key is in FILE, one per line (server.api_keys_file)",
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes serving the port (server.workers, default 1; more needs a Redis store)",
+    )
+    serve.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default="info",
@@ -143,19 +149,20 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from .server.run import serve
 
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "store_url": args.store,
+        "upstream_url": args.upstream,
+        "api_keys_file": args.api_keys,
+        "workers": args.workers,
+    }
     try:
-        settings = load_settings(
-            args.config,
-            host=args.host,
-            port=args.port,
-            store_url=args.store,
-            upstream_url=args.upstream,
-            api_keys_file=args.api_keys,
-        )
+        settings = load_settings(args.config, **overrides)
     except ConfigError as exc:
         print(f"llm-sessions: {exc}", file=sys.stderr)
         return 2
-    serve(settings, config_path=args.config, log_level=args.log_level)
+    serve(settings, config_path=args.config, log_level=args.log_level, overrides=overrides)
     return 0
 
 

@@ -5,25 +5,35 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from .. import __version__
 from ..records import format_usd
 from ..routing import usd_to_micros
 from .app import create_app
 from .protocol import BoundedHttpToolsProtocol
-from .settings import Settings, redact_url
+from .settings import Settings, redact_url, settings_from_text
 from .standin import StandIn
 
-__all__ = ["configure_logging", "running", "serve", "serve_standin", "startup_line"]
+__all__ = [
+    "configure_logging",
+    "running",
+    "serve",
+    "serve_standin",
+    "startup_line",
+    "worker_app",
+]
 
 
 def configure_logging(level: str) -> None:
@@ -43,6 +53,7 @@ def startup_line(settings: Settings, config_path: str | None) -> str:
             "address": f"http://{settings.host}:{settings.port}",
             "store": redact_url(settings.store_url),
             "store_on_error": settings.store_on_error,
+            "workers": settings.workers,
             "upstreams": {
                 up.name: {"base_url": redact_url(up.base_url), "apis": list(up.apis)}
                 for up in settings.upstreams
@@ -59,20 +70,50 @@ def startup_line(settings: Settings, config_path: str | None) -> str:
     )
 
 
-def serve(settings: Settings, *, config_path: str | None = None, log_level: str = "info") -> None:
-    """Serve the gateway with uvicorn until interrupted; one log line per request."""
+def serve(
+    settings: Settings,
+    *,
+    config_path: str | None = None,
+    log_level: str = "info",
+    overrides: Mapping[str, Any] | None = None,
+) -> None:
+    """Serve the gateway with uvicorn until interrupted; one log line per request.
+
+    With ``settings.workers`` above 1, uvicorn's supervisor serves the port with that many
+    processes (each with its own pools, all on the Redis store): it replaces a worker that
+    dies, and on SIGHUP replaces each in turn, the new one serving before the old one
+    stops. Each worker builds its settings from the same configuration text and
+    `overrides` (the command line's) the parent read, passed in the environment."""
     configure_logging(log_level)
-    app = create_app(settings)
     print(startup_line(settings, config_path), file=sys.stderr, flush=True)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=False,  # the gateway logs one structured line per request itself
-        proxy_headers=False,  # nothing reads the client's address or scheme
-        log_level=log_level,
-        http=BoundedHttpToolsProtocol,  # a request head past MAX_HEAD_BYTES: 431
-    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "access_log": False,  # the gateway logs one structured line per request itself
+        "proxy_headers": False,  # nothing reads the client's address or scheme
+        "log_level": log_level,
+        "http": BoundedHttpToolsProtocol,  # a request head past MAX_HEAD_BYTES: 431
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    text = "" if config_path is None else Path(config_path).read_text("utf-8")
+    os.environ[_WORKER_ENV] = json.dumps(
+        {"config": text, "source": config_path, "overrides": dict(overrides or {}),
+         "log_level": log_level}
+    )  # fmt: skip
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.workers, **options)
+
+
+_WORKER_ENV = "LLM_SESSIONS_WORKER"
+
+
+def worker_app() -> ASGIApp:
+    """One worker's app (`serve` with workers): the settings its parent read."""
+    given = json.loads(os.environ[_WORKER_ENV])
+    configure_logging(given["log_level"])
+    settings = settings_from_text(given["config"], str(given["source"]), **given["overrides"])
+    return create_app(settings)
 
 
 def serve_standin(host: str, port: int) -> None:

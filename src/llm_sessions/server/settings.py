@@ -35,6 +35,7 @@ __all__ = [
     "UpstreamSettings",
     "load_settings",
     "redact_url",
+    "settings_from_text",
 ]
 
 #: The APIs an upstream can serve: Chat Completions, Anthropic Messages, OpenAI
@@ -129,6 +130,7 @@ class Settings:
     api_keys_file: str | None = None
     admin_keys_file: str | None = None
     metrics_admin_only: bool = False  # GET /metrics for admin keys only
+    workers: int = 1  # processes serving the port (more than one needs a Redis store)
     store_url: str = "memory://"
     store_on_error: str = "fail_open"
     store_key_prefix: str = "llm-sessions:"
@@ -263,15 +265,22 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Settings from a TOML file (or the defaults), then `overrides` (from the command
-    line: host, port, store_url, upstream_url, api_keys_file)."""
-    data: Mapping[str, Any] = {}
+    line: host, port, store_url, upstream_url, api_keys_file, workers)."""
+    text = ""
     if path is not None:
         try:
-            data = tomllib.loads(Path(path).read_text("utf-8"))
+            text = Path(path).read_text("utf-8")
         except OSError as exc:
             raise ConfigError(f"config: can't read {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    return settings_from_text(text, str(path), **overrides)
+
+
+def settings_from_text(text: str, source: str = "the config", **overrides: Any) -> Settings:
+    """`load_settings` of a file's text (`source` names it in errors)."""
+    try:
+        data: Mapping[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {source} is not valid TOML: {exc}") from None
     settings = _parse(_Reader(data, ""))
     upstream_url = overrides.pop("upstream_url", None)
     if upstream_url:
@@ -361,6 +370,7 @@ def _server(root: _Reader) -> dict[str, Any]:
         "admin_keys_file": server.get("admin_keys_file", str, None) or None,
         "metrics_admin_only": server.get("metrics_admin_only", bool, False),
         "stats_limit": server.number("stats_limit", 100, minimum=0, integer=True),
+        "workers": server.number("workers", 1, minimum=1, integer=True),
     }
     if fields["metrics_admin_only"] and fields["admin_keys_file"] is None:
         raise ConfigError(
@@ -497,6 +507,11 @@ def _check(settings: Settings) -> None:
             "config: store.url must be memory://, redis://host:port/db, rediss://..., "
             "unix://..., redis+cluster://host:port,... or "
             f"redis+sentinel://host:port,.../service, got {redact_url(settings.store_url)!r}"
+        )
+    if settings.workers > 1 and scheme == "memory":
+        raise ConfigError(
+            f"config: server.workers = {settings.workers} needs a Redis store (store.url): "
+            "on memory:// each process would keep sessions, costs and caps of its own"
         )
     if scheme != "memory":
         try:
