@@ -110,6 +110,27 @@ def _wait(check: Any, what: str, seconds: float = 30) -> None:
         time.sleep(0.05)
 
 
+def _in_sync(info: dict[str, Any]) -> bool:
+    return bool(info["master_link_status"] == "up" and not info["master_sync_in_progress"])
+
+
+def _replicas_in_sync(nodes: list[RedisServer]) -> None:
+    """Wait until every replica among `nodes` has its primary's data and follows it (a
+    WAIT before then times out: the first sync is still under way)."""
+    for node in nodes:
+        client = node.client()
+        info = client.info("replication")
+        if info["role"] == "slave":
+            _wait(lambda c=client: _in_sync(c.info("replication")), f"replica {node.port} in sync")
+        client.close()
+    for node in nodes:
+        client = node.client()
+        if client.info("replication")["role"] == "master":
+            _wait(lambda c=client: c.execute_command("WAIT", 1, 1000) >= 1,
+                  f"primary {node.port} acknowledged by its replica")  # fmt: skip
+        client.close()
+
+
 class RedisClusterServers:
     """A Redis Cluster on loopback: `masters` masters, each with `replicas` replicas, made
     by ``redis-cli --cluster create``. Each node is a `RedisServer` (`nodes`)."""
@@ -149,6 +170,7 @@ class RedisClusterServers:
             _wait(lambda c=client: b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO"),
                   f"cluster node {node.port} ok")  # fmt: skip
             client.close()
+        _replicas_in_sync(self.nodes)
         return self
 
     def primaries(self) -> list[RedisServer]:
@@ -214,6 +236,7 @@ class RedisSentinelServers:
                 [binary, str(conf), "--sentinel"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))  # fmt: skip
+        _replicas_in_sync([self.primary, *self.replica_nodes])
         for port in self.sentinel_ports:
             client = redis.Redis(port=port)
             _wait(lambda c=client: len(c.execute_command("SENTINEL", "REPLICAS", self.service))

@@ -107,5 +107,7 @@ def _open_store(settings: Settings) -> AsyncStore:
             "busy_timeout_ms": settings.store_busy_timeout_ms,
             "socket_timeout": settings.store_socket_timeout_s,
             "max_connections": settings.store_max_connections or settings.upstream.max_connections,
+            "wait_replicas": settings.store_wait_replicas,
+            "wait_timeout_ms": settings.store_wait_timeout_ms,
         }
     return open_async_store(settings.store_url, settings.sessions, **kwargs)

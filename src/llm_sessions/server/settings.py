@@ -138,6 +138,8 @@ class Settings:
     store_max_connections: int | None = None  # None: upstream.max_connections
     store_finish_retry_ms: int = 10_000
     store_socket_timeout_s: float = 0.5  # a Redis reply slower than this is an outage
+    store_wait_replicas: int = 0  # Redis: each session write waits for this many replicas
+    store_wait_timeout_ms: int = 100  # ... this long at most
     store_memory_links_mb: int = 64  # memory://: what its response/conversation links may hold
     sessions: Config = field(default_factory=Config)
     id_sources: tuple[str, ...] = DEFAULT_ID_SOURCES
@@ -394,6 +396,8 @@ def _store(root: _Reader) -> dict[str, Any]:
         "store_max_connections": max_connections,
         "store_finish_retry_ms": store.number("finish_retry_ms", 10_000, minimum=0, integer=True),
         "store_socket_timeout_s": store.number("socket_timeout_s", 0.5, minimum=0.001),
+        "store_wait_replicas": store.number("wait_replicas", 0, minimum=0, integer=True),
+        "store_wait_timeout_ms": store.number("wait_timeout_ms", 100, minimum=0, integer=True),
         "store_memory_links_mb": store.number("memory_links_mb", 64, minimum=1, integer=True),
     }
     store.done()

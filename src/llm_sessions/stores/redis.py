@@ -48,6 +48,7 @@ try:
     from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.exceptions import (
+        AskError,
         ClusterDownError,
         NoScriptError,
         OutOfMemoryError,
@@ -80,6 +81,7 @@ OnError = Literal["raise", "fail_open"]
 DEFAULT_SOCKET_TIMEOUT = 0.5
 DEFAULT_CONNECT_TIMEOUT = 1.0  # a connect includes the handshake, on a loop that may be busy
 DEFAULT_MAX_CONNECTIONS = 100
+DEFAULT_WAIT_TIMEOUT_MS = 100  # wait_replicas: the longest a write waits for its replicas
 SCAN_COUNT = 1000
 _LOG_EVERY_S = 10.0
 # Errors that mean "Redis can't take this now", as opposed to a bug. Connection errors
@@ -284,6 +286,8 @@ class _RedisStoreBase:
         socket_connect_timeout: float | None = None,
         max_connections: int | None = None,
         busy_timeout_ms: float = DEFAULT_BUSY_TIMEOUT_MS,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
     ) -> None:
         cfg = Config() if config is None else config
         if not isinstance(cfg, Config):
@@ -292,6 +296,11 @@ class _RedisStoreBase:
         # Script digests, computed here (EVALSHA needs no prior SCRIPT LOAD to be tried).
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in SCRIPTS.items()}
         self._errors = _ErrorPolicy(on_error)
+        for name, value in (("wait_replicas", wait_replicas), ("wait_timeout_ms", wait_timeout_ms)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        self._wait = ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
+        self.unreplicated = 0  # writes fewer replicas than wait_replicas acknowledged in time
         self._clock = clock
         self._client, self._pool = _connect(
             self._module,
@@ -342,6 +351,21 @@ class _RedisStoreBase:
         """The Redis key of a session."""
         return self._ops.key(session_id)
 
+    def _replicated(self, acked: Any) -> None:
+        """WAIT's answer: fewer replicas than asked for is counted and logged (the write
+        stands: the primary has it, and a failover now could lose it)."""
+        assert self._wait is not None
+        if isinstance(acked, int) and acked < self._wait[1]:
+            self.unreplicated += 1
+            if self.unreplicated == 1 or self.unreplicated % 1000 == 0:
+                log.warning(
+                    "a write reached %d of %d replicas within %d ms (%d such writes so far)",
+                    acked, self._wait[1], self._wait[2], self.unreplicated,
+                )  # fmt: skip
+
+    def _evalsha(self, cmd: Eval) -> tuple[Any, ...]:
+        return ("EVALSHA", self._shas[cmd.script], 1, cmd.key, *cmd.args)
+
 
 class RedisSessionStore(_RedisStoreBase):
     """A session store in Redis (>= 7) or Valkey, shared by every process that uses it.
@@ -380,9 +404,12 @@ class RedisSessionStore(_RedisStoreBase):
                 try:
                     if type(cmd) is Eval:
                         try:
-                            reply = client.execute_command(
-                                "EVALSHA", shas[cmd.script], 1, cmd.key, *cmd.args,
-                            )  # fmt: skip
+                            if self._wait is not None and not cmd.read:
+                                reply = self._eval_waiting(cmd)
+                            else:
+                                reply = client.execute_command(
+                                    "EVALSHA", shas[cmd.script], 1, cmd.key, *cmd.args,
+                                )  # fmt: skip
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = self._eval_again(cmd, exc)
                     elif type(cmd) is Sleep:
@@ -401,9 +428,35 @@ class RedisSessionStore(_RedisStoreBase):
         read whose pooled connection died. A write that may have run is never repeated."""
         if isinstance(exc, NoScriptError):
             self._shas[cmd.script] = self._client.script_load(SCRIPTS[cmd.script])
+            if self._wait is not None and not cmd.read:
+                return self._eval_waiting(cmd)
         elif not cmd.read:
             raise exc
         return self._client.evalsha(self._shas[cmd.script], 1, cmd.key, *cmd.args)
+
+    def _eval_waiting(self, cmd: Eval) -> Any:
+        """A write, then WAIT for `wait_replicas`, on one connection in one round trip (WAIT
+        counts the writes of the connection it is sent on): a cluster's goes to the node
+        holding the key, and a node that no longer holds it has the client re-read the
+        cluster's layout (the write is then an outage, as any other failover)."""
+        target = self._client
+        if self._cluster:
+            target = self._client.get_node_from_key(cmd.key).redis_connection
+        pipe = target.pipeline(transaction=False)
+        pipe.execute_command(*self._evalsha(cmd))
+        pipe.execute_command(*self._wait)  # type: ignore[misc]
+        try:
+            reply, acked = pipe.execute(raise_on_error=False)
+            if isinstance(reply, AskError):  # MOVED too: its slot is elsewhere now
+                raise RedisConnectionError(f"the key's slot moved: {reply}")
+        except RedisConnectionError:
+            if self._cluster:
+                self._client.nodes_manager.initialize()
+            raise
+        if isinstance(reply, Exception):
+            raise reply
+        self._replicated(acked)
+        return reply
 
     def _keyspace(self, cmd: Any) -> Any:
         client = self._client
@@ -562,9 +615,12 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                 try:
                     if type(cmd) is Eval:
                         try:
-                            reply = await self._command(
-                                "EVALSHA", shas[cmd.script], 1, cmd.key, *cmd.args,
-                            )  # fmt: skip
+                            if self._wait is not None and not cmd.read:
+                                reply = await self._eval_waiting(cmd)
+                            else:
+                                reply = await self._command(
+                                    "EVALSHA", shas[cmd.script], 1, cmd.key, *cmd.args,
+                                )  # fmt: skip
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = await self._eval_again(cmd, exc)
                     elif type(cmd) is Sleep:
@@ -611,6 +667,53 @@ class AsyncRedisSessionStore(_RedisStoreBase):
         await self._put_back(conn)
         return reply
 
+    async def _eval_waiting(self, cmd: Eval) -> Any:
+        """`RedisSessionStore._eval_waiting`: the write and its WAIT written at once on one
+        connection (a cluster's: of the node holding the key), both replies read."""
+        assert self._wait is not None
+        client, node = self._client, None
+        if self._cluster:
+            if not client.get_primaries():
+                await client.initialize()
+            node = client.get_node_from_key(cmd.key)
+            conn = node.acquire_connection()
+        else:
+            conn = self._idle.pop() if self._idle else await self._pool.get_connection()
+        failed: ResponseError | None = None
+        try:
+            reader = getattr(conn, "_reader", None)
+            if reader is None or reader.at_eof():
+                await conn.disconnect()
+                await conn.connect()
+            for args in (self._evalsha(cmd), self._wait):
+                conn._writer.writelines(
+                    conn.pack_command(*args) if _hiredis_pack is None else [_hiredis_pack(args)]
+                )
+            try:
+                reply = await conn.read_response()
+            except ResponseError as exc:  # WAIT's reply is still to be read
+                failed = exc
+            acked = await conn.read_response()
+        except BaseException:
+            await conn.disconnect()
+            if node is not None:
+                node.release(conn)
+                await client.nodes_manager.initialize()
+            else:
+                await self._pool.release(conn)
+            raise
+        if node is not None:
+            node.release(conn)
+        else:
+            await self._put_back(conn)
+        if isinstance(failed, AskError):  # MOVED too: its slot is elsewhere now
+            await client.nodes_manager.initialize()
+            raise RedisConnectionError(f"the key's slot moved: {failed}")
+        if failed is not None:
+            raise failed
+        self._replicated(acked)
+        return reply
+
     async def _put_back(self, conn: Any) -> None:
         if len(self._idle) < self._idle_cap:
             self._idle.append(conn)
@@ -623,6 +726,8 @@ class AsyncRedisSessionStore(_RedisStoreBase):
         if isinstance(exc, NoScriptError):
             sha = await self._command("SCRIPT", "LOAD", SCRIPTS[cmd.script])
             self._shas[cmd.script] = sha.decode() if isinstance(sha, bytes) else sha
+            if self._wait is not None and not cmd.read:
+                return await self._eval_waiting(cmd)
         elif not cmd.read:
             raise exc
         return await self._command("EVALSHA", self._shas[cmd.script], 1, cmd.key, *cmd.args)

@@ -1,0 +1,120 @@
+"""Redis Cluster and Sentinel beyond the conformance suite: every key of a session in one
+slot, `wait_replicas`, and what a store does across a failover."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis
+
+from llm_sessions import AsyncRedisSessionStore, Config, RedisSessionStore, Tier
+
+from redis_server import RedisClusterServers, RedisSentinelServers
+
+CFG = Config(cleanup_interval_ms=0)
+
+
+def _each_write(store: Any) -> int:
+    """Every kind of session write once, through `store` (sync); the cost it ends with."""
+    store.set_session("s", "m", Tier.SIMPLE)
+    store.record_request_hash("s", "h")
+    store.escalate_session("s")
+    store.set_cache_sticky("s", "openai")
+    store.touch_session("s")
+    return int(store.add_session_cost("s", 7))
+
+
+def _sync_and_async(url: str, **kw: Any) -> list[tuple[int, int]]:
+    """(cost, writes fewer replicas than asked acknowledged) from a sync and an async store."""
+    sync = RedisSessionStore(url, CFG, **kw)
+    try:
+        results = [(_each_write(sync), sync.unreplicated)]
+    finally:
+        sync.close()
+
+    async def run() -> tuple[int, int]:
+        async with AsyncRedisSessionStore(url, CFG, **kw) as store:
+            await store.set_session("a", "m", Tier.SIMPLE)
+            await store.record_request_hash("a", "h")
+            await store.touch_session("a")
+            cost = await store.add_session_cost("a", 7)
+            return cost, store.unreplicated
+
+    results.append(asyncio.run(run()))
+    return results
+
+
+@pytest.mark.parametrize("kind", ["redis_cluster", "redis_sentinel"])
+def test_wait_replicas_writes_and_waits_for_a_replica(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue(f"{kind}_url")
+    assert _sync_and_async(url, wait_replicas=1, wait_timeout_ms=2_000) == [(7, 0), (7, 0)]
+
+
+def test_wait_replicas_past_what_there_is_counts_and_keeps_the_write(redis_url: str) -> None:
+    """One server has no replica: each write waits its timeout, stands, and is counted."""
+    results = _sync_and_async(redis_url, wait_replicas=1, wait_timeout_ms=5)
+    assert [cost for cost, _ in results] == [7, 7]
+    assert all(counted >= 4 for _, counted in results)  # each write (at least 4 of each)
+
+
+def test_wait_replicas_is_checked(redis_url: str) -> None:
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="wait_replicas"):
+            RedisSessionStore(redis_url, CFG, wait_replicas=bad)  # type: ignore[arg-type]
+
+
+def test_a_sessions_keys_share_its_slot_on_the_cluster(
+    redis_cluster_url: str, redis_cluster: RedisClusterServers
+) -> None:
+    """Sessions spread over every master (their digests are their hash tags), and the
+    listing finds each of them, scanning each master in turn."""
+    store = RedisSessionStore(redis_cluster_url, CFG)
+    ids = [f"s{i}" for i in range(60)]
+    for sid in ids:
+        store.add_session_cost(f"t:{sid}" if int(sid[1:]) % 2 else sid, 1)
+    holding = []
+    for node in redis_cluster.primaries():
+        client = node.client()
+        holding.append(len(client.keys("*")))
+        client.close()
+    assert all(count > 0 for count in holding), holding
+    assert sum(holding) == 60
+    listed = store.list_sessions(None, limit=1000).sessions
+    assert sorted(row.id for row in listed) == sorted(ids)
+    assert len(store.list_sessions("t", limit=1000).sessions) == 30
+    store.close()
+
+
+def test_sentinel_follows_a_failover(
+    redis_sentinel_url: str, redis_sentinel: RedisSentinelServers
+) -> None:
+    """After `SENTINEL FAILOVER`, the store writes to the new primary: a write may fail
+    (an outage, `StoreUnavailable`) while it happens, never after."""
+    store = RedisSessionStore(redis_sentinel_url, CFG, wait_replicas=1, wait_timeout_ms=1_000)
+    store.add_session_cost("s", 5)
+    before = redis_sentinel.current_primary_port()
+    watcher = redis.Redis(port=redis_sentinel.sentinel_ports[0])
+    watcher.execute_command("SENTINEL", "FAILOVER", redis_sentinel.service)
+    watcher.close()
+    import time
+
+    deadline = time.monotonic() + 30
+    while redis_sentinel.current_primary_port() == before:
+        assert time.monotonic() < deadline, "no failover"
+        time.sleep(0.1)
+    from llm_sessions.errors import StoreUnavailable
+
+    while True:
+        try:
+            cost = store.add_session_cost("s", 5)
+            break
+        except StoreUnavailable:
+            assert time.monotonic() < deadline, "the store never wrote to the new primary"
+            time.sleep(0.1)
+    assert cost == 10  # the write before the failover reached the replica (wait_replicas)
+    assert store.get_session_cost_micros("s") == 10
+    store.close()
