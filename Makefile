@@ -31,10 +31,11 @@ $(STAMP): pyproject.toml $(LOCK) $(UV_STAMP)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
-# The tests start their own redis-server (>= 7); install the Debian package when it is
-# missing, or say what to install where that can't be done.
+# The tests start their own redis-server (>= 7), Redis Clusters (made with redis-cli) and
+# sentinels; install the Debian package (it brings redis-cli) when either is missing, or
+# say what to install where that can't be done.
 redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
+	@{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || { \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 			echo "installing redis-server (apt-get)"; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
@@ -44,7 +45,7 @@ redis-server:
 			exit 1; \
 		fi; \
 	}
-	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is required for the tests"; exit 1; }
+	@{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || { echo "redis-server and redis-cli are required for the tests"; exit 1; }
 
 demo: $(STAMP)
 	$(BIN)/llm-sessions demo
