@@ -118,3 +118,55 @@ def test_sentinel_follows_a_failover(
     assert cost == 10  # the write before the failover reached the replica (wait_replicas)
     assert store.get_session_cost_micros("s") == 10
     store.close()
+
+
+def _commands_run(nodes: list[Any]) -> tuple[int, int]:
+    """(scripts, cluster topology reads) the nodes ran: each script is one round trip of
+    the store (the commands it runs inside are not), and a topology read would be one more."""
+    scripts = topology = 0
+    for node in nodes:
+        client = node.client()
+        for name, stat in client.info("commandstats").items():
+            if name.startswith("cmdstat_eval"):
+                scripts += int(stat["calls"])
+            elif name.startswith("cmdstat_cluster"):
+                topology += int(stat["calls"])
+        client.close()
+    return scripts, topology
+
+
+@pytest.mark.parametrize("kind", ["redis_cluster", "redis_sentinel"])
+def test_a_routed_request_is_two_round_trips_in_the_steady_state(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """On a cluster and behind Sentinel as on one server: begin and finish each one
+    command, on the session's node (counted by the servers themselves)."""
+    from llm_sessions import Pricing, SessionPolicy
+
+    from conftest import TIERS
+
+    url = request.getfixturevalue(f"{kind}_url")
+    servers = request.getfixturevalue(kind)
+    nodes = servers.nodes if kind == "redis_cluster" else [servers.primary, *servers.replica_nodes]
+    nodes = [n for n in nodes if n.process is not None]
+    store = RedisSessionStore(url, CFG)
+    prices = {
+        m: Pricing(1, 2) for t in TIERS.values() for m in [t["primary"], *t.get("fallback", [])]
+    }
+    policy = SessionPolicy(store, TIERS, pricing=prices, max_session_cost_usd=100)
+
+    def turn(i: int) -> None:
+        body = {"messages": [{"role": "user", "content": f"turn {i}"}]}
+        decision = policy.begin({"x-session-id": "s"}, body)
+        policy.finish(decision, served_model=decision.model, cost_micros=5)
+
+    try:
+        turn(0)
+        turn(1)  # scripts loaded on the node, the session known
+        scripts, topology = _commands_run(nodes)
+        for i in range(2, 12):
+            turn(i)
+        assert _commands_run(nodes) == (scripts + 2 * 10, topology)
+        assert store.get_session_cost_micros("s") == 12 * 5
+    finally:
+        store.close()
