@@ -1,5 +1,6 @@
 """The gateway's guarantees, each written once and run over every API it serves (Chat
-Completions, Messages, Responses), streamed or not, on every store kind (memory, Redis).
+Completions, Messages, Responses), streamed or not, on every store kind (memory, one Redis
+server, a Redis Cluster, Redis behind Sentinel).
 A new API or store is one more parameter value here, and inherits every row.
 
 Rows so far:
@@ -33,7 +34,7 @@ from llm_sessions.server.standin import Behaviour
 
 APIS = ("chat", "messages", "responses")
 STREAMED = (False, True)
-STORES = ("memory", "redis")
+STORES = ("memory", "redis", "redis-cluster", "redis-sentinel")
 PATHS = {"chat": "/v1/chat/completions", "messages": "/v1/messages", "responses": "/v1/responses"}
 
 
@@ -66,20 +67,27 @@ def error_of(api: str, reply: httpx.Response) -> tuple[str, str | None]:
     return error["type"], error.get("code")
 
 
+def store_url(store: str, request: pytest.FixtureRequest) -> str:
+    """The URL of an emptied store of kind `store`."""
+    if store == "memory":
+        return "memory://"
+    return str(request.getfixturevalue(f"{store.replace('-', '_')}_url"))
+
+
 def store_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "redis":
-        return {"store_url": request.getfixturevalue("redis_url")}
-    return {}
+    return {"store_url": store_url(request.param, request)}
 
 
 @pytest.fixture(params=STORES, scope="module")
 def refusing_gateway(request: pytest.FixtureRequest) -> Iterator[Running]:
     """One gateway per store kind for the rows whose requests must change nothing (so
     each request checks that the one before it did not either)."""
-    overrides: dict[str, Any] = {}
-    if request.param == "redis":
-        overrides = {"store_url": request.getfixturevalue("redis_server").url}
-    with gateway_with_standin(**overrides) as gw:
+    url = "memory://"
+    if request.param != "memory":  # the servers, not emptied (a fixture of this scope)
+        servers = {"redis": "redis_server", "redis-cluster": "redis_cluster",
+                   "redis-sentinel": "redis_sentinel"}  # fmt: skip
+        url = request.getfixturevalue(servers[request.param]).url
+    with gateway_with_standin(store_url=url) as gw:
         yield gw
 
 
@@ -391,7 +399,7 @@ def test_a_request_a_fallback_upstream_served_is_billed_once_at_its_price(
     billed once, the fallback's usage at the fallback's price, and pinned to it."""
     from llm_sessions import Pricing, token_usage
 
-    url = request.getfixturevalue("redis_url") if store == "redis" else "memory://"
+    url = store_url(store, request)
     with gateway_over_standins(tmp_path, TWO_UPSTREAMS, ("a", "b"), store=url) as (
         gateway_url,
         standins,
@@ -430,7 +438,7 @@ def test_the_cap_holds_when_a_fallback_upstream_serves(
     model it may reach, so the session's spend stays within the cap."""
     from llm_sessions import Pricing, token_usage
 
-    url = request.getfixturevalue("redis_url") if store == "redis" else "memory://"
+    url = store_url(store, request)
     template = TWO_UPSTREAMS + f"\n[budget]\nmax_session_cost_usd = {CAP_USD}\n"
     with gateway_over_standins(tmp_path, template, ("a", "b"), store=url) as (
         gateway_url,
@@ -510,7 +518,7 @@ def test_a_callers_key_goes_only_where_it_is_meant(
     charged nothing. A caller without a key of its own is served on the operator's, and
     the operator's key goes nowhere else."""
     monkeypatch.setenv("GUARANTEE_OPERATOR_KEY", "sk-operator")
-    url = request.getfixturevalue("redis_url") if store == "redis" else "memory://"
+    url = store_url(store, request)
     with gateway_over_standins(tmp_path, BESIDE_OPERATOR, ("operator", "own"), store=url) as (
         gateway_url,
         standins,
