@@ -170,3 +170,17 @@ def test_a_routed_request_is_two_round_trips_in_the_steady_state(
         assert store.get_session_cost_micros("s") == 12 * 5
     finally:
         store.close()
+
+
+def test_behind_sentinel_a_busy_pool_waits_as_one_servers_does(redis_sentinel_url: str) -> None:
+    """Past `max_connections`, a call waits for a free connection instead of failing as
+    if Redis were down (Sentinel's own pool would refuse it at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = RedisSessionStore(redis_sentinel_url, CFG, max_connections=1)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            costs = list(pool.map(lambda i: store.add_session_cost(f"s{i % 2}", 1), range(200)))
+        assert sorted(costs)[-1] == 100 and store.get_session_cost_micros("s0") == 100
+    finally:
+        store.close()

@@ -173,7 +173,7 @@ def _connect(
         if found.topology == "cluster":
             return _cluster_client(module, found, size, timeouts), None
         if found.topology == "sentinel":
-            client = _sentinel_client(module, found, size, timeouts)
+            client = _sentinel_client(module, found, size, wait_s, timeouts)
             return client, client.connection_pool
         pool = module.BlockingConnectionPool.from_url(
             target, max_connections=size, timeout=wait_s, **timeouts
@@ -218,8 +218,12 @@ def _cluster_client(module: Any, found: RedisTarget, size: int, timeouts: dict[s
     )
 
 
-def _sentinel_client(module: Any, found: RedisTarget, size: int, timeouts: dict[str, Any]) -> Any:
+def _sentinel_client(
+    module: Any, found: RedisTarget, size: int, wait_s: float, timeouts: dict[str, Any]
+) -> Any:
+    """The primary's client, on a blocking pool like one server's."""
     sentinel = async_sentinel if module is redis_async else sync_sentinel
+    pool_class = _BlockingSentinelPool if module is redis_sync else _AsyncBlockingSentinelPool
     own = {k: v for k, v in timeouts.items() if k != "retry"}
     if found.sentinel_password is not None:
         own["password"] = found.sentinel_password
@@ -229,12 +233,27 @@ def _sentinel_client(module: Any, found: RedisTarget, size: int, timeouts: dict[
     return watchers.master_for(
         found.service,
         redis_class=module.Redis,
+        connection_pool_class=pool_class,
         db=found.db,
         max_connections=size,
+        timeout=wait_s,
         decode_responses=False,
         **_auth(found),
         **timeouts,
     )
+
+
+class _BlockingSentinelPool(
+    sync_sentinel.SentinelConnectionPool, redis_sync.BlockingConnectionPool
+):
+    """Sentinel's pool (it asks the sentinels where the primary is), blocking: past its
+    size a caller waits for a free connection rather than failing."""
+
+
+class _AsyncBlockingSentinelPool(
+    async_sentinel.SentinelConnectionPool, redis_async.BlockingConnectionPool
+):
+    """`_BlockingSentinelPool` for ``redis.asyncio``."""
 
 
 def _sentinels(pool: Any) -> list[Any]:
