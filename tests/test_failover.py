@@ -30,7 +30,7 @@ def _check(report: failover.Report, capped: bool) -> None:
     allowed = {200, 503} if capped else {200}
     assert set(report.statuses) <= allowed, report.line()
     assert report.over_billed == 0, report.line()  # billed once
-    assert report.failed_after_recovery == 0, report.line()
+    assert report.failed_late == 0, report.line()  # recovered within after_s - 3 s
 
 
 @pytest.mark.parametrize("capped", [True, False], ids=["cap", "no-cap"])
@@ -38,7 +38,9 @@ def test_a_cluster_master_killed_mid_load(
     capped: bool, own_cluster: RedisClusterServers, tmp_path: Path
 ) -> None:
     victim = own_cluster.primaries()[0]
-    report = failover.run(tmp_path, own_cluster.url, victim.kill, cap=capped, after_s=5)
+    report = failover.run(
+        tmp_path, own_cluster.url, victim.kill, cap=capped, before_s=1.5, after_s=8
+    )
     _check(report, capped)
     assert (report.unrecorded > 0) != capped, report.line()  # uncapped: served regardless
 
@@ -53,7 +55,7 @@ def test_a_sentinel_failover_mid_load(
         watcher.execute_command("SENTINEL", "FAILOVER", redis_sentinel.service)
         watcher.close()
 
-    report = failover.run(tmp_path, redis_sentinel_url, fault, after_s=5)
+    report = failover.run(tmp_path, redis_sentinel_url, fault, before_s=1.5, after_s=8)
     assert redis_sentinel.current_primary_port() != before
     _check(report, capped=True)
     assert report.lost_sessions == 0 and report.backwards == 0, report.line()

@@ -97,8 +97,9 @@ def test_config_example_is_the_shipped_file_and_it_checks(tmp_path: Path) -> Non
         ),
         (
             '[store]\nurl = "bogus://"\n',
-            "config: store.url must be memory://, redis://host:port/db, rediss://... or "
-            "unix://..., got 'bogus://'",
+            "config: store.url must be memory://, redis://host:port/db, rediss://..., "
+            "unix://..., redis+cluster://host:port,... or redis+sentinel://host:port,.../service, "
+            "got 'bogus://'",
         ),
         (
             '[upstream]\nbase_url = "https://u:secret@api.example.com/v1"\n',
@@ -120,8 +121,9 @@ def test_a_bad_store_flag_is_one_line_naming_store_url() -> None:
     result = run_cli("serve", "--store", "bogus://x")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "llm-sessions: config: store.url must be memory://, redis://host:port/db, rediss://... "
-        "or unix://..., got 'bogus://x'"
+        "llm-sessions: config: store.url must be memory://, redis://host:port/db, rediss://..., "
+        "unix://..., redis+cluster://host:port,... or redis+sentinel://host:port,.../service, "
+        "got 'bogus://x'"
     ]
 
 
