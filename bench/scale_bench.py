@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gateway_bench import cpu_s, free_port, load, wait_ready
+from gateway_helpers import ONE_MODEL_TOML
 
 from redis_server import RedisClusterServers, RedisSentinelServers, RedisServer
 
@@ -63,19 +64,6 @@ async def main():
 
 asyncio.run(main())
 """
-CONFIG = """
-[upstream]
-base_url = "http://127.0.0.1:{upstream}/v1"
-apis = ["chat"]
-[routing.tiers.SIMPLE]
-primary = "b/m"
-[pricing."b/m"]
-input_per_mtok = 1
-output_per_mtok = 2
-[store]
-url = "{store}"
-wait_replicas = {wait}
-"""
 
 
 def tree(pid: int) -> list[int]:
@@ -100,7 +88,8 @@ def gateway(
     work: Path, upstream: int, store: str, workers: int, wait: int = 0
 ) -> Iterator[tuple[int, int]]:
     config = work / f"gateway-{free_port()}.toml"
-    config.write_text(CONFIG.format(upstream=upstream, store=store, wait=wait))
+    config.write_text(ONE_MODEL_TOML.format(upstream=f"http://127.0.0.1:{upstream}", store=store,
+                                            extra=f"wait_replicas = {wait}"))  # fmt: skip
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "llm_sessions", "serve", "--config", str(config), "--port",

@@ -2,11 +2,14 @@
 upstream: Claude Code on the Anthropic Messages API, Codex on the OpenAI Responses API.
 
     npm install --prefix /opt/agents @anthropic-ai/claude-code @openai/codex   # once
-    .venv/bin/python scripts/agent_check.py claude|codex [--bin PATH]
+    .venv/bin/python scripts/agent_check.py claude|codex [--bin PATH] [--cap USD]
+        [--store memory|redis|cluster|sentinel] [--workers N]
 
-Starts the stand-in upstream and the gateway (memory store, a budget on) on loopback
-ports, runs two conversations of the agent in one directory with its base URL pointing
-at the gateway, and checks what the operator would: every request of a conversation (a
+Starts the stand-in upstream and the gateway (a budget on; the memory store, or one the
+script starts on loopback ports: one Redis server, a Redis Cluster of 3+3, or a primary,
+a replica and 3 sentinels; with `--workers`, that many processes on one port), runs two
+conversations of the agent in one directory with its base URL pointing at the gateway,
+and checks what the operator would: every request of a conversation (a
 tool loop of several turns) is one session, keyed by the session id the agent sends, and
 the two conversations are two sessions although they open with the same project
 instructions; every turn was charged. Prints what it saw; exits 1 when a check fails.
@@ -28,6 +31,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gateway_helpers import gateway_processes, standin_process
+
+from redis_server import RedisClusterServers, RedisSentinelServers, RedisServer
 
 KEY = "sk-agent-check"
 
@@ -80,6 +85,9 @@ def main() -> int:
         "--cap", type=float, help="a session cap (USD) below the agent's worst case, at a "
         "large model's prices: turns go on with lowered output limits, then end in a 429",
     )  # fmt: skip
+    parser.add_argument("--store", choices=["memory", "redis", "cluster", "sentinel"],
+                        default="memory", help="where the gateway keeps sessions")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1, help="gateway processes on one port")
     args = parser.parse_args()
     agent = AGENTS[args.agent]
     if args.bin:
@@ -91,6 +99,17 @@ def main() -> int:
     (work / "CLAUDE.md").write_text("# Project\nAlways run the tests before you answer.\n")
     (work / "AGENTS.md").write_text("# Project\nAlways run the tests before you answer.\n")
     (work / "app.py").write_text("print('hello')\n")
+    servers = {"memory": None, "redis": RedisServer, "cluster": RedisClusterServers,
+               "sentinel": RedisSentinelServers}[args.store]  # fmt: skip
+    store = servers(work / "redis").start() if servers is not None else None
+    try:
+        return run(args, agent, work, home, store.url if store is not None else "memory://")
+    finally:
+        if store is not None:
+            store.stop()
+
+
+def run(args: argparse.Namespace, agent: Agent, work: Path, home: Path, store_url: str) -> int:
     with standin_process() as upstream:
         auth = "x-api-key" if agent.api == "messages" else "bearer"
         toml = (
@@ -109,6 +128,8 @@ def main() -> int:
                 )
                 + f"[budget]\nmax_session_cost_usd = {args.cap}\nmin_output_tokens = 1024\n"
             )
+        toml += f'[store]\nurl = "{store_url}"\n[server]\nworkers = {args.workers}\n'
+
         with gateway_processes(work, toml, count=1) as ports:
             gateway = f"http://127.0.0.1:{ports[0]}"
             env = {**os.environ, **agent.env(gateway, home)}

@@ -14,27 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from gateway_helpers import gateway_processes, standin_process
-from llm_sessions import Pricing, token_usage
-
-PRICE = Pricing(1, 2)
-CONFIG = """
-[upstream]
-base_url = "{upstream}/v1"
-apis = ["chat"]
-
-[routing.tiers.SIMPLE]
-primary = "f/m"
-
-[pricing."f/m"]
-input_per_mtok = 1
-output_per_mtok = 2
-
-[store]
-url = "{store}"
-wait_replicas = {wait_replicas}
-{cap}
-"""
+from gateway_helpers import ONE_MODEL_PRICE, ONE_MODEL_TOML, gateway_processes, standin_process
+from llm_sessions import token_usage
 
 
 @dataclass
@@ -85,10 +66,10 @@ def run(
     stop = threading.Event()
     with ExitStack() as stack:
         upstream = stack.enter_context(standin_process())
-        budget = "[budget]\nmax_session_cost_usd = 1000" if cap else ""
-        toml = CONFIG.format(
-            upstream=upstream, store=store_url, wait_replicas=wait_replicas, cap=budget
-        )
+        extra = f"wait_replicas = {wait_replicas}\n"
+        if cap:
+            extra += "[budget]\nmax_session_cost_usd = 1000\n"
+        toml = ONE_MODEL_TOML.format(upstream=upstream, store=store_url, extra=extra)
         ports = stack.enter_context(gateway_processes(directory, toml))
         urls = [f"http://127.0.0.1:{port}" for port in ports]
 
@@ -114,7 +95,7 @@ def run(
                                 report.unrecorded += 1  # no cap: served, its cost not kept
                             else:
                                 usage = token_usage(reply.json()["usage"])
-                                acknowledged[session] += PRICE.usage_micros(usage)
+                                acknowledged[session] += ONE_MODEL_PRICE.usage_micros(usage)
                         else:
                             failures.append(time.monotonic())
                     i += threads

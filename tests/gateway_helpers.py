@@ -31,6 +31,26 @@ TIERS = routing_table(
 )
 PRICES = {m: Pricing(1, 2) for t in TIERS.values() for m in t.chain}
 
+#: A gateway.toml of one upstream serving one model ("m/m", 1 and 2 USD per million input
+#: and output tokens) on a store; `{extra}` is more TOML for the end ([store] is open).
+ONE_MODEL_TOML = """
+[upstream]
+base_url = "{upstream}/v1"
+apis = ["chat", "messages", "responses"]
+
+[routing.tiers.SIMPLE]
+primary = "m/m"
+
+[pricing."m/m"]
+input_per_mtok = 1
+output_per_mtok = 2
+
+[store]
+url = "{store}"
+{extra}
+"""
+ONE_MODEL_PRICE = Pricing(1, 2)
+
 
 @dataclass
 class Running:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from llm_sessions import Config, Entry, SessionStore, Tier, monotonic_wall_clock, session_key
 from llm_sessions.ids import key_scope
-from llm_sessions.stores.memory_links import LINK_OVERHEAD
+from llm_sessions.stores.memory_links import LINK_OVERHEAD, SCOPE_OVERHEAD, SESSION_OVERHEAD
 
 from helpers import FakeClock
 
@@ -206,7 +206,7 @@ def test_the_scope_index_matches_the_sessions(ops: list[tuple[str, str, str]]) -
     store = SessionStore(
         Config(max_sessions=5, timeout_ms=1000, cleanup_interval_ms=0),
         clock=clock,
-        link_bytes=4 * (LINK_OVERHEAD + 20),  # room for about four links
+        link_bytes=4 * (LINK_OVERHEAD + 20) + 2 * (SCOPE_OVERHEAD + SESSION_OVERHEAD),
     )
     for op, scope, sid in ops:
         key = session_key(sid, scope)
@@ -252,12 +252,16 @@ def _check_links(store: SessionStore) -> None:
     """The links' indexes agree with each other, their byte count and the sessions."""
     links = store._links
     held = links._held
-    assert links.bytes == sum(h[4] for h in held.values()) <= links.budget
+    overheads = SCOPE_OVERHEAD * len(links._scopes) + SESSION_OVERHEAD * len(links._sessions)
+    assert links.bytes == sum(h.cost for h in held.values()) + overheads <= links.budget
     assert {n for names in links._scopes.values() for n in names} == set(held)
     assert {n for names in links._sessions.values() for n in names} == set(held)
     assert all(links._scopes.values()) and all(links._sessions.values())
     for scope, names in links._scopes.items():
-        assert links._scope_bytes[scope] == sum(held[n][4] for n in names)
+        sessions = {held[n].session for n in names}
+        assert links._scope_bytes[scope] == (
+            sum(held[n].cost for n in names) + SCOPE_OVERHEAD + SESSION_OVERHEAD * len(sessions)
+        )
     for session, names in links._sessions.items():
         assert session in store._entries  # a link never outlives its session
         assert all(held[n][2] == session for n in names)
@@ -357,3 +361,26 @@ def test_link_bytes_is_checked() -> None:
     for bad in (-1, 1.5, True, "1"):
         with pytest.raises(ValueError, match="link_bytes"):
             SessionStore(cfg(), link_bytes=bad)  # type: ignore[arg-type]
+
+
+def test_links_of_many_tenants_hold_no_more_memory_than_their_bound(clock: FakeClock) -> None:
+    """Every link of a tenant and a session of its own (each scope's and session's own
+    indexes counted too): the bound still holds, measured."""
+    budget = 2 << 20
+    store = SessionStore(cfg(max_sessions=20_000, timeout_ms=10**9), clock=clock, link_bytes=budget)
+    for i in range(6_000):  # the sessions, before measuring
+        store.transact(session_key("s", f"tenant{i}"), _touch)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(6_000):  # about 3,000 fit
+            key = session_key("s", f"tenant{i}")
+            name = session_key(f"response:resp_{i:032x}", f"tenant{i}")
+            store.transact(key, _touch, links={name: f'["{key}", "up", 1, "", 1]'})
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert budget // 2 < used <= budget
+    assert store.resolve_link(session_key(f"response:resp_{5_999:032x}", "tenant5999"))

@@ -18,29 +18,12 @@ import httpx
 import openai
 import pytest
 
-from gateway_helpers import wait_until_up
-from llm_sessions import Pricing, token_usage
+from gateway_helpers import ONE_MODEL_PRICE, ONE_MODEL_TOML, wait_until_up
+from llm_sessions import token_usage
 from llm_sessions.server.run import running
 from llm_sessions.server.standin import StandIn
 
 from redis_server import free_port
-
-CONFIG = """
-[upstream]
-base_url = "{upstream}/v1"
-apis = ["chat", "messages", "responses"]
-
-[routing.tiers.SIMPLE]
-primary = "w/m"
-
-[pricing."w/m"]
-input_per_mtok = 1
-output_per_mtok = 2
-
-[store]
-url = "{store}"
-"""
-PRICE = Pricing(1, 2)
 
 
 def workers_of(parent: int) -> set[int]:
@@ -70,7 +53,7 @@ def serve(
     standin = standin or StandIn()
     with running(standin.app()) as upstream:
         config = tmp_path / "gateway.toml"
-        config.write_text(CONFIG.format(upstream=upstream, store=store))
+        config.write_text(ONE_MODEL_TOML.format(upstream=upstream, store=store, extra=""))
         port = free_port()
         log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
@@ -128,7 +111,9 @@ def test_workers_share_the_port_and_the_sessions(tmp_path: Path, redis_url: str)
                 session = http.get(f"/v1/sessions/s{s}").json()
                 mine = [r for i, r in enumerate(replies) if i % 6 == s]
                 assert session["request_count"] == len(mine) == 50
-                billed = sum(PRICE.usage_micros(token_usage(r.json()["usage"])) for r in mine)
+                billed = sum(
+                    ONE_MODEL_PRICE.usage_micros(token_usage(r.json()["usage"])) for r in mine
+                )
                 assert session["session_cost_micros"] == billed
 
 

@@ -13,6 +13,7 @@ an equal share. Not thread-safe: the store calls it with its lock held.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -23,7 +24,11 @@ __all__ = ["DEFAULT_LINK_BYTES", "LINK_OVERHEAD", "MemoryLinks"]
 
 #: What Python holds for one link beyond its name's and value's characters (measured with
 #: tracemalloc in the tests, rounded up): two str headers, the record, a slot in each index.
-LINK_OVERHEAD = 640
+LINK_OVERHEAD = 680
+#: ... and for each session holding links (its set of names), and each scope (its order,
+#: its size, its entries in the largest-first heap), counted in the scope's size too
+SESSION_OVERHEAD = 300
+SCOPE_OVERHEAD = 450
 DEFAULT_LINK_BYTES = 64 * 1024 * 1024
 
 
@@ -43,6 +48,9 @@ class MemoryLinks:
         # per scope: its links' names, least recently written (so soonest expiring) first
         self._scopes: dict[str, OrderedDict[str, None]] = {}
         self._scope_bytes: dict[str, int] = {}
+        # (-bytes, scope) of every scope, some stale: an entry is pushed when a scope grows,
+        # so the largest true value is the first entry that still matches (see `_largest`)
+        self._largest_first: list[tuple[int, str]] = []
         # per session: the names of its links
         self._sessions: dict[str, set[str]] = {}
 
@@ -56,10 +64,19 @@ class MemoryLinks:
             self._remove(name)  # written again: the newest, and its session's
             cost = len(name) + len(value) + LINK_OVERHEAD
             self._held[name] = _Held(value, expires, session, scope, cost)
-            self._scopes.setdefault(scope, OrderedDict())[name] = None
-            self._sessions.setdefault(session, set()).add(name)
-            self._scope_bytes[scope] = self._scope_bytes.get(scope, 0) + cost
-            self.bytes += cost
+            extra = 0
+            if scope not in self._scopes:
+                self._scopes[scope] = OrderedDict()
+                extra += SCOPE_OVERHEAD
+            if session not in self._sessions:
+                self._sessions[session] = set()
+                extra += SESSION_OVERHEAD
+            self._scopes[scope][name] = None
+            self._sessions[session].add(name)
+            self._scope_bytes[scope] = self._scope_bytes.get(scope, 0) + cost + extra
+            self.bytes += cost + extra
+        if links:
+            heapq.heappush(self._largest_first, (-self._scope_bytes[scope], scope))
         if self.bytes > self.budget:
             self._evict()
 
@@ -94,6 +111,7 @@ class MemoryLinks:
         self._held.clear()
         self._scopes.clear()
         self._scope_bytes.clear()
+        self._largest_first.clear()
         self._sessions.clear()
         self.bytes = 0
 
@@ -101,24 +119,41 @@ class MemoryLinks:
         held = self._held.pop(name, None)
         if held is None:
             return
-        scope, cost = held.scope, held.cost
-        order = self._scopes[scope]
-        del order[name]
-        self.bytes -= cost
-        left = self._scope_bytes[scope] - cost
-        if order:
-            self._scope_bytes[scope] = left
-        else:
-            del self._scopes[scope], self._scope_bytes[scope]
-        session = held.session
+        scope, session, freed = held.scope, held.session, held.cost
         names = self._sessions[session]
         names.discard(name)
         if not names:
             del self._sessions[session]
+            freed += SESSION_OVERHEAD
+        order = self._scopes[scope]
+        del order[name]
+        if order:
+            self._scope_bytes[scope] -= freed
+        else:  # what is left is the scope's own overhead
+            freed = self._scope_bytes.pop(scope)
+            del self._scopes[scope]
+        self.bytes -= freed
 
     def _evict(self) -> None:
         """Back under the budget: the oldest links of the scope holding the most memory."""
         while self.bytes > self.budget:
-            scope = max(self._scope_bytes, key=self._scope_bytes.__getitem__)
-            order = self._scopes[scope]
-            self._remove(next(iter(order)))
+            scope = self._largest()
+            self._remove(next(iter(self._scopes[scope])))
+
+    def _largest(self) -> str:
+        """The scope holding the most link memory, in O(log scopes) amortized: every scope
+        has an entry at least its size (pushed when it grew), so the first entry that
+        matches its scope's size is the largest; a stale one is replaced by the truth."""
+        heap, sizes = self._largest_first, self._scope_bytes
+        if len(heap) > 2 * len(sizes) + 16:  # mostly stale: start again from the truth
+            heap[:] = [(-size, scope) for scope, size in sizes.items()]
+            heapq.heapify(heap)
+        while True:
+            negative, scope = heap[0]
+            size = sizes.get(scope)
+            if size == -negative:
+                return scope
+            if size is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (-size, scope))
