@@ -175,3 +175,18 @@ def test_workers_on_a_cluster_or_behind_sentinel(
         session = http.get("/v1/sessions/shared").json()
     assert [r.status_code for r in replies] == [200] * 20
     assert session["request_count"] == 20
+
+
+def test_workers_take_only_settings_they_can_read_again(tmp_path: Path) -> None:
+    """Each worker reads the config and command line again: settings made otherwise would
+    be silently replaced by those, so `serve` refuses them (before it prints anything)."""
+    from dataclasses import replace
+
+    from llm_sessions.server.run import serve
+    from llm_sessions.server.settings import load_settings
+
+    path = tmp_path / "gateway.toml"
+    path.write_text('[store]\nurl = "redis://127.0.0.1:1/0"\n[server]\nworkers = 2\n')
+    read = load_settings(path, port=9999)
+    with pytest.raises(ValueError, match="workers > 1"):
+        serve(replace(read, port=1), config_path=str(path), overrides={"port": 9999})

@@ -85,6 +85,17 @@ def serve(
     stops. Each worker builds its settings from the same configuration text and
     `overrides` (the command line's) the parent read, passed in the environment."""
     configure_logging(log_level)
+    worker = None
+    if settings.workers > 1:  # what each worker will read again: these very settings
+        text = "" if config_path is None else Path(config_path).read_text("utf-8")
+        given = dict(overrides or {})
+        if settings_from_text(text, str(config_path), **given) != settings:
+            raise ValueError(
+                "serve with workers > 1 takes settings read from config_path and overrides "
+                "(each worker reads them again); these settings are not those"
+            )
+        worker = {"config": text, "source": config_path, "overrides": given,
+                  "log_level": log_level}  # fmt: skip
     print(startup_line(settings, config_path), file=sys.stderr, flush=True)
     options: dict[str, Any] = {
         "host": settings.host,
@@ -94,14 +105,10 @@ def serve(
         "log_level": log_level,
         "http": BoundedHttpToolsProtocol,  # a request head past MAX_HEAD_BYTES: 431
     }
-    if settings.workers == 1:
+    if worker is None:
         uvicorn.run(create_app(settings), **options)
         return
-    text = "" if config_path is None else Path(config_path).read_text("utf-8")
-    os.environ[_WORKER_ENV] = json.dumps(
-        {"config": text, "source": config_path, "overrides": dict(overrides or {}),
-         "log_level": log_level}
-    )  # fmt: skip
+    os.environ[_WORKER_ENV] = json.dumps(worker)
     uvicorn.run(f"{__name__}:worker_app", factory=True, workers=settings.workers, **options)
 
 
