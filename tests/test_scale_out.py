@@ -51,7 +51,7 @@ def test_wait_replicas_writes_and_waits_for_a_replica(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
     url = request.getfixturevalue(f"{kind}_url")
-    assert _sync_and_async(url, wait_replicas=1, wait_timeout_ms=2_000) == [(7, 0), (7, 0)]
+    assert _sync_and_async(url, wait_replicas=1, wait_timeout_ms=400) == [(7, 0), (7, 0)]
 
 
 def test_wait_replicas_past_what_there_is_counts_and_keeps_the_write(redis_url: str) -> None:
@@ -92,31 +92,46 @@ def test_a_sessions_keys_share_its_slot_on_the_cluster(
 def test_sentinel_follows_a_failover(
     redis_sentinel_url: str, redis_sentinel: RedisSentinelServers
 ) -> None:
-    """After `SENTINEL FAILOVER`, the store writes to the new primary: a write may fail
-    (an outage, `StoreUnavailable`) while it happens, never after."""
-    store = RedisSessionStore(redis_sentinel_url, CFG, wait_replicas=1, wait_timeout_ms=1_000)
+    """After `SENTINEL FAILOVER` the store reads and writes the new primary, which has
+    the write made before (`wait_replicas`). A call may fail (`StoreUnavailable`) while it
+    happens; only reads are tried again here, since a write that failed may have landed."""
+    import time
+
+    from llm_sessions.errors import StoreUnavailable
+
+    store = RedisSessionStore(redis_sentinel_url, CFG, wait_replicas=1, wait_timeout_ms=300)
     store.add_session_cost("s", 5)
     before = redis_sentinel.current_primary_port()
     watcher = redis.Redis(port=redis_sentinel.sentinel_ports[0])
     watcher.execute_command("SENTINEL", "FAILOVER", redis_sentinel.service)
     watcher.close()
-    import time
-
     deadline = time.monotonic() + 30
     while redis_sentinel.current_primary_port() == before:
         assert time.monotonic() < deadline, "no failover"
         time.sleep(0.1)
-    from llm_sessions.errors import StoreUnavailable
-
     while True:
         try:
-            cost = store.add_session_cost("s", 5)
-            break
+            seen = store.get_session_cost_micros("s")
+            if store._client.connection_pool.get_master_address()[1] != before:
+                break
         except StoreUnavailable:
-            assert time.monotonic() < deadline, "the store never wrote to the new primary"
-            time.sleep(0.1)
-    assert cost == 10  # the write before the failover reached the replica (wait_replicas)
-    assert store.get_session_cost_micros("s") == 10
+            pass
+        assert time.monotonic() < deadline, "the store never reached the new primary"
+        time.sleep(0.1)
+    assert seen == 5  # the write before the failover reached the replica
+    assert store.add_session_cost("s", 5) == 10
+    store.close()
+
+
+def test_wait_timeout_must_end_before_the_socket_timeout(redis_url: str) -> None:
+    """A WAIT still running when the socket times out would make a write that landed look
+    like an outage, and a caller that tries it again would count it twice."""
+    with pytest.raises(ValueError, match="wait_timeout_ms"):
+        RedisSessionStore(redis_url, CFG, wait_replicas=1, wait_timeout_ms=500)
+    RedisSessionStore(redis_url, CFG, wait_replicas=1, wait_timeout_ms=499).close()
+    store = RedisSessionStore(
+        redis_url, CFG, wait_replicas=1, wait_timeout_ms=900, socket_timeout=1
+    )
     store.close()
 
 
@@ -184,3 +199,14 @@ def test_behind_sentinel_a_busy_pool_waits_as_one_servers_does(redis_sentinel_ur
         assert sorted(costs)[-1] == 100 and store.get_session_cost_micros("s0") == 100
     finally:
         store.close()
+
+
+def test_the_gateway_refuses_a_wait_longer_than_a_reply_may_take(tmp_path: Any) -> None:
+    from llm_sessions.server.settings import ConfigError, load_settings
+
+    path = tmp_path / "gateway.toml"
+    path.write_text("[store]\nwait_replicas = 1\nwait_timeout_ms = 800\nsocket_timeout_s = 0.5\n")
+    with pytest.raises(ConfigError, match=r"store\.wait_timeout_ms"):
+        load_settings(path)
+    path.write_text("[store]\nwait_replicas = 1\nwait_timeout_ms = 800\nsocket_timeout_s = 1\n")
+    assert load_settings(path).store_wait_timeout_ms == 800

@@ -400,6 +400,12 @@ def _store(root: _Reader) -> dict[str, Any]:
         "store_wait_timeout_ms": store.number("wait_timeout_ms", 100, minimum=0, integer=True),
         "store_memory_links_mb": store.number("memory_links_mb", 64, minimum=1, integer=True),
     }
+    wait_ms, reply_s = fields["store_wait_timeout_ms"], fields["store_socket_timeout_s"]
+    if fields["store_wait_replicas"] and wait_ms >= reply_s * 1000:
+        raise ConfigError(
+            f"config: store.wait_timeout_ms ({wait_ms}) must be less than store.socket_timeout_s "
+            f"({reply_s:g} s): a write whose WAIT outlasts it would look failed"
+        )
     store.done()
     return fields
 

@@ -318,6 +318,12 @@ class _RedisStoreBase:
         for name, value in (("wait_replicas", wait_replicas), ("wait_timeout_ms", wait_timeout_ms)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        reply_s = DEFAULT_SOCKET_TIMEOUT if socket_timeout is None else socket_timeout
+        if wait_replicas and wait_timeout_ms >= reply_s * 1000:
+            raise ValueError(
+                f"wait_timeout_ms ({wait_timeout_ms}) must be less than the socket timeout "
+                f"({reply_s * 1000:g} ms): a write whose WAIT outlasts it would look failed"
+            )
         self._wait = ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
         self.unreplicated = 0  # writes fewer replicas than wait_replicas acknowledged in time
         self._clock = clock
