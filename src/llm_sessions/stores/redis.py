@@ -256,6 +256,27 @@ class _AsyncBlockingSentinelPool(
     """`_BlockingSentinelPool` for ``redis.asyncio``."""
 
 
+async def _exchange(conn: Any, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    """`commands` written at once on an async connection (reopened first when the server
+    closed it since its last use), then each reply read in turn, under the socket
+    timeout; an error reply is returned in its place, so nothing is left unread on it."""
+    reader = getattr(conn, "_reader", None)
+    if reader is None or reader.at_eof():
+        await conn.disconnect()
+        await conn.connect()
+    for args in commands:
+        conn._writer.writelines(
+            conn.pack_command(*args) if _hiredis_pack is None else [_hiredis_pack(args)]
+        )
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
 def _sentinels(pool: Any) -> list[Any]:
     """The clients of the sentinels a Sentinel pool asks (none for any other pool)."""
     manager = getattr(pool, "sentinel_manager", None)
@@ -672,24 +693,16 @@ class AsyncRedisSessionStore(_RedisStoreBase):
         raises it."""
         if self._cluster:
             return await self._client.execute_command(*args)
-        idle = self._idle
-        conn = idle.pop() if idle else await self._pool.get_connection()
+        conn = self._idle.pop() if self._idle else await self._pool.get_connection()
         try:
-            reader = getattr(conn, "_reader", None)
-            if reader is None or reader.at_eof():
-                await conn.disconnect()
-                await conn.connect()
-            packed = conn.pack_command(*args) if _hiredis_pack is None else [_hiredis_pack(args)]
-            conn._writer.writelines(packed)
-            reply = await conn.read_response()
-        except ResponseError:
-            await self._put_back(conn)
-            raise
+            (reply,) = await _exchange(conn, (args,))
         except BaseException:
             await conn.disconnect()
             await self._pool.release(conn)
             raise
         await self._put_back(conn)
+        if isinstance(reply, ResponseError):
+            raise reply
         return reply
 
     async def _eval_waiting(self, cmd: Eval) -> Any:
@@ -704,21 +717,8 @@ class AsyncRedisSessionStore(_RedisStoreBase):
             conn = node.acquire_connection()
         else:
             conn = self._idle.pop() if self._idle else await self._pool.get_connection()
-        failed: ResponseError | None = None
         try:
-            reader = getattr(conn, "_reader", None)
-            if reader is None or reader.at_eof():
-                await conn.disconnect()
-                await conn.connect()
-            for args in (self._evalsha(cmd), self._wait):
-                conn._writer.writelines(
-                    conn.pack_command(*args) if _hiredis_pack is None else [_hiredis_pack(args)]
-                )
-            try:
-                reply = await conn.read_response()
-            except ResponseError as exc:  # WAIT's reply is still to be read
-                failed = exc
-            acked = await conn.read_response()
+            reply, acked = await _exchange(conn, (self._evalsha(cmd), self._wait))
         except BaseException:
             await conn.disconnect()
             if node is not None:
@@ -731,11 +731,12 @@ class AsyncRedisSessionStore(_RedisStoreBase):
             node.release(conn)
         else:
             await self._put_back(conn)
-        if isinstance(failed, AskError):  # MOVED too: its slot is elsewhere now
+        if isinstance(reply, AskError):  # MOVED too: its slot is elsewhere now
             await client.nodes_manager.initialize()
-            raise RedisConnectionError(f"the key's slot moved: {failed}")
-        if failed is not None:
-            raise failed
+            raise RedisConnectionError(f"the key's slot moved: {reply}")
+        for answer in (reply, acked):
+            if isinstance(answer, ResponseError):
+                raise answer
         self._replicated(acked)
         return reply
 
