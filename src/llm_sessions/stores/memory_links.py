@@ -35,8 +35,7 @@ DEFAULT_LINK_BYTES = 64 * 1024 * 1024
 class _Held(NamedTuple):
     value: str
     expires: int
-    session: str  # its store key
-    scope: str  # the escaped scope half of it
+    session: str  # its store key (its scope: `key_scope` of it)
     cost: int  # bytes counted
 
 
@@ -63,7 +62,7 @@ class MemoryLinks:
         for name, value in links.items():
             self._remove(name)  # written again: the newest, and its session's
             cost = len(name) + len(value) + LINK_OVERHEAD
-            self._held[name] = _Held(value, expires, session, scope, cost)
+            self._held[name] = _Held(value, expires, session, cost)
             extra = 0
             if scope not in self._scopes:
                 self._scopes[scope] = OrderedDict()
@@ -119,7 +118,8 @@ class MemoryLinks:
         held = self._held.pop(name, None)
         if held is None:
             return
-        scope, session, freed = held.scope, held.session, held.cost
+        session, freed = held.session, held.cost
+        scope = key_scope(session)
         names = self._sessions[session]
         names.discard(name)
         if not names:
