@@ -64,5 +64,8 @@ class PolicyFacade:
     def bill_response(self, *args: Any, **kwargs: Any) -> Any:
         return self.loop.run_until_complete(self.policy.abill_response(*args, **kwargs))
 
+    def events(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loop.run_until_complete(self.policy.aevents(*args, **kwargs))
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.policy, name)

@@ -7,7 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["DEFAULT_CACHE_TTL_MS", "Config", "cache_ttl_for_provider", "default_config"]
+__all__ = [
+    "DEFAULT_CACHE_TTL_MS",
+    "MAX_EVENTS_KEPT",
+    "Config",
+    "cache_ttl_for_provider",
+    "default_config",
+]
 
 _MINUTE = 60_000
 
@@ -24,6 +30,9 @@ DEFAULT_CACHE_TTL_MS: Mapping[str, int] = MappingProxyType(
         "default": 5 * _MINUTE,
     }
 )
+
+#: The most events a session's log may keep (`Config.events_kept`).
+MAX_EVENTS_KEPT = 10_000
 
 _HEADER_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
@@ -51,6 +60,8 @@ class Config:
       used one is evicted (the Redis store ignores it: Redis' ``maxmemory`` applies).
     - `cleanup_interval_ms`: period of the in-memory store's background sweep, 0 for none.
     - `cache_ttl_ms`: overrides or extends `DEFAULT_CACHE_TTL_MS`.
+    - `events_kept`: how many events (the newest) each session's event log keeps, 0 for
+      none (see `transact`'s `event`); at most `MAX_EVENTS_KEPT`.
     """
 
     enabled: bool = True
@@ -59,6 +70,7 @@ class Config:
     max_sessions: int = 100_000
     cleanup_interval_ms: int = 5 * _MINUTE
     cache_ttl_ms: Mapping[str, int] = field(default_factory=dict, hash=False)
+    events_kept: int = 100
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -70,6 +82,11 @@ class Config:
         if _int_field("cleanup_interval_ms", self.cleanup_interval_ms) < 0:
             raise ValueError(
                 f"Config.cleanup_interval_ms must be >= 0, got {self.cleanup_interval_ms}"
+            )
+        if not 0 <= _int_field("events_kept", self.events_kept) <= MAX_EVENTS_KEPT:
+            raise ValueError(
+                f"Config.events_kept must be between 0 and {MAX_EVENTS_KEPT}, "
+                f"got {self.events_kept}"
             )
         if not isinstance(self.header_name, str) or not self.header_name:
             raise ValueError("Config.header_name must be a non-empty string")

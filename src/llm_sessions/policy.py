@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from .flow import chains, shell
+from .flow import chains, events, shell
 from .flow import finish as charging
 from .flow.decision import REASONS, Decision
 from .flow.reading import MAX_MODEL_ID_LENGTH
@@ -134,20 +134,35 @@ class SessionPolicy:
 
     # -- the public flow --------------------------------------------------------------------
 
-    def begin(self, headers: Any, body: Mapping[str, Any], *, scope: str = "") -> Decision:
+    def begin(
+        self,
+        headers: Any,
+        body: Mapping[str, Any],
+        *,
+        scope: str = "",
+        event: Mapping[str, Any] | None = None,
+    ) -> Decision:
         """Decide the model for one chat-completions request (rules 1-7).
 
         Raises `InvalidSessionId` for a bad session header, `InvalidRequest` for a body it
         can't route, `BudgetExceeded` when the session's budget refuses the request, and
         `StoreUnavailable` (`SessionBusy` under contention past the store's busy timeout)
         when the store fails and the request may not go without it. Nothing changed in the
-        session whenever it raises; nothing else ever leaves it.
+        session whenever it raises, except its event log: a turn the budget refused is
+        logged there (see `events`), with the fields of `event` added.
         """
-        return shell.begin(self, self._sync("abegin"), headers, body, scope)
+        return shell.begin(self, self._sync("abegin"), headers, body, scope, event)
 
-    async def abegin(self, headers: Any, body: Mapping[str, Any], *, scope: str = "") -> Decision:
+    async def abegin(
+        self,
+        headers: Any,
+        body: Mapping[str, Any],
+        *,
+        scope: str = "",
+        event: Mapping[str, Any] | None = None,
+    ) -> Decision:
         """`begin` for an async store."""
-        return await shell.abegin(self, self._async("begin"), headers, body, scope)
+        return await shell.abegin(self, self._async("begin"), headers, body, scope, event)
 
     def peek(self, headers: Any, body: Mapping[str, Any], *, scope: str = "") -> str:
         """The model this request would be routed to now, changing nothing (for token
@@ -171,6 +186,7 @@ class SessionPolicy:
         item_ids: Sequence[str] = (),
         billed_later: bool = False,
         context_tokens: int | None = None,
+        event: Mapping[str, Any] | None = None,
     ) -> int:
         """Record the outcome of a decided request; returns the session's total in micros.
 
@@ -188,20 +204,24 @@ class SessionPolicy:
         `billed_later` (a background one, answered before its output exists) is billed
         when its usage is seen: `bill_response`. Each link remembers `context_tokens`, the
         context the answer leaves (default `context_tokens()` of `usage`, `output_bytes`):
-        a request continuing it counts that much more prompt in its worst case.
+        a request continuing it counts that much more prompt in its worst case. The turn
+        is logged in the session's event log (see `events`) in the same write, with the
+        fields of `event` added (a gateway adds the API, the status, the latency...).
         """
         store = self._sync("afinish")
-        step = charging.finish_prepare(
+        prepared = charging.finish_prepare(
             self, decision, served_model, usage, cost_micros, output_bytes
         )
-        if step is None:
+        if prepared is None:
             return decision.settled_total or 0
+        step, charged = prepared
         if context_tokens is None:
             context_tokens = charging.context_after(decision, usage, output_bytes)
         links = chains.links_for(
             self, decision, served_model, response_id, item_ids, billed_later, context_tokens
         )
-        return shell.record(self, store, decision, step, links)
+        logged = events.finish_event(self, decision, served_model, charged, event)
+        return shell.record(self, store, decision, step, links, logged)
 
     async def afinish(
         self,
@@ -215,20 +235,23 @@ class SessionPolicy:
         item_ids: Sequence[str] = (),
         billed_later: bool = False,
         context_tokens: int | None = None,
+        event: Mapping[str, Any] | None = None,
     ) -> int:
         """`finish` for an async store."""
         store = self._async("finish")
-        step = charging.finish_prepare(
+        prepared = charging.finish_prepare(
             self, decision, served_model, usage, cost_micros, output_bytes
         )
-        if step is None:
+        if prepared is None:
             return decision.settled_total or 0
+        step, charged = prepared
         if context_tokens is None:
             context_tokens = charging.context_after(decision, usage, output_bytes)
         links = chains.links_for(
             self, decision, served_model, response_id, item_ids, billed_later, context_tokens
         )
-        return await shell.arecord(self, store, decision, step, links)
+        logged = events.finish_event(self, decision, served_model, charged, event)
+        return await shell.arecord(self, store, decision, step, links, logged)
 
     def response_session(self, response_id: str, scope: str = "") -> tuple[str, str] | None:
         """``(session id, holder)`` of a response `finish` remembered for `scope`, or None
@@ -245,6 +268,18 @@ class SessionPolicy:
             return None
         name = chains.link_name("response", response_id, scope)
         return await shell.aresponse_target(store, name)
+
+    def events(self, session_id: str, scope: str = "") -> list[dict[str, Any]]:
+        """The turns of `scope`'s session `session_id` as its event log keeps them (the
+        newest `Config.events_kept`), oldest first; empty when there is no such session.
+        Each is what `finish` (or a refusal) logged: see `llm_sessions.flow.events`."""
+        store = self._sync("aevents")
+        return events.read_events(store.get_events(self.session_key(session_id, scope)))
+
+    async def aevents(self, session_id: str, scope: str = "") -> list[dict[str, Any]]:
+        """`events` for an async store."""
+        store = self._async("events")
+        return events.read_events(await store.get_events(self.session_key(session_id, scope)))
 
     def bill_response(self, response_id: str, usage: Any, scope: str = "") -> int:
         """Bill a background response (one `finish` recorded ``billed_later``) once its

@@ -133,6 +133,7 @@ def begin_rules(
     begun = Begun(
         pick.model, pick.tier, pick.reason, strikes, spent, held, reserved, None, fallbacks,
         activated, pick.pin_from, output_limit, int(record[CREATED_AT]),
+        strikes_before=0 if entry is None else entry.strikes,
     )  # fmt: skip
     return entry_of(record, new_flow), begun
 
@@ -366,6 +367,7 @@ def decision_of(policy: SessionPolicy, turn: Turn, begun: Begun) -> Decision:
         owned=turn.owned,
         output_limit=begun.output_limit or None,
         session_created_at=begun.created_at,
+        strikes_before=begun.strikes_before,
     )
 
 

@@ -76,6 +76,7 @@ class Decision:
     # the output limit lowered so the worst case fits the cap (`fit_output`); None: as asked
     output_limit: int | None = None
     session_created_at: int = 0  # when the session was created (0: no session)
+    strikes_before: int = 0  # the session's strikes before this turn
     _outcome: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
@@ -145,6 +146,7 @@ class Begun(NamedTuple):
     output_limit: int = 0  # the output limit lowered to fit the cap (0: as asked)
     created_at: int = 0  # when the session was created (its links remember it)
     dead_link: bool = False  # the session the followed link named is gone: nothing done
+    strikes_before: int = 0  # the session's strikes before this turn
 
 
 def entry_of(record: Record, flow: FlowState) -> Entry:

@@ -47,9 +47,9 @@ def finish_prepare(
     usage: Any,
     cost: int | None,
     output_bytes: int,
-) -> Transition[int] | None:
-    """The finish step to run, or None when there is nothing to write (the decision was
-    finished already, or has no session)."""
+) -> tuple[Transition[int], int] | None:
+    """The finish step to run and what it charges, or None when there is nothing to
+    write (the decision was finished already, or has no session)."""
     if not isinstance(decision, Decision):
         raise InvalidRequest(f"decision must be a Decision, got {type(decision).__name__}")
     if served_model is not None and not isinstance(served_model, str):
@@ -62,7 +62,7 @@ def finish_prepare(
     if decision.key is None:
         decision.settle(0)
         return None
-    return finish_step(decision, served_model, charged)
+    return finish_step(decision, served_model, charged), charged
 
 
 def finish_step(decision: Decision, served_model: str | None, cost: int) -> Transition[int]:

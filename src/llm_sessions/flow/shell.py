@@ -18,11 +18,12 @@ from ..errors import LLMSessionsError, SessionBusy, StoreUnavailable
 from ..ids import split_key
 from ..records import Entry
 from ..rules import MAX_COST_MICROS
-from ..stores.base import AsyncStore, Store, Transition
+from ..stores.base import AsyncStore, EventOf, Store, Transition
 from . import finish as charging
 from .begin import begin_step, decision_of, without_session
 from .chains import follow, foreign_claim, link_alive, link_name, owner_name, read_link
 from .decision import Decision, Turn
+from .events import refusal_event
 from .finish import release_step
 from .reading import read_request
 
@@ -54,7 +55,12 @@ _releases: set[asyncio.Task[None]] = set()
 
 
 def begin(
-    policy: SessionPolicy, store: Store, headers: Any, body: Mapping[str, Any], scope: str
+    policy: SessionPolicy,
+    store: Store,
+    headers: Any,
+    body: Mapping[str, Any],
+    scope: str,
+    event: Mapping[str, Any] | None = None,
 ) -> Decision:
     """`SessionPolicy.begin` against a sync store."""
     turn = read_request(policy, headers, body, scope)
@@ -65,12 +71,14 @@ def begin(
         if turn.key is None:
             return without_session(policy, turn)
         transacting = True
-        begun = store.transact(turn.key, begin_step(policy, turn))
+        step, logged = begin_step(policy, turn), _refusal(policy, turn, event)
+        begun = store.transact(turn.key, step, event=logged)
         if begun.dead_link:  # its session is gone: the turn goes on as if it were unknown
             turn = _unlinked(turn)
             if turn.key is None:
                 return without_session(policy, turn)
-            begun = store.transact(turn.key, begin_step(policy, turn))
+            step, logged = begin_step(policy, turn), _refusal(policy, turn, event)
+            begun = store.transact(turn.key, step, event=logged)
     except StoreUnavailable as exc:
         if transacting and policy.cap_micros is not None and not isinstance(exc, SessionBusy):
             args = (policy, store, turn.key or "", turn.reservation_id)
@@ -84,7 +92,12 @@ def begin(
 
 
 async def abegin(
-    policy: SessionPolicy, store: AsyncStore, headers: Any, body: Mapping[str, Any], scope: str
+    policy: SessionPolicy,
+    store: AsyncStore,
+    headers: Any,
+    body: Mapping[str, Any],
+    scope: str,
+    event: Mapping[str, Any] | None = None,
 ) -> Decision:
     """`begin` against an async store."""
     turn = read_request(policy, headers, body, scope)
@@ -95,12 +108,14 @@ async def abegin(
         if turn.key is None:
             return without_session(policy, turn)
         transacting = True
-        begun = await store.transact(turn.key, begin_step(policy, turn))
+        step, logged = begin_step(policy, turn), _refusal(policy, turn, event)
+        begun = await store.transact(turn.key, step, event=logged)
         if begun.dead_link:  # its session is gone: the turn goes on as if it were unknown
             turn = _unlinked(turn)
             if turn.key is None:
                 return without_session(policy, turn)
-            begun = await store.transact(turn.key, begin_step(policy, turn))
+            step, logged = begin_step(policy, turn), _refusal(policy, turn, event)
+            begun = await store.transact(turn.key, step, event=logged)
     except StoreUnavailable as exc:
         if transacting and policy.cap_micros is not None and not isinstance(exc, SessionBusy):
             release = _arelease(policy, store, turn.key or "", turn.reservation_id)
@@ -243,10 +258,11 @@ def record(
     decision: Decision,
     step: Transition[int],
     links: dict[str, str] | None,
+    event: EventOf | None = None,
 ) -> int:
     """Run a finish step (retrying the store for `finish_retry_ms`); the session total."""
     try:
-        total = _write(policy, store, decision.key or "", step, links)
+        total = _write(policy, store, decision.key or "", step, links, event)
     except StoreUnavailable as exc:
         raise _unrecorded(exc) from exc
     return decision.settle(total)
@@ -258,10 +274,11 @@ async def arecord(
     decision: Decision,
     step: Transition[int],
     links: dict[str, str] | None,
+    event: EventOf | None = None,
 ) -> int:
     """`record` against an async store."""
     try:
-        total = await _awrite(policy, store, decision.key or "", step, links)
+        total = await _awrite(policy, store, decision.key or "", step, links, event)
     except StoreUnavailable as exc:
         raise _unrecorded(exc) from exc
     return decision.settle(total)
@@ -317,12 +334,13 @@ def _write(
     key: str,
     step: Transition[T],
     links: dict[str, str] | None = None,
+    event: EventOf | None = None,
 ) -> T:
     """A write that is safe to repeat (finish, a late charge, a release): it waits out
     contention, and is retried while the store can't be reached, for `finish_retry_ms`."""
     return retrying(
         policy.finish_retry_ms,
-        lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
+        lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links, event=event),
     )
 
 
@@ -332,11 +350,12 @@ async def _awrite(
     key: str,
     step: Transition[T],
     links: dict[str, str] | None = None,
+    event: EventOf | None = None,
 ) -> T:
     """`_write` against an async store."""
     return await aretrying(
         policy.finish_retry_ms,
-        lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links),
+        lambda: store.transact(key, step, busy_timeout_ms=math.inf, links=links, event=event),
     )
 
 
@@ -375,6 +394,11 @@ async def aretrying(limit_ms: int, call: Callable[[], Awaitable[T]]) -> T:
             raise store_fault(exc) from exc
         await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
         pause = min(pause * 2, _FINISH_PAUSE_S[1])
+
+
+def _refusal(policy: SessionPolicy, turn: Turn, extra: Mapping[str, Any] | None) -> EventOf | None:
+    """The event a refused turn leaves in its session's log (only a cap refuses)."""
+    return None if policy.cap_micros is None else refusal_event(policy, turn, extra)
 
 
 def _release(policy: SessionPolicy, store: Store, key: str, reservation_id: str) -> None:

@@ -9,7 +9,7 @@ in all four.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ..config import Config
 from ..records import Entry, SessionPage, Stats
@@ -18,11 +18,13 @@ from ..tiers import Tier, coerce_tier
 
 __all__ = [
     "AsyncStore",
+    "EventOf",
     "Store",
     "Transition",
     "check_bool",
     "check_id",
     "check_cursor",
+    "check_event",
     "check_limit",
     "check_links",
     "check_micros",
@@ -36,6 +38,12 @@ T = TypeVar("T")
 #: the entry it was given means "no write"; it may be called more than once (Redis retries
 #: it when the session changed between its read and its write).
 Transition = Callable[[Entry | None, int], tuple[Entry | None, T]]
+
+#: What a transaction leaves in its session's event log: a pure function of (the entry
+#: `fn` was given, the entry it returned, its result, now in unix ms) -> the event's text
+#: (JSON by convention), or None for none. It runs after each `fn` call, so it may run
+#: more than once too; the text of the attempt that lands is appended in the same write.
+EventOf = Callable[[Entry | None, Entry | None, Any, int], str | None]
 
 
 @runtime_checkable
@@ -72,7 +80,9 @@ class Store(Protocol):
         *,
         busy_timeout_ms: float | None = None,
         links: Mapping[str, str] | None = None,
+        event: EventOf | None = None,
     ) -> T: ...
+    def get_events(self, session_id: str) -> list[str]: ...
     def resolve_link(self, name: str) -> str | None: ...
     def list_sessions(
         self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
@@ -115,7 +125,9 @@ class AsyncStore(Protocol):
         *,
         busy_timeout_ms: float | None = None,
         links: Mapping[str, str] | None = None,
+        event: EventOf | None = None,
     ) -> T: ...
+    async def get_events(self, session_id: str) -> list[str]: ...
     async def resolve_link(self, name: str) -> str | None: ...
     async def list_sessions(
         self, scope: str | None = "", *, limit: int = 100, cursor: str = ""
@@ -138,6 +150,12 @@ def check_links(links: object) -> None:
     for name, value in links.items():
         check_id(name)
         check_str("a link's value", value)
+
+
+def check_event(event: object) -> None:
+    """`transact`'s event: None or a callable."""
+    if event is not None and not callable(event):
+        raise TypeError(f"event must be a callable or None, got {type(event).__name__}")
 
 
 def check_str(name: str, value: object) -> None:

@@ -8,7 +8,8 @@ them. Each scope's keys are also indexed, so listing a scope costs what it holds
 clock is assumed not to go backwards (the default one never does).
 
 Links (a name leading to a session, e.g. a response id) live beside the sessions, each
-with its session, bounded in bytes and fair across tenants (see `memory_links`).
+with its session, bounded in bytes and fair across tenants (see `memory_links`); so do
+the sessions' event logs, bounded in bytes too (see `memory_events`).
 """
 
 from __future__ import annotations
@@ -36,13 +37,17 @@ from ..rules import (
     MAX_COST_MICROS,
     MODEL,
     REQUEST_COUNT,
+    STRIKES,
+    TIER,
     Record,
 )
 from ..tiers import Tier, coerce_tier
 from .base import (
+    EventOf,
     Transition,
     check_bool,
     check_cursor,
+    check_event,
     check_id,
     check_limit,
     check_links,
@@ -50,6 +55,7 @@ from .base import (
     check_models,
     check_str,
 )
+from .memory_events import DEFAULT_EVENT_BYTES, MemoryEvents
 from .memory_links import DEFAULT_LINK_BYTES, MemoryLinks
 
 __all__ = ["AsyncSessionStore", "SessionStore"]
@@ -65,7 +71,8 @@ class SessionStore:
     """Thread-safe in-memory session store (the reference's ``Store``).
 
     `clock` returns unix milliseconds; by default the wall clock read once, then advanced
-    monotonically. `link_bytes` bounds the memory its links hold (see `memory_links`).
+    monotonically. `link_bytes` bounds the memory its links hold (see `memory_links`),
+    `event_bytes` that of its sessions' event logs (see `memory_events`).
     Every method is atomic with respect to the others, and reads return immutable
     snapshots. See the README for the numbered rules each method follows.
     """
@@ -76,6 +83,7 @@ class SessionStore:
         *,
         clock: Clock | None = None,
         link_bytes: int = DEFAULT_LINK_BYTES,
+        event_bytes: int = DEFAULT_EVENT_BYTES,
     ) -> None:
         self._config = Config() if config is None else config
         if not isinstance(self._config, Config):
@@ -93,6 +101,9 @@ class SessionStore:
         if isinstance(link_bytes, bool) or not isinstance(link_bytes, int) or link_bytes < 0:
             raise ValueError(f"link_bytes must be an int >= 0, got {link_bytes!r}")
         self._links = MemoryLinks(link_bytes)
+        if isinstance(event_bytes, bool) or not isinstance(event_bytes, int) or event_bytes < 0:
+            raise ValueError(f"event_bytes must be an int >= 0, got {event_bytes!r}")
+        self._events = MemoryEvents(self._config.events_kept, event_bytes)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,9 +144,10 @@ class SessionStore:
             self._scopes.setdefault(scope, set()).add(session_id)
 
     def _drop(self, session_id: str) -> None:
-        """Remove a session that is there, its index entry and its links."""
+        """Remove a session that is there, its index entry, its links and its events."""
         del self._entries[session_id]
         self._links.drop_session(session_id)
+        self._events.drop(session_id)
         scope = key_scope(session_id)
         if scope:
             keys = self._scopes[scope]
@@ -318,17 +330,22 @@ class SessionStore:
         *,
         busy_timeout_ms: float | None = None,
         links: Mapping[str, str] | None = None,
+        event: EventOf | None = None,
     ) -> T:
         """Apply `fn(live entry or None, now) -> (new entry, result)` atomically; return result.
 
         Returning the entry unchanged writes nothing. On a disabled store or an empty id,
         `fn` sees None and nothing is written. `links` (name -> value) are written in the
         same step when it writes a session (not when it deletes one), each living the
-        session timeout from now (see `resolve_link`). `busy_timeout_ms` is accepted for
-        the Redis stores' sake: here a transaction only ever waits for the store's lock.
+        session timeout from now (see `resolve_link`). `event(old, new, result, now)` gives the
+        text appended to the session's event log in the same step (None: nothing), also
+        when `fn` changed nothing else; a new session starts a new log, a deleted one
+        takes its log with it. `busy_timeout_ms` is accepted for the Redis stores' sake:
+        here a transaction only ever waits for the store's lock.
         """
         check_id(session_id)
         check_links(links)
+        check_event(event)
         if not self._enabled or not session_id:
             return fn(None, self._clock())[1]
         with self._lock:
@@ -336,7 +353,10 @@ class SessionStore:
             record = self._live(session_id, now)
             old = None if record is None else rules.snapshot(record, now)
             new, result = fn(old, now)
+            text = None if event is None or new is None else event(old, new, result, now)
             if new is old:
+                if text is not None:
+                    self._events.append(session_id, text)
                 return result
             if new is None:
                 self._drop(session_id)
@@ -349,7 +369,20 @@ class SessionStore:
                     self._entries.move_to_end(session_id)
             if links:
                 self._links.write(session_id, links, now + self._timeout)
+            if text is not None:
+                self._events.append(session_id, text)
         return result
+
+    def get_events(self, session_id: str) -> list[str]:
+        """The live session's event log (what `transact`'s `event` gave), oldest first;
+        empty when there is no such session."""
+        check_id(session_id)
+        if not self._enabled:
+            return []
+        with self._lock:
+            if self._live(session_id, self._clock()) is None:
+                return []
+            return self._events.read(session_id)
 
     def resolve_link(self, name: str) -> str | None:
         """The value of the link `name` (written by `transact`); None when there is none or
@@ -397,11 +430,11 @@ class SessionStore:
                     continue
                 owner, session_id = split_key(key)
                 age = (now - record[CREATED_AT]) // 1000
-                rows.append(
-                    SessionRow(
-                        session_id, owner, record[MODEL], age, record[REQUEST_COUNT], record[COST]
-                    )
-                )
+                row = SessionRow(
+                    session_id, owner, record[MODEL], age, record[REQUEST_COUNT],
+                    record[COST], record[TIER], record[STRIKES], record[LAST_USED_AT],
+                )  # fmt: skip
+                rows.append(row)
         more = len(chosen) > limit
         return SessionPage(rows, chosen[limit - 1] if more else "")
 
@@ -418,6 +451,7 @@ class SessionStore:
             self._entries.clear()
             self._scopes.clear()
             self._links.clear()
+            self._events.clear()
 
     def expire(self) -> int:
         """Remove expired sessions now, in batches; returns how many were removed.
@@ -479,8 +513,11 @@ class AsyncSessionStore:
         *,
         clock: Clock | None = None,
         link_bytes: int = DEFAULT_LINK_BYTES,
+        event_bytes: int = DEFAULT_EVENT_BYTES,
     ) -> None:
-        self._sync = SessionStore(config, clock=clock, link_bytes=link_bytes)
+        self._sync = SessionStore(
+            config, clock=clock, link_bytes=link_bytes, event_bytes=event_bytes
+        )
 
     @property
     def config(self) -> Config:
@@ -540,8 +577,12 @@ class AsyncSessionStore:
         *,
         busy_timeout_ms: float | None = None,
         links: Mapping[str, str] | None = None,
+        event: EventOf | None = None,
     ) -> T:
-        return self._sync.transact(session_id, fn, links=links)
+        return self._sync.transact(session_id, fn, links=links, event=event)
+
+    async def get_events(self, session_id: str) -> list[str]:
+        return self._sync.get_events(session_id)
 
     async def resolve_link(self, name: str) -> str | None:
         return self._sync.resolve_link(name)

@@ -21,7 +21,7 @@ from ..errors import MissingDependency, SessionBusy, StoreUnavailable
 from ..records import Entry, SessionPage, Stats
 from ..rules import MAX_COST_MICROS
 from ..tiers import Tier
-from .base import Transition
+from .base import EventOf, Transition
 from .keyed import AsyncKeyedLock, KeyedLock, LockTimeout
 from .redis_core import (
     DEFAULT_BUSY_TIMEOUT_MS,
@@ -410,7 +410,7 @@ class _RedisStoreBase:
                 )  # fmt: skip
 
     def _evalsha(self, cmd: Eval) -> tuple[Any, ...]:
-        return ("EVALSHA", self._shas[cmd.script], 1, cmd.key, *cmd.args)
+        return ("EVALSHA", self._shas[cmd.script], *cmd.argv)
 
 
 class RedisSessionStore(_RedisStoreBase):
@@ -454,7 +454,7 @@ class RedisSessionStore(_RedisStoreBase):
                                 reply = self._eval_waiting(cmd)
                             else:
                                 reply = client.execute_command(
-                                    "EVALSHA", shas[cmd.script], 1, cmd.key, *cmd.args,
+                                    "EVALSHA", shas[cmd.script], *cmd.argv,
                                 )  # fmt: skip
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = self._eval_again(cmd, exc)
@@ -478,7 +478,7 @@ class RedisSessionStore(_RedisStoreBase):
                 return self._eval_waiting(cmd)
         elif not cmd.read:
             raise exc
-        return self._client.evalsha(self._shas[cmd.script], 1, cmd.key, *cmd.args)
+        return self._client.evalsha(self._shas[cmd.script], *cmd.argv)
 
     def _eval_waiting(self, cmd: Eval) -> Any:
         """A write, then WAIT for `wait_replicas`, on one connection in one round trip (WAIT
@@ -517,12 +517,15 @@ class RedisSessionStore(_RedisStoreBase):
                     return self._clock() if self._clock is not None else _server_ms(client.time())
                 if isinstance(cmd, Scan):
                     if not self._cluster:
-                        return client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
+                        return client.scan(
+                            cmd.cursor, match=cmd.match, count=SCAN_COUNT, _type=cmd.type
+                        )
                     index, at = _scan_step(cmd.cursor)  # each primary in turn
                     nodes = sorted(client.get_primaries(), key=lambda node: node.name)
                     following, keys = client.scan(
-                        at, match=cmd.match, count=SCAN_COUNT, target_nodes=nodes[index]
-                    )
+                        at, match=cmd.match, count=SCAN_COUNT, _type=cmd.type,
+                        target_nodes=nodes[index],
+                    )  # fmt: skip
                     return _scan_next(index, following, len(nodes)), keys
                 if isinstance(cmd, Fetch):
                     pipe = client.pipeline(transaction=False)
@@ -532,7 +535,7 @@ class RedisSessionStore(_RedisStoreBase):
                 if isinstance(cmd, Pipeline):
                     pipe = client.pipeline(transaction=False)
                     for each in cmd.evals:
-                        pipe.evalsha(self._shas[each.script], 1, each.key, *each.args)
+                        pipe.evalsha(self._shas[each.script], *each.argv)
                     return pipe.execute()
                 raise AssertionError(cmd)
             except NoScriptError:  # Redis lost a script: load it, send them all again
@@ -597,8 +600,12 @@ class RedisSessionStore(_RedisStoreBase):
         *,
         busy_timeout_ms: float | None = None,
         links: Mapping[str, str] | None = None,
+        event: EventOf | None = None,
     ) -> T:
-        return self._run(self._ops.transact(session_id, fn, busy_timeout_ms, links))
+        return self._run(self._ops.transact(session_id, fn, busy_timeout_ms, links, event))
+
+    def get_events(self, session_id: str) -> list[str]:
+        return self._run(self._ops.get_events(session_id))
 
     def resolve_link(self, name: str) -> str | None:
         return self._run(self._ops.resolve_link(name))
@@ -665,7 +672,7 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                                 reply = await self._eval_waiting(cmd)
                             else:
                                 reply = await self._command(
-                                    "EVALSHA", shas[cmd.script], 1, cmd.key, *cmd.args,
+                                    "EVALSHA", shas[cmd.script], *cmd.argv,
                                 )  # fmt: skip
                         except (NoScriptError, RedisConnectionError) as exc:
                             reply = await self._eval_again(cmd, exc)
@@ -756,7 +763,7 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                 return await self._eval_waiting(cmd)
         elif not cmd.read:
             raise exc
-        return await self._command("EVALSHA", self._shas[cmd.script], 1, cmd.key, *cmd.args)
+        return await self._command("EVALSHA", self._shas[cmd.script], *cmd.argv)
 
     async def _keyspace(self, cmd: Any) -> Any:
         client = self._client
@@ -773,14 +780,17 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                     return _server_ms(await client.time())
                 if isinstance(cmd, Scan):
                     if not self._cluster:
-                        return await client.scan(cmd.cursor, match=cmd.match, count=SCAN_COUNT)
+                        return await client.scan(
+                            cmd.cursor, match=cmd.match, count=SCAN_COUNT, _type=cmd.type
+                        )
                     index, at = _scan_step(cmd.cursor)  # each primary in turn
                     if not client.get_primaries():  # not one command sent yet
                         await client.initialize()
                     nodes = sorted(client.get_primaries(), key=lambda node: node.name)
                     following, keys = await client.scan(
-                        at, match=cmd.match, count=SCAN_COUNT, target_nodes=nodes[index]
-                    )
+                        at, match=cmd.match, count=SCAN_COUNT, _type=cmd.type,
+                        target_nodes=nodes[index],
+                    )  # fmt: skip
                     return _scan_next(index, following, len(nodes)), keys
                 if isinstance(cmd, Fetch):
                     pipe = client.pipeline(transaction=False)
@@ -790,7 +800,7 @@ class AsyncRedisSessionStore(_RedisStoreBase):
                 if isinstance(cmd, Pipeline):
                     pipe = client.pipeline(transaction=False)
                     for each in cmd.evals:
-                        pipe.evalsha(self._shas[each.script], 1, each.key, *each.args)
+                        pipe.evalsha(self._shas[each.script], *each.argv)
                     return await pipe.execute()
                 raise AssertionError(cmd)
             except NoScriptError:  # Redis lost a script: load it, send them all again
@@ -855,8 +865,12 @@ class AsyncRedisSessionStore(_RedisStoreBase):
         *,
         busy_timeout_ms: float | None = None,
         links: Mapping[str, str] | None = None,
+        event: EventOf | None = None,
     ) -> T:
-        return await self._run(self._ops.transact(session_id, fn, busy_timeout_ms, links))
+        return await self._run(self._ops.transact(session_id, fn, busy_timeout_ms, links, event))
+
+    async def get_events(self, session_id: str) -> list[str]:
+        return await self._run(self._ops.get_events(session_id))
 
     async def resolve_link(self, name: str) -> str | None:
         return await self._run(self._ops.resolve_link(name))

@@ -10,7 +10,9 @@ the tag is a digest of the key's scope half (see `ids.session_key`), so one SCAN
 selects a scope's sessions; a raw id never becomes a key. The braces are a Redis Cluster
 hash tag: whatever keys a session ever has share its slot, so no script spans two.
 Fields: the `Entry` fields (``cost`` for the session cost, ``h1``..``h3`` for the hash
-window), the flow state when set, ``id`` and the record version ``v``.
+window), the flow state when set, ``id`` and the record version ``v``. The session's event
+log is a capped list beside it, its key the session's with ``:events`` after it (same
+hash tag), written, expired and deleted by the scripts that write the session.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ from ..records import (
 )
 from ..tiers import Tier, coerce_tier
 from .base import (
+    EventOf,
     Transition,
     check_bool,
     check_cursor,
+    check_event,
     check_id,
     check_limit,
     check_links,
@@ -100,7 +104,9 @@ def _load_scripts() -> dict[str, str]:
     # The shebang (Redis >= 7) declares what a script may do. Writers carry no flags, so
     # Redis refuses them whole when over maxmemory, instead of letting a first
     # non-growing write (DEL, HINCRBY...) through and with it every later one.
-    reads = dict.fromkeys(("read_session", "resolve_link"), "#!lua flags=no-writes\n")
+    reads = dict.fromkeys(
+        ("read_session", "read_events", "resolve_link"), "#!lua flags=no-writes\n"
+    )
     flags = dict.fromkeys(WRITE_SCRIPTS, "#!lua\n") | reads
     return {
         name: shebang + prelude + lua.joinpath(f"{name}.lua").read_text("utf-8")
@@ -124,13 +130,20 @@ _BACKOFF_CAP_S = 0.05
 
 @dataclass(frozen=True, slots=True)
 class Eval:
-    """EVALSHA of one of `SCRIPTS` on one key. Reply: the script's raw reply. A `read`
-    may be sent again after a connection error; a write never is."""
+    """EVALSHA of one of `SCRIPTS` on `key` (and `more_keys`, of its slot). Reply: the
+    script's raw reply. A `read` may be sent again after a connection error; a write
+    never is."""
 
     script: str
     key: str
     args: tuple[bytes, ...]
     read: bool = False
+    more_keys: tuple[str, ...] = ()
+
+    @property
+    def argv(self) -> tuple[Any, ...]:
+        """EVALSHA's arguments after the script's digest: numkeys, the keys, the args."""
+        return (1 + len(self.more_keys), self.key, *self.more_keys, *self.args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +153,12 @@ class Now:
 
 @dataclass(frozen=True, slots=True)
 class Scan:
-    """One SCAN step over keys matching `match`. Reply: ``(next_cursor, keys)``."""
+    """One SCAN step over keys matching `match` (of Redis type `type` only, when set).
+    Reply: ``(next_cursor, keys)``."""
 
     cursor: int
     match: str
+    type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +391,7 @@ class RedisOps:
         self._enabled = config.enabled
         self._timeout = config.timeout_ms
         self._timeout_arg = b"%d" % config.timeout_ms
+        self._kept_arg = b"%d" % config.events_kept
         # session id -> (the record this process last wrote, its version). A transaction
         # starts from it instead of a read; the compare-and-set fails (and answers with
         # the current record) when another writer got there first.
@@ -387,6 +403,10 @@ class RedisOps:
         in braces (the session's Redis Cluster hash tag)."""
         digest = hashlib.blake2b(_b(session_id), digest_size=16).hexdigest()
         return f"{self.key_prefix}{_scope_tag(key_scope(session_id))}:{{{digest}}}"
+
+    def events_key(self, session_id: str) -> str:
+        """The session's event log: a list beside its hash, on the same hash tag."""
+        return self.key(session_id) + ":events"
 
     def link_key(self, name: str) -> str:
         """A link's key: in its scope's key space, beside the sessions (`key`)."""
@@ -409,6 +429,7 @@ class RedisOps:
             script,
             self.key(session_id),
             (self._now_arg(), self._timeout_arg, _b(session_id), *args),
+            more_keys=(self.events_key(session_id),),
         )
 
     def _read(self, session_id: str) -> Eval:
@@ -477,6 +498,19 @@ class RedisOps:
         now, values = yield self._read(session_id)
         return self._live(session_id, values, now)
 
+    def get_events(self, session_id: str) -> Op[list[str]]:
+        check_id(session_id)
+
+        def steps() -> Generator[Command, Any, list[str]]:
+            if self._off(session_id):
+                return []
+            keys = (self.events_key(session_id),)
+            read = Eval("read_events", self.key(session_id), (self._now_arg(), self._timeout_arg,
+                        _b(session_id)), read=True, more_keys=keys)  # fmt: skip
+            return [_s(text) for text in (yield read)]
+
+        return Op(steps(), list, False)
+
     def get_session_cost_micros(self, session_id: str) -> Op[int]:
         check_id(session_id)
 
@@ -505,7 +539,7 @@ class RedisOps:
             live: list[tuple[str, str, int]] = []
             cursor, match = 0, self.scope_match(None)
             while True:
-                cursor, keys = yield Scan(cursor, match)
+                cursor, keys = yield Scan(cursor, match, "hash")
                 if keys:
                     rows = yield Fetch(tuple(keys), ("id", "model", "created_at", "last_used_at"))
                     for sid, model, created, used in rows:
@@ -534,17 +568,18 @@ class RedisOps:
             raise ValueError(f"cursor is not one this store returned: {cursor!r}")
         wanted = None if scope is None else escape_scope(scope)
         match = self.scope_match(wanted)
-        fields = ("id", "model", "created_at", "last_used_at", "request_count", "cost")
+        fields = ("id", "model", "created_at", "last_used_at", "request_count", "cost", "tier",
+                  "strikes")  # fmt: skip
 
         def steps() -> Generator[Command, Any, SessionPage]:
             now = yield Now()
             rows: list[SessionRow] = []
             start, skip_to = int(start_text or 0), after
             while True:
-                following, keys = yield Scan(start, match)
+                following, keys = yield Scan(start, match, "hash")
                 batch: list[tuple[str, SessionRow]] = []
                 values = (yield Fetch(tuple(keys), fields)) if keys else []
-                for sid, model, created, used, count, cost in values:
+                for sid, model, created, used, count, cost, tier, strikes in values:
                     if sid is None or used is None or now - int(used) > self._timeout:
                         continue
                     key = _s(sid)
@@ -553,7 +588,8 @@ class RedisOps:
                     owner, session_id = split_key(key)
                     row = SessionRow(
                         session_id, owner, _s(model), (now - int(created)) // 1000,
-                        int(count), int(cost),
+                        int(count), int(cost), _TIER_BYTES.get(tier),
+                        int(strikes or 0), int(used),
                     )  # fmt: skip
                     batch.append((key, row))
                 batch.sort(key=lambda item: item[0])
@@ -655,7 +691,7 @@ class RedisOps:
 
         def steps() -> Generator[Command, Any, None]:
             self._known.pop(session_id, None)
-            yield Unlink((self.key(session_id).encode(),))
+            yield Unlink((self.key(session_id).encode(), self.events_key(session_id).encode()))
 
         return Op(steps(), lambda: None, True)
 
@@ -696,6 +732,7 @@ class RedisOps:
         fn: Transition[T],
         busy_timeout_ms: float | None = None,
         links: Mapping[str, str] | None = None,
+        event: EventOf | None = None,
     ) -> Op[T]:
         """One read, then a compare-and-set of the whole record; when another write came
         in between, the script answers with the current record and `fn` runs again at
@@ -705,9 +742,13 @@ class RedisOps:
         It never fails open: a store that can't be reached raises `StoreUnavailable`.
         `links` are written just before the record, once, in one pipeline of single-key
         scripts (`write_link.lua`): no script spans two keys, so any Redis Cluster takes
-        them; nothing is written when `fn` changes nothing."""
+        them; nothing is written when `fn` changes nothing. The `event`'s text goes to the
+        session's log in the compare-and-set (alone, when `fn` changed nothing else)."""
         check_id(session_id)
         check_links(links)
+        check_event(event)
+        if not self.config.events_kept:
+            event = None
         limit_ms = self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
         deadline = None if math.isinf(limit_ms) else time.monotonic() + limit_ms / 1000
         key = self.key(session_id)
@@ -728,17 +769,21 @@ class RedisOps:
                 now, values = yield self._read(session_id)
                 old, version = self._as_read(session_id, values, now)
             lost, linked = 0, False
+            more = (self.events_key(session_id),)
             while True:
                 new, result = fn(old, now)
-                if new is old and remembered is None:
+                text = None if event is None or new is None else event(old, new, result, now)
+                if new is old and text is None and remembered is None:
                     return result
-                if new is old:  # a result from what may be stale: only a read confirms it
+                if new is old and text is None:  # from what may be stale: a read confirms it
                     remembered = stored = None
                     now, values = yield self._read(session_id)
                     old, version = self._as_read(session_id, values, now)
                     continue
-                if new is None:
-                    change: list[bytes] = [b"-1"]  # the whole record: none
+                if new is old:
+                    change: list[bytes] = [b"0"]  # the event alone
+                elif new is None:
+                    change = [b"-1"]  # the whole record: none
                 elif stored is None:
                     change = [b"-1", *encode_entry(session_id, new)]
                 else:  # only what changed since the version this process wrote
@@ -749,11 +794,14 @@ class RedisOps:
                     # written and writes nothing, so links written after it could be lost
                     yield Pipeline(tuple(self._link_write(n, v) for n, v in links.items()))
                     linked = True
+                logged = (b"" if text is None else _b(text), b"1" if old is None else b"0")
                 reply = yield Eval(
                     "compare_and_set",
                     key,
-                    (self._now_arg(), self._timeout_arg, _b(session_id), version, *change),
-                )
+                    (self._now_arg(), self._timeout_arg, _b(session_id), version, *logged,
+                     self._kept_arg, *change),
+                    more_keys=more,
+                )  # fmt: skip
                 if reply[0] == 1:
                     self._remember(session_id, new, reply[1] if len(reply) > 1 else None)
                     return result

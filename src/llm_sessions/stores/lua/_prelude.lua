@@ -1,7 +1,9 @@
 -- Shared by every script (prepended when the scripts are loaded).
--- KEYS[1]: the session's key.  ARGV[1]: now in unix ms, or '' for the server's TIME;
+-- KEYS[1]: the session's key; KEYS[2], when given: its event log (a list, same hash tag),
+-- which lives, expires and goes with the session.  ARGV[1]: now in unix ms, or '' for the server's TIME;
 -- ARGV[2]: the session timeout in ms;  ARGV[3]: the session id (kept in field 'id').
 local key = KEYS[1]
+local events = KEYS[2]
 -- The record's fields in the order readers decode them (filled in from redis_core.FIELDS).
 local FIELDS = {__FIELDS__}
 local timeout = tonumber(ARGV[2])
@@ -39,13 +41,30 @@ local function bump()
   redis.call('HINCRBY', key, 'v', 1)
 end
 
+-- The session, and its event log, live `ms` more milliseconds.
+local function expire(ms)
+  redis.call('PEXPIRE', key, ms)
+  if events then
+    redis.call('PEXPIRE', events, ms)
+  end
+end
+
+-- The session and its event log deleted.
+local function delete()
+  if events then
+    redis.call('DEL', key, events)
+  else
+    redis.call('DEL', key)
+  end
+end
+
 -- A new session record, replacing whatever expired record the key held.
 local function create(model, tier, explicit, count, cost)
-  redis.call('DEL', key)
+  delete()
   redis.call('HSET', key, 'id', sid, 'model', model, 'tier', tier,
     'created_at', now, 'last_used_at', now, 'request_count', count,
     'strikes', 0, 'escalated', 0, 'user_explicit', explicit,
     'cache_sticky', 0, 'cache_sticky_at', 0, 'provider', '', 'cost', cost,
     'v', fresh_version())
-  redis.call('PEXPIRE', key, timeout)
+  expire(timeout)
 end

@@ -9,7 +9,7 @@ if is_live() then
     redis.call('HSET', key, 'user_explicit', 1)
   end
   bump()
-  redis.call('PEXPIRE', key, timeout)
+  expire(timeout)
 else
   create(ARGV[4], ARGV[5], ARGV[6], 1, 0)
 end

@@ -5,5 +5,5 @@ end
 redis.call('HSET', key, 'last_used_at', now)
 redis.call('HINCRBY', key, 'request_count', 1)
 bump()
-redis.call('PEXPIRE', key, timeout)
+expire(timeout)
 return 1
