@@ -150,13 +150,19 @@ class SessionRow:
     age: int  # whole seconds since the session was created
     request_count: int
     cost_micros: int
+    tier: Tier | None = None
+    strikes: int = 0
+    last_used_at: int = 0  # unix ms
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "model": self.model,
+            "tier": None if self.tier is None else self.tier.value,
             "age": self.age,
             "request_count": self.request_count,
+            "strikes": self.strikes,
+            "last_used_at": self.last_used_at,
             "session_cost_usd": format_usd(self.cost_micros),
         }
 
