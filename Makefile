@@ -18,7 +18,7 @@ TOOLS := .venv-tools
 UV := $(TOOLS)/bin/uv
 UV_STAMP := $(TOOLS)/.uv-$(UV_VERSION)
 
-.PHONY: demo test test-latest test-lowest lint lock bench redis-server clean
+.PHONY: demo test test-latest test-lowest lint lock bench redis-server chromium clean
 
 $(UV_STAMP):
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -47,6 +47,19 @@ redis-server:
 	}
 	@{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || { echo "redis-server and redis-cli are required for the tests"; exit 1; }
 
+# The console's browser tests drive Debian's chromium (headless): installed the same way.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "installing chromium (apt-get)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "make test needs chromium on the PATH for the console's browser tests: install"; \
+			echo "it (Debian/Ubuntu: sudo apt-get install chromium) and run make test again"; \
+			exit 1; \
+		fi; \
+	}
+
 demo: $(STAMP)
 	$(BIN)/llm-sessions demo
 
@@ -57,7 +70,7 @@ lint: $(STAMP)
 
 # The suite, then a minute of mixed traffic through healthy gateways: any answer that is
 # not 200 fails it (bench/soak.py; ten minutes by hand).
-test: redis-server lint
+test: redis-server chromium lint
 	$(BIN)/python -m pytest
 	$(BIN)/python bench/soak.py --seconds 60
 
@@ -69,7 +82,7 @@ lock: $(UV_STAMP)
 
 # The suite on the newest release of everything, resolved afresh each run (a new release
 # that breaks users shows on the next run, not at the next lock refresh).
-test-latest: redis-server $(UV_STAMP)
+test-latest: redis-server chromium $(UV_STAMP)
 	test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
 	$(UV) pip install --quiet --python .venv-latest/bin/python --upgrade --refresh -e '.[$(EXTRAS)]'
 	.venv-latest/bin/python -m pytest -p no:cacheprovider
@@ -79,7 +92,7 @@ test-latest: redis-server $(UV_STAMP)
 # OpenAI Agents SDK needs a newer Starlette than the server admits, so it and its one
 # test are left out of this run.
 LOWEST := .venv-lowest
-test-lowest: redis-server $(UV_STAMP)
+test-lowest: redis-server chromium $(UV_STAMP)
 	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
 	echo openai-agents > $(LOWEST)/excludes.txt
 	$(UV) pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct --reinstall \

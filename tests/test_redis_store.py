@@ -506,6 +506,8 @@ def test_a_routed_request_is_two_round_trips_in_the_steady_state(
         entry = store.get_session("s")
         assert entry is not None and entry.session_cost_micros == 9 * 5
         assert entry.request_count == 9 and entry.reserved_micros == 0
+        # every turn's event is in the log, written by the compare-and-sets counted above
+        assert [e["total_micros"] for e in policy.events("s")] == [5 * (i + 1) for i in range(9)]
     finally:
         store.close()
         other.close()

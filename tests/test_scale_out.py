@@ -155,7 +155,8 @@ def test_a_routed_request_is_two_round_trips_in_the_steady_state(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
     """On a cluster and behind Sentinel as on one server: begin and finish each one
-    command, on the session's node (counted by the servers themselves)."""
+    command, on the session's node (counted by the servers themselves), the turn's event
+    in the session's log included."""
     from llm_sessions import Pricing, SessionPolicy
 
     from conftest import TIERS
@@ -183,6 +184,9 @@ def test_a_routed_request_is_two_round_trips_in_the_steady_state(
             turn(i)
         assert _commands_run(nodes) == (scripts + 2 * 10, topology)
         assert store.get_session_cost_micros("s") == 12 * 5
+        # each turn's event went in its finish's compare-and-set: no command of its own
+        totals = [e["total_micros"] for e in policy.events("s")]
+        assert totals == [5 * (i + 1) for i in range(12)]
     finally:
         store.close()
 

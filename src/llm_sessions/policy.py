@@ -76,6 +76,9 @@ class SessionPolicy:
     another scope that continues it (``previous_response_id``, ``conversation``, an
     ``item_reference``) raises `UnknownState`, as does, with ``unknown_state="refuse"``,
     one continuing an id never recorded (``"forward"``: it goes on as it came).
+
+    Each turn is logged in its session's event log (`events`); `on_event(scope, session
+    id, event)` is called with each event once it is written (a live view's feed).
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class SessionPolicy:
         unknown_state: str = "forward",
         fit_output: bool = True,
         min_output_tokens: int = 1024,
+        on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.store = store
         self._sync_store, self._async_store = _twins(store)
@@ -128,6 +132,9 @@ class SessionPolicy:
             raise TypeError(f"fit_output must be a bool, got {type(fit_output).__name__}")
         self.fit_output = fit_output
         self.min_output_tokens = _at_least("min_output_tokens", min_output_tokens, 1)
+        if on_event is not None:
+            _check_callable("on_event", on_event, "(scope, session_id, event) -> None")
+        self.on_event = on_event
         self._resolved = _resolve_tiers(self.tiers)
         #: each tier's primary (that of the tier it resolves to): what escalation moves to
         self.primaries = {t: self.tiers[self._resolved[t]].primary for t in Tier}

@@ -12,19 +12,45 @@ the budget refused the turn.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..records import Entry
-from ..stores.base import EventOf
 from .decision import Begun, Decision, Turn
 
 if TYPE_CHECKING:
     from ..policy import SessionPolicy
 
-__all__ = ["finish_event", "read_events", "refusal_event"]
+__all__ = ["TurnEvent", "announce", "finish_event", "read_events", "refusal_event"]
+
+log = logging.getLogger("llm_sessions.policy")
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
+#: (the entry before, the entry written, the step's result, now) -> the event's fields
+Build = Callable[[Entry | None, Entry | None, Any, int], dict[str, Any] | None]
+
+
+class TurnEvent:
+    """A turn's event as a store's `EventOf`: `build(old, new, result, now)` gives its
+    fields or None; `body` and `text` are those of the latest call (after the write:
+    the event that landed, None when there was none)."""
+
+    __slots__ = ("_build", "body", "text")
+
+    def __init__(
+        self, build: Callable[[Entry | None, Entry | None, Any, int], dict[str, Any] | None]
+    ) -> None:
+        self._build = build
+        self.body: dict[str, Any] | None = None
+        self.text: str | None = None
+
+    def __call__(self, old: Entry | None, new: Entry | None, result: Any, now: int) -> str | None:
+        self.body = body = self._build(old, new, result, now)
+        self.text = None if body is None else _dumps(body)
+        return self.text
 
 
 def finish_event(
@@ -33,18 +59,17 @@ def finish_event(
     served_model: str | None,
     cost: int,
     extra: Mapping[str, Any] | None,
-) -> EventOf:
+) -> TurnEvent:
     """The event of a finished turn: served (by `served_model`, for `cost`) or failed."""
 
-    def event(old: Entry | None, new: Entry | None, total: Any, now: int) -> str | None:
+    def build(old: Entry | None, new: Entry | None, total: Any, now: int) -> dict[str, Any] | None:
         if new is None or new is old:  # finished before: its event is in the log already
             return None
         fallback = served_model is not None and served_model != decision.model
-        reason = "fallback" if fallback else decision.reason
         body: dict[str, Any] = {
             "at": now,
             "outcome": "failed" if served_model is None else "served",
-            "reason": reason,
+            "reason": "fallback" if fallback else decision.reason,
             "model": served_model or decision.model,
             "decided": decision.model,
             "tier": decision.tier.value,
@@ -57,15 +82,15 @@ def finish_event(
         }
         if extra:
             body.update(extra)
-        return _dumps(body)
+        return body
 
-    return event
+    return TurnEvent(build)
 
 
-def refusal_event(policy: SessionPolicy, turn: Turn, extra: Mapping[str, Any] | None) -> EventOf:
+def refusal_event(policy: SessionPolicy, turn: Turn, extra: Mapping[str, Any] | None) -> TurnEvent:
     """The event of a turn the budget refused (nothing else of the session changes)."""
 
-    def event(old: Entry | None, new: Entry | None, begun: Any, now: int) -> str | None:
+    def build(old: Entry | None, new: Entry | None, begun: Any, now: int) -> dict[str, Any] | None:
         if old is None or not isinstance(begun, Begun) or begun.refused_worst is None:
             return None
         body: dict[str, Any] = {
@@ -85,9 +110,23 @@ def refusal_event(policy: SessionPolicy, turn: Turn, extra: Mapping[str, Any] | 
         }
         if extra:
             body.update(extra)
-        return _dumps(body)
+        return body
 
-    return event
+    return TurnEvent(build)
+
+
+def announce(
+    policy: SessionPolicy, scope: str, session_id: str | None, event: TurnEvent | None
+) -> None:
+    """Tell the policy's `on_event` about an event that landed (a failing listener is
+    logged, never the request's failure)."""
+    listener = policy.on_event
+    if listener is None or event is None or event.body is None or session_id is None:
+        return
+    try:
+        listener(scope, session_id, event.body)
+    except Exception:
+        log.exception("the on_event listener failed")
 
 
 def read_events(texts: list[str]) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from . import finish as charging
 from .begin import begin_step, decision_of, without_session
 from .chains import follow, foreign_claim, link_alive, link_name, owner_name, read_link
 from .decision import Decision, Turn
-from .events import refusal_event
+from .events import TurnEvent, announce, refusal_event
 from .finish import release_step
 from .reading import read_request
 
@@ -79,6 +79,7 @@ def begin(
                 return without_session(policy, turn)
             step, logged = begin_step(policy, turn), _refusal(policy, turn, event)
             begun = store.transact(turn.key, step, event=logged)
+        announce(policy, turn.scope, turn.session_id, logged)
     except StoreUnavailable as exc:
         if transacting and policy.cap_micros is not None and not isinstance(exc, SessionBusy):
             args = (policy, store, turn.key or "", turn.reservation_id)
@@ -116,6 +117,7 @@ async def abegin(
                 return without_session(policy, turn)
             step, logged = begin_step(policy, turn), _refusal(policy, turn, event)
             begun = await store.transact(turn.key, step, event=logged)
+        announce(policy, turn.scope, turn.session_id, logged)
     except StoreUnavailable as exc:
         if transacting and policy.cap_micros is not None and not isinstance(exc, SessionBusy):
             release = _arelease(policy, store, turn.key or "", turn.reservation_id)
@@ -258,13 +260,14 @@ def record(
     decision: Decision,
     step: Transition[int],
     links: dict[str, str] | None,
-    event: EventOf | None = None,
+    event: TurnEvent | None = None,
 ) -> int:
     """Run a finish step (retrying the store for `finish_retry_ms`); the session total."""
     try:
         total = _write(policy, store, decision.key or "", step, links, event)
     except StoreUnavailable as exc:
         raise _unrecorded(exc) from exc
+    announce(policy, decision.scope, decision.session_id, event)
     return decision.settle(total)
 
 
@@ -274,13 +277,14 @@ async def arecord(
     decision: Decision,
     step: Transition[int],
     links: dict[str, str] | None,
-    event: EventOf | None = None,
+    event: TurnEvent | None = None,
 ) -> int:
     """`record` against an async store."""
     try:
         total = await _awrite(policy, store, decision.key or "", step, links, event)
     except StoreUnavailable as exc:
         raise _unrecorded(exc) from exc
+    announce(policy, decision.scope, decision.session_id, event)
     return decision.settle(total)
 
 
@@ -396,7 +400,9 @@ async def aretrying(limit_ms: int, call: Callable[[], Awaitable[T]]) -> T:
         pause = min(pause * 2, _FINISH_PAUSE_S[1])
 
 
-def _refusal(policy: SessionPolicy, turn: Turn, extra: Mapping[str, Any] | None) -> EventOf | None:
+def _refusal(
+    policy: SessionPolicy, turn: Turn, extra: Mapping[str, Any] | None
+) -> TurnEvent | None:
     """The event a refused turn leaves in its session's log (only a cap refuses)."""
     return None if policy.cap_micros is None else refusal_event(policy, turn, extra)
 

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import llm, operator, passthrough, stored
+from . import console, llm, operator, passthrough, stored
 from .gateway import Gateway
 from .rejections import error_body
 from .settings import Settings, redact_url
@@ -49,8 +49,10 @@ ENDPOINTS = (
     "GET /v1/models/{id}",
     "GET /v1/sessions",
     "GET|DELETE /v1/sessions/{id}",
+    "GET /v1/sessions/{id}/events",
     "GET /health",
     "GET /metrics",
+    "GET /ui (the operator console)",
 )
 
 Endpoint = Callable[[Gateway, Request], Awaitable[Response]]
@@ -114,10 +116,22 @@ def _router(gateway: Gateway) -> Starlette:
         Route("/v1/models/{model_id:path}", bind(passthrough.model), methods=["GET"]),
         Route("/v1/embeddings", bind(passthrough.embeddings), methods=["POST"]),
         Route("/v1/sessions", bind(operator.sessions), methods=["GET"]),
+        Route("/v1/sessions/{session_id:path}/events", bind(operator.session_events),
+              methods=["GET"]),
         Route("/v1/sessions/{session_id:path}", bind(operator.session), methods=["GET", "DELETE"]),
         Route("/health", bind(operator.health), methods=["GET"]),
         Route("/metrics", bind(operator.metrics), methods=["GET"]),
-    ]
+    ]  # fmt: skip
+    if gateway.settings.console_enabled:
+        routes += [
+            Route("/", bind(console.home), methods=["GET"]),
+            Route("/ui", bind(console.asset), methods=["GET"]),
+            Route("/ui/{name}", bind(console.asset), methods=["GET"]),
+            Route("/v1/console/info", bind(console.info), methods=["GET"]),
+            Route("/v1/console/sessions", bind(console.sessions), methods=["GET"]),
+            Route("/v1/console/overview", bind(console.overview), methods=["GET"]),
+            Route("/v1/console/stream", bind(console.stream), methods=["GET"]),
+        ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,

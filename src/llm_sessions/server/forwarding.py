@@ -83,7 +83,7 @@ async def forward(
             tried.append(f"{model} (broken response)")
             metrics.upstream_errors.labels("read").inc()
 
-    await finish(gateway, decision, None, 0)
+    await finish(gateway, decision, None, 0, event=turn_event(record, 502))
     raise Reject(
         502,
         f"every upstream attempt failed: {', '.join(tried)}",
@@ -134,7 +134,7 @@ async def _answer(
     headers = {**record["headers"], "X-Session-Served-Model": attempt.model}
     record["model"] = attempt.model
     if attempt.terminal or upstream.status_code != 200:
-        return await _refused(gateway, decision, attempt, headers)
+        return await _refused(gateway, decision, attempt, headers, record)
     if stream:
         record["relaying"] = True  # from here the relay records the outcome
         return _relayed(gateway, decision, attempt, body, record, wire, headers)
@@ -153,17 +153,24 @@ async def _answer(
     answer = (wire.answer_id(data), wire.answer_items(data)) if stored else None
     if answer is not None and answer[0] is not None and wire.unfinished(data):
         # a background response, queued: billed when its output is seen (`stored`)
-        await finish(gateway, decision, attempt.model, 0, answer, billed_later=True)
+        logged = turn_event(record, 200)
+        await finish(gateway, decision, attempt.model, 0, answer, billed_later=True, event=logged)
         record["cost"] = 0
     else:
         output = wire.text_bytes(data)
-        record["cost"] = await charge(gateway, decision, attempt.model, usage, output, answer)
+        record["cost"] = await charge(
+            gateway, decision, attempt.model, usage, output, answer, record
+        )
     headers["X-Session-Cache-Read-Tokens"] = str(cache_read(usage))
     return Response(content, 200, headers=headers, media_type="application/json")
 
 
 async def _refused(
-    gateway: Gateway, decision: Decision, attempt: Attempt, headers: dict[str, str]
+    gateway: Gateway,
+    decision: Decision,
+    attempt: Attempt,
+    headers: dict[str, str],
+    record: dict[str, Any],
 ) -> Response:
     """The upstream refused (quota, a bad request): the client sees its answer; nothing
     was served."""
@@ -178,7 +185,7 @@ async def _refused(
         content = json.dumps(refused).encode()
     finally:
         await upstream.aclose()
-    await finish(gateway, decision, None, 0)
+    await finish(gateway, decision, None, 0, event=turn_event(record, upstream.status_code))
     media = upstream.headers.get("content-type", "application/json")
     return Response(content, upstream.status_code, headers=headers, media_type=media)
 
@@ -204,8 +211,11 @@ def _relayed(
         if not complete and usage is not None:  # its output count may be a placeholder
             usage = with_generated_output(usage, meter.generated_bytes())
         answer = (meter.answer_id, meter.answer_items) if stored else None
-        cost = await charge(gateway, decision, attempt.model, usage, meter.generated_bytes, answer)
-        record.update(cost=cost, complete=complete)
+        record["complete"] = complete
+        cost = await charge(
+            gateway, decision, attempt.model, usage, meter.generated_bytes, answer, record
+        )
+        record["cost"] = cost
         log_request(gateway.metrics, record, 200, started)
 
     meter = StreamMeter(wire.reader(body), wire.unread, wire.read_marker)
@@ -219,22 +229,63 @@ async def charge(
     usage: Any,
     output_bytes: int | Callable[[], int],
     answer: tuple[str | None, list[str]] | None = None,
+    record: dict[str, Any] | None = None,
 ) -> int:
     """Bill a served request: its usage priced, else the estimate (never 0 for a priced
     model, never an exception); a stored answer's id and its output items' ids are
-    remembered with the session."""
+    remembered with the session, and the turn logged with its tokens."""
     policy, metrics = gateway.policy, gateway.metrics
     cost = policy.charge_micros(decision, model, usage, None, output_bytes)
     context = policy.context_tokens(decision, usage, output_bytes)
-    await finish(gateway, decision, model, cost, answer, context_tokens=context)
+    tokens = _tokens(usage)
+    cached = tokens.get("cache_read_tokens", 0)
+    price = policy.pricing.get(model)
+    savings = price.cache_savings_micros(cached) if cached and price is not None else 0
+    logged = None if record is None else turn_event(record, 200, tokens, savings)
+    await finish(gateway, decision, model, cost, answer, context_tokens=context, event=logged)
     metrics.cost.inc(cost / 1_000_000)
-    cached = cache_read(usage)
     if cached:
         metrics.cache_read_tokens.labels(gateway.metric_provider(model)).inc(cached)
-        price = policy.pricing.get(model)
-        if price is not None:
-            metrics.cache_savings.inc(price.cache_savings_micros(cached) / 1_000_000)
+        metrics.cache_savings.inc(savings / 1_000_000)
     return cost
+
+
+def turn_event(
+    record: dict[str, Any], status: int, tokens: dict[str, int] | None = None, savings: int = 0
+) -> dict[str, Any]:
+    """What the gateway adds to a turn's event in its session's log (see
+    `llm_sessions.flow.events`): the API, the client, the status, the latency so far and,
+    for a served turn, the tokens and what the cache saved."""
+    event: dict[str, Any] = {
+        "api": record["api"],
+        "stream": record["stream"],
+        "status": status,
+        "latency_ms": round((time.perf_counter() - record["started"]) * 1000, 1),
+    }
+    for optional in ("agent", "complete"):
+        if optional in record:
+            event[optional] = record[optional]
+    if tokens:
+        event.update(tokens)
+    if savings:
+        event["cache_savings_micros"] = savings
+    return event
+
+
+def _tokens(usage: Any) -> dict[str, int]:
+    """A usage block's token counts as a turn's event keeps them ({} when unreadable)."""
+    if usage is None:
+        return {}
+    try:
+        t = token_usage(usage)
+    except (TypeError, ValueError, ArithmeticError):
+        return {}
+    return {
+        "input_tokens": t.input,
+        "output_tokens": t.output,
+        "cache_read_tokens": t.cache_read,
+        "cache_write_tokens": t.cache_write + t.cache_write_1h,
+    }
 
 
 async def finish(
@@ -245,12 +296,19 @@ async def finish(
     answer: tuple[str | None, list[str]] | None = None,
     billed_later: bool = False,
     context_tokens: int | None = None,
+    event: dict[str, Any] | None = None,
 ) -> None:
-    """`afinish` (which retries the store for store.finish_retry_ms); a store that is
-    still down then must not turn an answered request into an error: the cost that
-    could not be recorded is counted and logged."""
+    """`afinish` (which retries the store for store.finish_retry_ms), with `event` added
+    to the turn's event; a store that is still down then must not turn an answered
+    request into an error: the cost that could not be recorded is counted and logged."""
     if decision.settled_total is not None:
         return
+    if decision.key is None and event is not None and gateway.policy.on_event is not None:
+        # no session, no log: the turn still counts in the console's overview
+        outcome = "failed" if model is None else "served"
+        turn = {**event, "reason": decision.reason, "outcome": outcome,
+                "model": model or decision.model, "cost_micros": cost}  # fmt: skip
+        gateway.console.overview.add(decision.scope, turn, time.time())
     try:
         answer_id, items = answer if answer is not None else (None, [])
         await gateway.policy.afinish(
@@ -261,6 +319,7 @@ async def finish(
             item_ids=items,
             billed_later=billed_later,
             context_tokens=context_tokens,
+            event=event,
         )
     except StoreUnavailable as exc:
         decision.settle(-1)  # given up: never tried again for this request

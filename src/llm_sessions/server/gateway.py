@@ -15,6 +15,7 @@ from ..policy import SessionPolicy
 from ..stores.base import AsyncStore
 from ..stores.urls import open_async_store
 from .callers import bearer, digest, load_api_keys, scope_of
+from .console import ConsoleHub
 from .metrics import Metrics
 from .model_routes import model_objects
 from .rejections import Reject
@@ -30,6 +31,7 @@ class Gateway:
     def __init__(self, settings: Settings, *, store: AsyncStore | None = None) -> None:
         self.settings = settings
         self.store = store if store is not None else _open_store(settings)
+        self.console = ConsoleHub()
         self.policy = SessionPolicy(
             self.store,
             settings.tiers,
@@ -47,6 +49,7 @@ class Gateway:
             fit_output=settings.fit_output,
             min_output_tokens=settings.min_output_tokens,
             state_holder=self.upstream_of,
+            on_event=self.console.turn if settings.console_enabled else None,
         )
         self.upstreams = {up.name: Upstream(up) for up in settings.upstreams}
         self.max_attempts = settings.upstream.max_attempts
@@ -99,7 +102,10 @@ class Gateway:
 
 def _open_store(settings: Settings) -> AsyncStore:
     """The store `settings` name (``store.url``), with its options."""
-    kwargs: dict[str, Any] = {"link_bytes": settings.store_memory_links_mb << 20}
+    kwargs: dict[str, Any] = {
+        "link_bytes": settings.store_memory_links_mb << 20,
+        "event_bytes": settings.store_memory_events_mb << 20,
+    }
     if not settings.store_url.startswith("memory:"):
         kwargs = {
             "key_prefix": settings.store_key_prefix,

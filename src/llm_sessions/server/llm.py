@@ -23,7 +23,7 @@ from ..errors import (
 from ..policy import Decision
 from ..records import format_usd
 from .access_log import cap, log_request
-from .forwarding import finish, forward
+from .forwarding import finish, forward, turn_event
 from .model_routes import check_api, check_explicit_model
 from .parsing import check_counts, parse_body, read_body, read_stream_flag
 from .rejections import Reject, rejection
@@ -37,14 +37,20 @@ __all__ = ["serve"]
 
 errors_log = logging.getLogger("llm_sessions.gateway")
 
+AGENT_CHARS = 80  # of a client's User-Agent, kept with each of its turns
+
 
 async def serve(gateway: Gateway, request: Request, wire: Wire) -> Response:
     """One LLM request, answered (or refused) and logged (a stream logs when it ends)."""
     started = time.perf_counter()
-    record: dict[str, Any] = {"session": None, "status": 0, "stream": False, "api": wire.api}
+    record: dict[str, Any] = {"session": None, "status": 0, "stream": False, "api": wire.api,
+                              "started": started}  # fmt: skip
     request_id = request.headers.get("x-request-id")
     if request_id:
         record["request_id"] = cap(request_id)
+    agent = request.headers.get("user-agent")
+    if agent:
+        record["agent"] = agent[:AGENT_CHARS]
     try:
         response = await _handle(gateway, request, record, wire)
     except Reject as reject:
@@ -99,7 +105,7 @@ async def _handle(
     finally:
         if decision.settled_total is None and not record.get("relaying"):
             # anything that ended this request before its outcome was recorded
-            await finish(gateway, decision, None, 0)
+            await finish(gateway, decision, None, 0, event=turn_event(record, 499))
 
 
 async def _begin(
@@ -107,7 +113,8 @@ async def _begin(
 ) -> Decision:
     """`abegin`, with its refusals as error responses."""
     try:
-        return await gateway.policy.abegin(request.headers, body, scope=scope)
+        logged = turn_event(record, 429)  # the event of a turn the budget refuses
+        return await gateway.policy.abegin(request.headers, body, scope=scope, event=logged)
     except InvalidSessionId as exc:
         param = exc.param or gateway.settings.sessions.header_name
         raise Reject(400, str(exc), param=param) from None

@@ -1,5 +1,6 @@
 """The operator's endpoints: the caller's sessions (``GET /v1/sessions``, ``GET|DELETE
-/v1/sessions/{id}``; every tenant's with an admin key), ``/health`` and ``/metrics``."""
+/v1/sessions/{id}``, ``GET /v1/sessions/{id}/events``; every tenant's with an admin key),
+``/health`` and ``/metrics``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .rejections import Reject, rejection
 if TYPE_CHECKING:
     from .gateway import Gateway
 
-__all__ = ["health", "metrics", "session", "sessions"]
+__all__ = ["health", "metrics", "session", "session_events", "session_scope", "sessions"]
 
 _STORE_DOWN = Reject(503, "the session store is unavailable", "server_error")
 _BAD_CURSOR = "'cursor' is not one this gateway returned"
@@ -60,11 +61,28 @@ async def sessions(gateway: Gateway, request: Request) -> Response:
     return JSONResponse(body)
 
 
+def session_scope(gateway: Gateway, request: Request) -> str:
+    """The scope of the session a request names: the caller's own, or with an admin key
+    the tenant's that ``?tenant=`` names (a scope, as the console's rows show it)."""
+    scope = gateway.authorize(request)
+    tenant = request.query_params.get("tenant")
+    if tenant is None:
+        return scope
+    if not gateway.is_admin(request):
+        raise Reject(
+            403, "another tenant's session needs an admin key",
+            "permission_error", code="admin_key_required",
+        )  # fmt: skip
+    if len(tenant) > 64 or not all(c in "0123456789abcdef" for c in tenant):
+        raise Reject(400, "'tenant' must be a scope as the console lists it", param="tenant")
+    return tenant
+
+
 async def session(gateway: Gateway, request: Request) -> Response:
     """``GET /v1/sessions/{id}``: one of the caller's sessions; ``DELETE`` ends it."""
     session_id = request.path_params["session_id"]
     try:
-        key = gateway.policy.session_key(session_id, gateway.authorize(request))
+        key = gateway.policy.session_key(session_id, session_scope(gateway, request))
         try:
             entry = await gateway.store.get_session(key)
             if entry is None:
@@ -88,6 +106,24 @@ async def session(gateway: Gateway, request: Request) -> Response:
             "session_cost_usd": format_usd(entry.session_cost_micros),
         }
     )
+
+
+async def session_events(gateway: Gateway, request: Request) -> Response:
+    """``GET /v1/sessions/{id}/events``: the turns of one of the caller's sessions, as
+    its event log keeps them (the newest ``sessions.events_kept``), oldest first."""
+    session_id = request.path_params["session_id"]
+    try:
+        scope = session_scope(gateway, request)
+        key = gateway.policy.session_key(session_id, scope)
+        try:
+            if await gateway.store.get_session(key) is None:
+                raise Reject(404, f"no session {session_id!r} for this caller", "not_found_error")
+            events = await gateway.policy.aevents(session_id, scope)
+        except StoreUnavailable:
+            raise _STORE_DOWN from None
+    except Reject as reject:
+        return rejection(reject)
+    return JSONResponse({"id": session_id, "events": events})
 
 
 async def health(gateway: Gateway, request: Request) -> Response:

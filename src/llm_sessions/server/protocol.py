@@ -1,5 +1,6 @@
 """The HTTP/1.1 protocol the gateway runs under uvicorn: httptools, with the request head
-(request line and headers) bounded before the parser reads it.
+(request line and headers) bounded before the parser reads it, and the console's live
+streams ended when the server shuts down.
 
 httptools sets no limit of its own, and its cost grows faster than the head: one 64 MB
 header took seconds of CPU before authentication. A head past `MAX_HEAD_BYTES` is
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .console import end_streams
 
 __all__ = ["MAX_HEAD_BYTES", "BoundedHttpToolsProtocol"]
 
@@ -60,6 +63,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(_LINGER_S, self.transport.close)
+
+    def shutdown(self) -> None:
+        """A graceful shutdown: the console's streams end first (they never would by
+        themselves), then each connection finishes what it is sending, as uvicorn's."""
+        end_streams()
+        super().shutdown()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

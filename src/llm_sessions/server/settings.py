@@ -141,6 +141,8 @@ class Settings:
     store_wait_replicas: int = 0  # Redis: each session write waits for this many replicas
     store_wait_timeout_ms: int = 100  # ... this long at most
     store_memory_links_mb: int = 64  # memory://: what its response/conversation links may hold
+    store_memory_events_mb: int = 64  # memory://: what its sessions' event logs may hold
+    console_enabled: bool = True  # the operator console (GET /ui) and its endpoints
     sessions: Config = field(default_factory=Config)
     id_sources: tuple[str, ...] = DEFAULT_ID_SOURCES
     unknown_state: str = "forward"  # a continued response/conversation/item never served here
@@ -329,7 +331,7 @@ def _upstream(up: _Reader, name: str) -> UpstreamSettings:
 def _parse(root: _Reader) -> Settings:
     """The whole file: each table read by a function of its own."""
     fields: dict[str, Any] = {}
-    for read in (_upstreams, _server, _store, _sessions, _routing, _pricing, _budget):
+    for read in (_upstreams, _server, _store, _sessions, _routing, _pricing, _budget, _console):
         fields.update(read(root))
     root.done()
     return Settings(**fields)
@@ -399,6 +401,7 @@ def _store(root: _Reader) -> dict[str, Any]:
         "store_wait_replicas": store.number("wait_replicas", 0, minimum=0, integer=True),
         "store_wait_timeout_ms": store.number("wait_timeout_ms", 100, minimum=0, integer=True),
         "store_memory_links_mb": store.number("memory_links_mb", 64, minimum=1, integer=True),
+        "store_memory_events_mb": store.number("memory_events_mb", 64, minimum=1, integer=True),
     }
     wait_ms, reply_s = fields["store_wait_timeout_ms"], fields["store_socket_timeout_s"]
     if fields["store_wait_replicas"] and wait_ms >= reply_s * 1000:
@@ -422,6 +425,7 @@ def _sessions(root: _Reader) -> dict[str, Any]:
         "header_name": sess.get("header_name", str, "x-session-id"),
         "max_sessions": sess.number("max_sessions", 100_000, minimum=1, integer=True),
         "cleanup_interval_ms": sess.number("cleanup_interval_ms", 300_000, minimum=0, integer=True),
+        "events_kept": sess.number("events_kept", 100, minimum=0, integer=True),
     }
     sources = sess.get("id_sources", list, list(DEFAULT_ID_SOURCES))
     try:
@@ -488,6 +492,13 @@ def _budget(root: _Reader) -> dict[str, Any]:
         "min_output_tokens": budget.number("min_output_tokens", 1024, minimum=1, integer=True),
     }
     budget.done()
+    return fields
+
+
+def _console(root: _Reader) -> dict[str, Any]:
+    console = root.table_of("console")
+    fields = {"console_enabled": console.get("enabled", bool, True)}
+    console.done()
     return fields
 
 

@@ -348,12 +348,15 @@ class SessionStore:
         check_event(event)
         if not self._enabled or not session_id:
             return fn(None, self._clock())[1]
+        kept = self._config.events_kept
         with self._lock:
             now = self._clock()
             record = self._live(session_id, now)
             old = None if record is None else rules.snapshot(record, now)
             new, result = fn(old, now)
-            text = None if event is None or new is None else event(old, new, result, now)
+            text = (
+                None if event is None or new is None or not kept else event(old, new, result, now)
+            )
             if new is old:
                 if text is not None:
                     self._events.append(session_id, text)
