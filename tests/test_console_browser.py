@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from gateway_helpers import PRICES, Running, chat, gateway_with_standin
+from gateway_helpers import PRICES, Running, chat, gateway_with_standin, wait_until_up
 from llm_sessions import Pricing
+
+from redis_server import free_port
 
 KEYS = {"a": "sk-tenant-a", "b": "sk-tenant-b", "admin": "sk-admin-console"}
 ARTIFACTS = Path(
@@ -220,3 +224,40 @@ def test_an_open_gateway_warns_on_the_page(browser: Browser) -> None:
             expect(tab.page.locator("#sessions-view")).to_be_visible()
         finally:
             tab.close()
+
+
+@pytest.mark.timeout(300)
+def test_the_watched_demo_plays_its_conversation_in_the_console(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """``llm-sessions demo --watch``: the console, opened with the demo's key, watches the
+    conversation arrive turn by turn, its escalation, fallback, cache stickiness and
+    budget stop included."""
+    port = free_port()
+    command = [sys.executable, "-m", "llm_sessions", "demo", "--watch", "--port", str(port),
+               "--pace", "0.1"]  # fmt: skip
+    with open(tmp_path / "demo.log", "wb") as log:
+        demo = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url + "/health", demo)
+        tab = Console(browser, url)
+        tab.sign_in("demo-key")
+        refused = tab.page.locator("#sessions tbody tr", has_text="refused")
+        expect(refused).to_have_count(1, timeout=60_000)  # the conversation's budget stop
+        claude = tab.row("7d1c0a52-8f4e-4b1b-9c1e-0e4f2b7a9d10")
+        expect(claude.locator(".requests")).to_have_text("3", timeout=WAIT_MS)
+        tab.page.screenshot(path=str(ARTIFACTS / "console" / "demo-sessions.png"), full_page=True)
+        refused.click()
+        turns = tab.page.locator("#timeline tbody tr")
+        expect(turns).to_have_count(12, timeout=WAIT_MS)
+        reasons = [r.strip() for r in tab.page.locator("#timeline .reason").all_inner_texts()]
+        for seen in ("upgraded", "escalated", "cache_sticky", "fallback", "refused"):
+            assert seen in reasons
+        tab.page.screenshot(path=str(ARTIFACTS / "console" / "demo-session.png"), full_page=True)
+        assert tab.errors == []
+        tab.close()
+    finally:
+        demo.terminate()
+        demo.wait(15)
+    assert "The operator console: " in (tmp_path / "demo.log").read_text()

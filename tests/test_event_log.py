@@ -233,3 +233,26 @@ def test_the_flow_logs_each_turn_with_its_outcome(make_policy: Any) -> None:
     assert log[5]["cap_micros"] == 50_000 and log[5]["requested_micros"] > 45_000
     assert [e["at"] for e in log] == sorted(e["at"] for e in log)
     assert policy.events("s", scope="another tenant") == []
+
+
+def test_on_event_hears_each_logged_turn_once(make_policy: Any) -> None:
+    heard: list[tuple[str, str, str]] = []
+    policy, _ = make_policy(on_event=lambda scope, sid, e: heard.append((scope, sid, e["reason"])))
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    d = policy.begin({"x-session-id": "s"}, body, scope="acme")
+    policy.finish(d, served_model=d.model, cost_micros=1)
+    policy.finish(d, served_model=d.model, cost_micros=1)  # repeated: nothing new logged
+    assert heard == [("acme", "s", "new")]
+    assert [e["reason"] for e in policy.events("s", scope="acme")] == ["new"]
+
+
+def test_a_failing_listener_never_fails_the_turn(make_policy: Any) -> None:
+    def broken(scope: str, sid: str, event: dict[str, Any]) -> None:
+        raise RuntimeError("listener down")
+
+    policy, _ = make_policy(on_event=broken)
+    d = policy.begin({"x-session-id": "s"}, {"messages": [{"role": "user", "content": "hi"}]})
+    assert policy.finish(d, served_model=d.model, cost_micros=7) == 7
+    assert len(policy.events("s")) == 1
+    with pytest.raises(TypeError, match="on_event"):
+        make_policy(on_event="not callable")

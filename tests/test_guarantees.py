@@ -358,6 +358,11 @@ def test_a_served_request_is_billed_once(
         assert spent >= price.cost_micros(0, -(-len(FIFTY_WORDS.encode()) // 3)) > 0
     found = gateway.session(named["x-session-id"])
     assert found is not None and found["request_count"] == 1
+    # and logged once, with what it was billed, in the session's event log
+    with gateway.http() as http:
+        (event,) = http.get(f"/v1/sessions/{named['x-session-id']}/events").json()["events"]
+    assert (event["cost_micros"], event["total_micros"]) == (spent, spent)
+    assert (event["api"], event["stream"], event["outcome"]) == (api, stream, "served")
 
 
 TWO_UPSTREAMS = """
@@ -413,6 +418,7 @@ def test_a_request_a_fallback_upstream_served_is_billed_once_at_its_price(
                               headers=named)  # fmt: skip
             reply.read()
             found = http.get("/v1/sessions/fell-back", headers=named).json()
+            log = http.get("/v1/sessions/fell-back/events", headers=named).json()["events"]
     assert reply.status_code == 200, reply.text
     assert reply.headers["x-session-served-model"] == "b/m"
     assert (len(standins["a"].received), len(standins["b"].received)) == (1, 1)
@@ -422,6 +428,8 @@ def test_a_request_a_fallback_upstream_served_is_billed_once_at_its_price(
         token_usage(seen)
     )
     assert found["request_count"] == 1 and found["model"] == "b/m"
+    assert [(e["reason"], e["model"], e["decided"]) for e in log] == [("fallback", "b/m", "a/m")]
+    assert log[0]["cost_micros"] == round(float(found["session_cost_usd"]) * 1e6)
 
 
 # -- the cap and the caller's key, over upstream topologies ----------------------------------

@@ -88,12 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
         "libraries log warnings only (default: info)",
     )
 
-    sub.add_parser(
+    demo = sub.add_parser(
         "demo",
         help="run the gateway and a stand-in upstream through a scripted agent conversation",
         description="Start the gateway and a stand-in upstream on loopback ports and drive a "
         "scripted agent conversation through them, one table row per turn.",
     )
+    demo.add_argument(
+        "--watch",
+        action="store_true",
+        help="serve the demo's gateway on --port with a key, wait for the operator console "
+        "(/ui) to open, play the conversation at a pace to follow there, keep serving",
+    )
+    demo.add_argument("--port", type=int, default=8080, help="with --watch (default 8080)")
+    demo.add_argument(
+        "--pace", type=float, default=1.5, metavar="SECONDS",
+        help="with --watch: the pause before each turn (default 1.5)",
+    )  # fmt: skip
 
     standin = sub.add_parser(
         "standin",
@@ -140,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        run_demo()
+        run_demo(watch=args.watch, port=args.port, pace_s=args.pace)
         return 0
     if args.command == "standin":
         from .server.run import serve_standin

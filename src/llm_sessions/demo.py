@@ -1,18 +1,26 @@
 """``llm-sessions demo``: the gateway and a stand-in upstream on loopback, and a scripted
 agent conversation through them over HTTP (httpx, as any OpenAI client would), one table
-row per turn. It needs only the ``server`` extra."""
+row per turn. It needs only the ``server`` extra.
+
+``llm-sessions demo --watch`` serves the demo's gateway on a port of its own with a key,
+waits for the operator console (``/ui``) to open with it, plays the conversation at a
+pace one can follow there, then keeps serving until interrupted."""
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from .routing import Pricing, routing_table
-from .server.app import create_app
+from .server.gateway import Gateway
 from .server.run import running
 from .server.settings import Settings, UpstreamSettings
 from .server.standin import StandIn
@@ -42,11 +50,24 @@ LOG = "".join(
 )
 
 
-def run_demo(out: Callable[[str], None] = print) -> None:
+#: The key the watched demo's console asks for.
+WATCH_KEY = "demo-key"
+
+
+def run_demo(
+    out: Callable[[str], None] = print,
+    *,
+    watch: bool = False,
+    port: int = 8080,
+    pace_s: float = 1.5,
+    wait_s: float = 600.0,
+) -> None:
+    """The demo; with `watch`, on `port` with the console, `pace_s` between turns, after
+    waiting up to `wait_s` for a console to open (then it plays anyway)."""
     logging.getLogger("llm_sessions.access").setLevel(logging.WARNING)
     os.environ.setdefault("DEMO_UPSTREAM_KEY", "demo")  # the stand-in takes any key
     standin = StandIn()
-    with running(standin.app()) as upstream_url:
+    with running(standin.app()) as upstream_url, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             upstream=UpstreamSettings(
                 base_url=f"{upstream_url}/v1",
@@ -57,21 +78,57 @@ def run_demo(out: Callable[[str], None] = print) -> None:
             pricing=PRICES,
             max_session_cost_usd=0.50,
         )
+        serving: dict[str, Any] = {}
+        if watch:
+            keys = Path(tmp) / "keys"
+            keys.write_text(WATCH_KEY + "\n")
+            settings = replace(settings, api_keys_file=str(keys), port=port)
+            serving["port"] = port
+        gateway = Gateway(settings)
         with (
-            running(create_app(settings)) as gateway_url,
+            running(gateway.app(), **serving) as gateway_url,
             httpx.Client(
                 base_url=f"{gateway_url}/v1",
-                headers={"authorization": "Bearer demo-key"},
+                headers={"authorization": f"Bearer {WATCH_KEY}"},
                 timeout=30,
             ) as client,
         ):
-            _conversation(client, standin, out)
+            pause: Callable[[], None] = lambda: None  # noqa: E731
+            if watch:
+                out(f"The operator console: {gateway_url}/ui (key: {WATCH_KEY})")
+                _wait_for_console(gateway, wait_s, out)
+
+                def pause() -> None:
+                    time.sleep(pace_s)
+
+            _conversation(client, standin, out, pause)
             standin.behaviour.clear()  # the primary the chat part took down is back
-            _messages_session(client, out)
-            _responses_session(client, out)
+            _messages_session(client, out, pause)
+            _responses_session(client, out, pause)
+            if watch:
+                out(f"\nStill serving {gateway_url} (Ctrl-C to stop).")
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    pass
 
 
-def _conversation(client: httpx.Client, standin: StandIn, out: Callable[[str], None]) -> None:
+def _wait_for_console(gateway: Gateway, wait_s: float, out: Callable[[str], None]) -> None:
+    """Until a console opens its live stream (or `wait_s` passes)."""
+    out("Waiting for the console to open (paste the key there)...")
+    deadline = time.monotonic() + wait_s
+    while not gateway.console.watched and time.monotonic() < deadline:
+        time.sleep(0.2)
+    out("")
+
+
+def _conversation(
+    client: httpx.Client,
+    standin: StandIn,
+    out: Callable[[str], None],
+    pause: Callable[[], None] = lambda: None,
+) -> None:
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are a coding agent working in a git repository."}
     ]
@@ -86,6 +143,7 @@ def _conversation(client: httpx.Client, standin: StandIn, out: Callable[[str], N
     def ask(note: str, **extra: Any) -> None:
         nonlocal turn
         turn += 1
+        pause()
         raw = client.post(
             "/chat/completions", json={"model": "auto", "messages": messages, **extra}
         )
@@ -140,7 +198,9 @@ def _conversation(client: httpx.Client, standin: StandIn, out: Callable[[str], N
     out("\n* served by a fallback. Every row went through the gateway over HTTP.")
 
 
-def _messages_session(client: httpx.Client, out: Callable[[str], None]) -> None:
+def _messages_session(
+    client: httpx.Client, out: Callable[[str], None], pause: Callable[[], None] = lambda: None
+) -> None:
     """A few turns of an agent on the Anthropic Messages API, as Claude Code sends them."""
     out("\nThe same gateway on the Anthropic Messages API, as Claude Code calls it:\n")
     headers = {"x-claude-code-session-id": "7d1c0a52-8f4e-4b1b-9c1e-0e4f2b7a9d10"}
@@ -150,6 +210,7 @@ def _messages_session(client: httpx.Client, out: Callable[[str], None]) -> None:
     notes = ["a Claude Code session: keyed by its session id", "the tool result goes back",
              "the next step: same session, same model"]  # fmt: skip
     for turn, note in enumerate(notes, 1):
+        pause()
         raw = client.post(
             "/messages",
             json={"model": "auto", "max_tokens": 1024, "tools": tools, "messages": messages},
@@ -168,7 +229,9 @@ def _messages_session(client: httpx.Client, out: Callable[[str], None]) -> None:
             messages.append({"role": "user", "content": "Now commit it."})
 
 
-def _responses_session(client: httpx.Client, out: Callable[[str], None]) -> None:
+def _responses_session(
+    client: httpx.Client, out: Callable[[str], None], pause: Callable[[], None] = lambda: None
+) -> None:
     """An agent on the OpenAI Responses API, each turn sending only what is new."""
     out("\nAnd on the OpenAI Responses API, each turn naming the one before it:\n")
     schema = {"type": "object", "properties": {"path": {"type": "string"}}}
@@ -177,6 +240,7 @@ def _responses_session(client: httpx.Client, out: Callable[[str], None]) -> None
     notes = ["a new session", "only the tool result: previous_response_id names the session",
              "the chain goes on: same session, same model"]  # fmt: skip
     for turn, note in enumerate(notes, 1):
+        pause()
         raw = client.post("/responses", json=body)
         h, reply = raw.headers, raw.json()
         cost = client.get(f"/sessions/{h['x-session-id']}").json()["session_cost_usd"]

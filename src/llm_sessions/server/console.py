@@ -192,6 +192,11 @@ class ConsoleHub:
                     item["tenant"] = scope
                 sub.put(item)
 
+    @property
+    def watched(self) -> bool:
+        """A console is watching (a live stream is open)."""
+        return bool(self._subscriptions)
+
     def subscribe(self, scope: str | None) -> _Subscription:
         sub = _Subscription(scope)
         self._subscriptions.add(sub)
