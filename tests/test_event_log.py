@@ -229,6 +229,7 @@ def test_the_flow_logs_each_turn_with_its_outcome(make_policy: Any) -> None:
     assert [e["cost_micros"] for e in log] == [1_000, 1_000, 1_000, 2_000, 0, 0]
     assert [e["total_micros"] for e in log] == [1_000, 2_000, 3_000, 5_000, 5_000, 5_000]
     assert log[2]["tier"] != log[1]["tier"] and log[3]["model"] != log[3]["decided"]
+    assert all("decided" not in e for e in log if e["reason"] != "fallback")
     assert log[0]["api"] == "chat" and log[4]["status"] == 502 and log[5]["api"] == "messages"
     assert log[5]["cap_micros"] == 50_000 and log[5]["requested_micros"] > 45_000
     assert [e["at"] for e in log] == sorted(e["at"] for e in log)

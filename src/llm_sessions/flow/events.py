@@ -2,8 +2,9 @@
 store step that records the turn (`finish`'s, or a refusal's), as compact JSON.
 
 An event holds what the flow knows (when, the outcome, the routing reason, the model
-decided and the one that served, the tier, the strikes before and after the turn, what
-it cost and the session's total) and whatever the caller adds (the gateway adds the API,
+that served, and the one decided when a fallback served instead, the tier, the strikes
+before and after the turn, what it cost and the session's total; a refusal also the cap
+and the worst case it refused) and whatever the caller adds (the gateway adds the API,
 the HTTP status, the latency and the token counts). Its ``reason`` is the decision's,
 except ``"fallback"`` when a model after the decided one served and ``"refused"`` when
 the budget refused the turn.
@@ -71,15 +72,15 @@ def finish_event(
             "outcome": "failed" if served_model is None else "served",
             "reason": "fallback" if fallback else decision.reason,
             "model": served_model or decision.model,
-            "decided": decision.model,
             "tier": decision.tier.value,
             "strikes_before": decision.strikes_before,
             "strikes_after": new.strikes,
             "cost_micros": cost if served_model is not None else 0,
             "total_micros": total,
-            "cap_micros": policy.cap_micros,
             "source": decision.source,
         }
+        if fallback:
+            body["decided"] = decision.model
         if extra:
             body.update(extra)
         return body
@@ -98,7 +99,6 @@ def refusal_event(policy: SessionPolicy, turn: Turn, extra: Mapping[str, Any] | 
             "outcome": "refused",
             "reason": "refused",
             "model": begun.model,
-            "decided": begun.model,
             "tier": begun.tier.value,
             "strikes_before": old.strikes,
             "strikes_after": old.strikes,
