@@ -150,26 +150,35 @@ def _commands_run(nodes: list[Any]) -> tuple[int, int]:
     return scripts, topology
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
 @pytest.mark.parametrize("kind", ["redis_cluster", "redis_sentinel"])
 def test_a_routed_request_is_two_round_trips_in_the_steady_state(
-    kind: str, request: pytest.FixtureRequest
+    kind: str, flavour: str, request: pytest.FixtureRequest
 ) -> None:
-    """On a cluster and behind Sentinel as on one server: begin and finish each one
-    command, on the session's node (counted by the servers themselves), the turn's event
-    in the session's log included."""
+    """On a cluster and behind Sentinel as on one server, sync or asyncio: begin and
+    finish each one command, on the session's node (counted by the servers themselves),
+    the turn's event in the session's log included."""
     from llm_sessions import Pricing, SessionPolicy
 
     from conftest import TIERS
+    from helpers import PolicyFacade, SyncFacade
 
     url = request.getfixturevalue(f"{kind}_url")
     servers = request.getfixturevalue(kind)
     nodes = servers.nodes if kind == "redis_cluster" else [servers.primary, *servers.replica_nodes]
     nodes = [n for n in nodes if n.process is not None]
-    store = RedisSessionStore(url, CFG)
     prices = {
         m: Pricing(1, 2) for t in TIERS.values() for m in [t["primary"], *t.get("fallback", [])]
     }
-    policy = SessionPolicy(store, TIERS, pricing=prices, max_session_cost_usd=100)
+    loop = asyncio.new_event_loop()
+    store: Any
+    if flavour == "sync":
+        store = RedisSessionStore(url, CFG)
+        policy: Any = SessionPolicy(store, TIERS, pricing=prices, max_session_cost_usd=100)
+    else:
+        store = SyncFacade(AsyncRedisSessionStore(url, CFG), loop)
+        inner = SessionPolicy(store.store, TIERS, pricing=prices, max_session_cost_usd=100)
+        policy = PolicyFacade(inner, loop)
 
     def turn(i: int) -> None:
         body = {"messages": [{"role": "user", "content": f"turn {i}"}]}
@@ -189,6 +198,7 @@ def test_a_routed_request_is_two_round_trips_in_the_steady_state(
         assert totals == [5 * (i + 1) for i in range(12)]
     finally:
         store.close()
+        loop.close()
 
 
 def test_behind_sentinel_a_busy_pool_waits_as_one_servers_does(redis_sentinel_url: str) -> None:
