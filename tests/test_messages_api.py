@@ -197,7 +197,8 @@ def test_an_overloaded_primary_falls_back(gw: Running) -> None:
 
 
 def test_an_upstream_that_does_not_serve_messages_is_a_clear_400() -> None:
-    with gateway_with_standin(upstream={"apis": ("chat",)}) as gw:
+    """Without translation (``translate_to = []``); with it, see test_translation."""
+    with gateway_with_standin(upstream={"apis": ("chat",), "translate_to": ()}) as gw:
         reply = httpx.post(f"{gw.url}/v1/messages", json={"model": "auto", "max_tokens": 5,
                            "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
     assert reply.status_code == 400

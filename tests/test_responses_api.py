@@ -365,7 +365,8 @@ def test_an_agents_sdk_tool_loop_is_one_session_charged_every_turn() -> None:
 
 
 def test_without_an_upstream_for_the_responses_api_it_is_a_clear_400() -> None:
-    with gateway_with_standin(upstream={"apis": ("chat",)}) as gw:
+    """Without translation (``translate_to = []``); with it, see test_translation."""
+    with gateway_with_standin(upstream={"apis": ("chat",), "translate_to": ()}) as gw:
         with pytest.raises(openai.BadRequestError) as info:
             gw.client().responses.create(model="auto", input="hi")
         assert "responses API" in info.value.message

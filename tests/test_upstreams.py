@@ -25,12 +25,15 @@ TOML = """
 base_url = "{openai}/v1"
 api_key_env = "TEST_OPENAI_KEY"
 apis = ["chat"]
+translate_to = []  # each API only to the upstreams that serve it (tests/test_translation
+                   # crosses them)
 
 [upstreams.anthropic]
 base_url = "{anthropic}/v1"
 api_key_env = "TEST_ANTHROPIC_KEY"
 auth = "x-api-key"
 apis = ["messages"]
+translate_to = []
 forward_client_key = {forward}
 
 [models."anthropic/claude-sonnet-4.6"]
@@ -205,11 +208,14 @@ def test_models_and_start_up_say_which_apis(
 
 def test_a_tier_left_without_a_model_for_an_api_is_a_start_up_error(tmp_path: Path) -> None:
     path = tmp_path / "g.toml"
-    path.write_text(
-        '[upstream]\napis = ["chat"]\n[upstreams.a]\nbase_url = "https://a.example/v1"\n'
-        'apis = ["messages"]\n[models."m-a"]\nupstream = "a"\n'
+    toml = (
+        '[upstream]\napis = ["chat"]\n{no}[upstreams.a]\nbase_url = "https://a.example/v1"\n'
+        'apis = ["messages"]\n{no}[models."m-a"]\nupstream = "a"\n'
         '[routing.tiers.SIMPLE]\nprimary = "m-a"\n[routing.tiers.COMPLEX]\nprimary = "gpt-4o"\n'
     )
+    path.write_text(toml.format(no=""))  # each tier served through translation: accepted
+    assert load_settings(path).sends_as("m-a", "chat") == "messages"
+    path.write_text(toml.format(no="translate_to = []\n"))  # no translation: a tier short
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     message = str(info.value)
@@ -225,7 +231,8 @@ def test_the_single_upstream_table_still_means_chat(tmp_path: Path) -> None:
     path.write_text('[upstream]\nbase_url = "https://api.example.com/v1"\n')
     settings = load_settings(path)
     assert [up.name for up in settings.upstreams] == ["default"]
-    assert settings.apis == ("chat",)
+    assert settings.upstream.apis == ("chat",)
+    assert settings.apis == ("chat", "messages")  # Messages requests, translated to chat
     assert settings.route("gpt-4o") == (settings.upstream, "gpt-4o")
 
 

@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     standin.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
     standin.add_argument("--port", type=int, default=8081, help="default 8081")
+    standin.add_argument(
+        "--apis",
+        default="chat,messages,responses",
+        help="the APIs it serves, comma-separated (default chat,messages,responses): one "
+        "alone makes an upstream of that API, to try translation against",
+    )
 
     config = sub.add_parser("config", help="print the example configuration, or check a file")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -156,7 +162,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "standin":
         from .server.run import serve_standin
 
-        serve_standin(args.host, args.port)
+        apis = tuple(a.strip() for a in args.apis.split(",") if a.strip())
+        serve_standin(args.host, args.port, apis)
         return 0
     from .server.run import serve
 

@@ -20,7 +20,8 @@ from ..records import format_usd
 from ..routing import token_usage, with_generated_output
 from .access_log import cap, log_request
 from .model_routes import route, serves, takes_caller
-from .rejections import Reject, error_body
+from .rejections import Reject, error_body, rejection
+from .translation import WIRES, Translation, Untranslatable
 from .upstream import Attempt, RelayResponse, StreamMeter, UpstreamBroke, read_json
 from .wire import Wire
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["charge", "finish", "forward"]
 
 errors_log = logging.getLogger("llm_sessions.gateway")
+
+#: The ``anthropic-version`` a request translated to the Messages API is sent with.
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 async def forward(
@@ -58,17 +62,40 @@ async def forward(
             code="client_key_not_accepted",
         )
     tried: list[str] = []
+    untranslatable: list[Untranslatable] = []
     metrics = gateway.metrics
     for model in served[: gateway.max_attempts]:
-        client, sent_as, headers = route(gateway, model, request, wire.forward_headers)
-        payload = _payload(gateway, decision, body, sent_as, stream, wire)
+        target = WIRES.get(gateway.settings.sends_as(model, wire.api) or "", wire)
+        translation = Translation(wire, target) if target is not wire else None
+        client, sent_as, headers = route(gateway, model, request, target.forward_headers)
         try:
-            attempt = await client.attempt(model, payload, wire.path, headers)
+            if translation is None:
+                payload = _payload(gateway, decision, body, sent_as, stream, wire)
+            else:
+                default = gateway.settings.default_max_tokens
+                limit = decision.output_limit or _given_limit(body, wire)
+                if limit is None and gateway.policy.cap_micros is not None:
+                    limit = default  # the worst case the cap reserved
+                payload = translation.request(body, sent_as, limit, default)
+                if target.anthropic_errors:  # the Messages API wants its version named
+                    headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
+        except Untranslatable as exc:
+            untranslatable.append(exc)
+            tried.append(f"{model} (can't be translated to the {target.api} API)")
+            continue
+        try:
+            attempt = await client.attempt(model, payload, target.path, headers)
             response = None
             if attempt.response is not None:
                 if model != decision.model:
                     metrics.fallbacks.inc()
-                response = await _answer(gateway, decision, attempt, stream, body, record, wire)
+                if translation is not None:
+                    record["translated"] = translation.label
+                else:
+                    record.pop("translated", None)
+                response = await _answer(
+                    gateway, decision, attempt, stream, body, record, wire, translation
+                )
         except Exception as exc:  # a fault of the client, not of the upstream
             errors_log.exception("upstream call to %.256s failed", model)
             tried.append(f"{model} (gateway error: {type(exc).__name__})")
@@ -84,6 +111,9 @@ async def forward(
             metrics.upstream_errors.labels("read").inc()
 
     await finish(gateway, decision, None, 0, event=turn_event(record, 502))
+    if untranslatable and len(untranslatable) == len(tried):
+        first = untranslatable[0]
+        raise Reject(400, str(first), param=first.field, code="untranslatable")
     raise Reject(
         502,
         f"every upstream attempt failed: {', '.join(tried)}",
@@ -126,18 +156,22 @@ async def _answer(
     body: dict[str, Any],
     record: dict[str, Any],
     wire: Wire,
+    translation: Translation | None = None,
 ) -> Response | None:
     """The client's response for an attempt that reached it; None if it broke before
-    a byte could be sent (then the next model is tried)."""
+    a byte could be sent (then the next model is tried). A translated answer is read in
+    the upstream's API (its usage, its generated text) and written in the client's."""
     upstream = attempt.response
     assert upstream is not None
     headers = {**record["headers"], "X-Session-Served-Model": attempt.model}
+    if translation is not None:
+        headers["X-Session-Translated"] = translation.label
     record["model"] = attempt.model
     if attempt.terminal or upstream.status_code != 200:
-        return await _refused(gateway, decision, attempt, headers, record)
+        return await _refused(gateway, decision, attempt, headers, record, wire, translation)
     if stream:
         record["relaying"] = True  # from here the relay records the outcome
-        return _relayed(gateway, decision, attempt, body, record, wire, headers)
+        return _relayed(gateway, decision, attempt, body, record, wire, headers, translation)
     try:
         content = await upstream.aread()
     except UpstreamBroke:
@@ -148,8 +182,13 @@ async def _answer(
         data = read_json(content)
     except ValueError:
         data = None
+    if translation is not None:
+        wire = translation.target  # what the upstream's answer is read as
+        if isinstance(data, dict):
+            content = translation.answer(content)
     usage = data.get("usage") if isinstance(data, dict) else None
-    stored = body.get("store") is not False  # an answer that was not stored can't be continued
+    # an answer that was not stored can't be continued (nor one translated: not stored)
+    stored = body.get("store") is not False and translation is None
     answer = (wire.answer_id(data), wire.answer_items(data)) if stored else None
     if answer is not None and answer[0] is not None and wire.unfinished(data):
         # a background response, queued: billed when its output is seen (`stored`)
@@ -165,15 +204,26 @@ async def _answer(
     return Response(content, 200, headers=headers, media_type="application/json")
 
 
+def _given_limit(body: dict[str, Any], wire: Wire) -> int | None:
+    """The output limit the client set, in whichever of its API's fields."""
+    for field in wire.limits:
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 async def _refused(
     gateway: Gateway,
     decision: Decision,
     attempt: Attempt,
     headers: dict[str, str],
     record: dict[str, Any],
+    wire: Wire,
+    translation: Translation | None = None,
 ) -> Response:
-    """The upstream refused (quota, a bad request): the client sees its answer; nothing
-    was served."""
+    """The upstream refused (quota, a bad request): the client sees its answer (in the
+    client's API's error shape when translated); nothing was served."""
     upstream = attempt.response
     assert upstream is not None
     if attempt.terminal:
@@ -186,6 +236,11 @@ async def _refused(
     finally:
         await upstream.aclose()
     await finish(gateway, decision, None, 0, event=turn_event(record, upstream.status_code))
+    if translation is not None:
+        message = f"the upstream refused the request: {translation.error_message(content)}"
+        kind = "invalid_request_error" if upstream.status_code < 500 else "upstream_error"
+        extra = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
+        return rejection(Reject(upstream.status_code, message, kind), wire, {**headers, **extra})
     media = upstream.headers.get("content-type", "application/json")
     return Response(content, upstream.status_code, headers=headers, media_type=media)
 
@@ -198,13 +253,14 @@ def _relayed(
     record: dict[str, Any],
     wire: Wire,
     headers: dict[str, str],
+    translation: Translation | None = None,
 ) -> RelayResponse:
     """A stream relayed event by event, metered; billed (and logged) when it ends, from
     its usage, else from what it generated (never less than what was seen)."""
     upstream = attempt.response
     assert upstream is not None
     started = time.perf_counter()
-    stored = body.get("store") is not False
+    stored = body.get("store") is not False and translation is None
 
     async def done(meter: StreamMeter, complete: bool) -> None:
         usage = meter.usage
@@ -218,8 +274,13 @@ def _relayed(
         record["cost"] = cost
         log_request(gateway.metrics, record, 200, started)
 
-    meter = StreamMeter(wire.reader(body), wire.unread, wire.read_marker)
-    return RelayResponse(upstream, done, headers, meter)
+    if translation is None:
+        meter = StreamMeter(wire.reader(body), wire.unread, wire.read_marker)
+        return RelayResponse(upstream, done, headers, meter)
+    target = translation.target  # the meter reads the upstream's events, all of them
+    meter = StreamMeter(target.reader({"stream_options": {"include_usage": True}}))
+    translator = translation.stream(body, attempt.model, decision.prompt_tokens)
+    return RelayResponse(upstream, done, headers, meter, translator)
 
 
 async def charge(
@@ -262,7 +323,7 @@ def turn_event(
         "status": status,
         "latency_ms": round((time.perf_counter() - record["started"]) * 1000, 1),
     }
-    for optional in ("agent", "complete"):
+    for optional in ("agent", "complete", "translated"):
         if optional in record:
             event[optional] = record[optional]
     if tokens:

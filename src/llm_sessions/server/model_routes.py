@@ -31,9 +31,8 @@ __all__ = [
 
 
 def serves(settings: Settings, model: str, wire: Wire) -> bool:
-    """An upstream of the wire's API takes `model`."""
-    found = settings.route(model)
-    return found is not None and wire.api in found[0].apis
+    """`model`'s upstream takes a request of the wire's API, itself or translated."""
+    return settings.sends_as(model, wire.api) is not None
 
 
 def served_on(settings: Settings, model: str, wire: Wire) -> str | None:
@@ -112,15 +111,20 @@ def check_explicit_model(gateway: Gateway, body: dict[str, Any], wire: Wire) -> 
 
 def model_objects(settings: Settings) -> dict[str, dict[str, Any]]:
     """The routing profiles, then every model of the routing table, in OpenAI's model
-    object shape, each with the APIs it can be reached through (built at start-up)."""
+    object shape, each with the APIs it can be reached through (built at start-up), and
+    which of those are translated, into what API."""
     created = int(time.time())
     objects = {}
     for model in [*settings.profiles, *settings.models]:
+        translated: dict[str, str] = {}
         if model in settings.profiles:
             apis = list(settings.apis)
         else:
-            found = settings.route(model)
-            apis = [a for a in settings.apis if found is not None and a in found[0].apis]
+            sent = {a: settings.sends_as(model, a) for a in settings.apis}
+            apis = [a for a, target in sent.items() if target is not None]
+            translated = {a: t for a, t in sent.items() if t is not None and t != a}
         objects[model] = {"id": model, "object": "model", "created": created,
                           "owned_by": "llm-sessions", "apis": apis}  # fmt: skip
+        if translated:  # the APIs it is reached through by translation, and into what
+            objects[model]["translated"] = translated
     return objects

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import InvalidRequest, InvalidSessionId
 from ..protocols import messages
+from ..routing import estimate_prompt_tokens
 from .access_log import log_request
 from .model_routes import check_api, check_explicit_model, route, served_on
 from .parsing import check_counts, parse_body, read_body
@@ -26,7 +27,8 @@ __all__ = ["count_tokens", "embeddings", "model", "models"]
 
 async def count_tokens(gateway: Gateway, request: Request) -> Response:
     """``POST /v1/messages/count_tokens``: forwarded to the upstream with the model the
-    session would use; no session effect."""
+    session would use (the gateway's own estimate when that upstream speaks another API);
+    no session effect."""
     try:
         scope = gateway.authorize(request)
         body = parse_body(await read_body(request, gateway.settings.max_body_bytes))
@@ -46,6 +48,11 @@ async def count_tokens(gateway: Gateway, request: Request) -> Response:
                 "upstream of the messages API serves",
                 param="model",
             )
+        if gateway.settings.sends_as(model, MESSAGES.api) != MESSAGES.api:
+            # its upstream speaks another API, which counts nothing: the gateway's estimate
+            estimate = estimate_prompt_tokens(view["messages"], view.get("tools"))
+            headers = {"X-Session-Model": model, "X-Session-Translated": "estimated"}
+            return JSONResponse({"input_tokens": estimate}, headers=headers)
         client, sent_as, headers = route(gateway, model, request, MESSAGES.forward_headers)
         payload = {**body, "model": sent_as}
         failed = "counting tokens failed upstream"

@@ -123,11 +123,17 @@ def worker_app() -> ASGIApp:
     return create_app(settings)
 
 
-def serve_standin(host: str, port: int) -> None:
-    """Serve the stand-in upstream until interrupted."""
+def serve_standin(
+    host: str, port: int, apis: tuple[str, ...] = ("chat", "messages", "responses")
+) -> None:
+    """Serve the stand-in upstream (for `apis`) until interrupted."""
     configure_logging("info")
-    print(f"stand-in upstream on http://{host}:{port}/v1 (answers any model; no key needed)")
-    uvicorn.run(StandIn().app(), host=host, port=port, access_log=False, log_level="warning")
+    print(
+        f"stand-in upstream on http://{host}:{port}/v1 serving {', '.join(apis)} "
+        "(answers any model; no key needed)"
+    )
+    app = StandIn().app(apis)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
 
 
 @contextmanager

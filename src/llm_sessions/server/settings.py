@@ -43,6 +43,8 @@ __all__ = [
 APIS = ("chat", "messages", "responses", "embeddings")
 #: The APIs whose requests are routed (the routing table's tiers must reach them).
 ROUTED_APIS = ("chat", "messages", "responses")
+#: (a client's API, an API its requests can be translated to): see `protocols.neutral`
+TRANSLATIONS = frozenset((a, b) for a in ROUTED_APIS for b in ROUTED_APIS if a != b)
 
 DEFAULT_TIERS = {
     "SIMPLE": {"primary": "gpt-4o-mini"},
@@ -94,6 +96,21 @@ class UpstreamSettings:
     client_key_from: tuple[str, ...] = ()
     # operator's key: serve callers who brought a key a forwarding upstream takes
     serve_callers_with_keys: bool = False
+    # the APIs a request of another API is translated to, in order of preference (None:
+    # `apis`, in order; empty: none, the upstream serves its own APIs only)
+    translate_to: tuple[str, ...] | None = None
+
+    def sends_as(self, api: str) -> str | None:
+        """The API a request of `api` goes out in to this upstream: `api` itself when it
+        serves it, else the first API of `translate_to` it can be translated to; None
+        when neither."""
+        if api in self.apis:
+            return api
+        preferred = self.apis if self.translate_to is None else self.translate_to
+        for target in preferred:
+            if target in self.apis and (api, target) in TRANSLATIONS:
+                return target
+        return None
 
     @property
     def takes_keys_from(self) -> tuple[str, ...]:
@@ -167,9 +184,15 @@ class Settings:
 
     @cached_property
     def apis(self) -> tuple[str, ...]:
-        """The APIs some upstream serves, in `APIS` order."""
-        served = {api for up in self.upstreams for api in up.apis}
+        """The APIs some upstream serves, itself or through translation, in `APIS` order."""
+        served = {api for up in self.upstreams for api in APIS if up.sends_as(api)}
         return tuple(api for api in APIS if api in served)
+
+    def sends_as(self, model: str, api: str) -> str | None:
+        """The API a request of `api` for `model` goes out in (`UpstreamSettings.sends_as`
+        of its upstream); None when it can't go."""
+        found = self.route(model)
+        return None if found is None else found[0].sends_as(api)
 
     def route(self, model: str) -> tuple[UpstreamSettings, str] | None:
         """The upstream a model goes to and the id it is sent as; None when it goes nowhere
@@ -294,6 +317,10 @@ def settings_from_text(text: str, source: str = "the config", **overrides: Any) 
     return settings
 
 
+def _optional_list(value: list[Any] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(str(v) for v in value)
+
+
 def _upstream(up: _Reader, name: str) -> UpstreamSettings:
     """One upstream table, [upstream] or [upstreams.NAME]."""
     upstream = UpstreamSettings(
@@ -309,7 +336,13 @@ def _upstream(up: _Reader, name: str) -> UpstreamSettings:
         forward_client_key=up.get("forward_client_key", bool, False),
         client_key_from=tuple(up.get("client_key_from", list, [])),
         serve_callers_with_keys=up.get("serve_callers_with_keys", bool, False),
+        translate_to=_optional_list(up.get("translate_to", list, None)),
     )
+    if upstream.translate_to is not None and not set(upstream.translate_to) <= set(upstream.apis):
+        raise ConfigError(
+            f"config: {up.name('translate_to')} must list some of the upstream's apis "
+            f"({', '.join(upstream.apis)}), got {list(upstream.translate_to)!r}"
+        )
     if not set(upstream.client_key_from) <= {"authorization", "x-api-key"}:
         raise ConfigError(
             f"config: {up.name('client_key_from')} must list some of 'authorization', "
@@ -543,8 +576,7 @@ def _check(settings: Settings) -> None:
         _check_upstream(upstream)
     for api in (a for a in settings.apis if a in ROUTED_APIS):
         for tier, models in settings.tiers.items():
-            routes = [settings.route(m) for m in models.chain]
-            if not any(r is not None and api in r[0].apis for r in routes):
+            if not any(settings.sends_as(m, api) for m in models.chain):
                 serving = [up.name for up in settings.upstreams if api in up.apis]
                 raise ConfigError(
                     f"config: routing.tiers.{tier.value} has no model served for the {api} "

@@ -1,9 +1,9 @@
 """A stand-in upstream, for the demo and the tests: it answers OpenAI chat completions,
-Anthropic messages and OpenAI responses (streamed or not, with usage; a Messages or
-Responses request that offers tools is answered with a call of the first tool until a
-tool result comes back), keeps the responses it made (``previous_response_id`` to one it
-does not hold is a 404, as upstream), counts tokens, records what it receives, and can
-be told, per model, to fail with a status, to stall, or to stream slowly."""
+Anthropic messages and OpenAI responses (streamed or not, with usage; a request that
+offers tools is answered with a call of the first tool until a tool result comes back),
+keeps the responses it made (``previous_response_id`` to one it does not hold is a 404,
+as upstream), counts tokens, records what it receives, and can be told, per model, to
+fail with a status, to stall, or to stream slowly; `app(apis)` serves some APIs only."""
 
 from __future__ import annotations
 
@@ -68,19 +68,25 @@ class StandIn:
     def models(self) -> list[str]:
         return [r.get("model", "") for r in self.received]
 
-    def app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+    def app(self, apis: tuple[str, ...] = ("chat", "messages", "responses")) -> Starlette:
+        """The stand-in serving `apis` (and embeddings): an upstream of one API alone
+        answers 404 to the others, as a real one would."""
+        routes = [Route("/v1/embeddings", self.embeddings, methods=["POST"])]
+        if "chat" in apis:
+            routes.append(Route("/v1/chat/completions", self.chat, methods=["POST"]))
+        if "messages" in apis:
+            routes += [
                 Route("/v1/messages", self.messages, methods=["POST"]),
                 Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
-                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            ]
+        if "responses" in apis:
+            routes += [
                 Route("/v1/responses", self.responses, methods=["POST"]),
                 Route("/v1/responses/{rid}", self.response, methods=["GET", "DELETE"]),
                 Route("/v1/responses/{rid}/input_items", self.input_items, methods=["GET"]),
                 Route("/v1/responses/{rid}/cancel", self.cancel, methods=["POST"]),
             ]
-        )
+        return Starlette(routes=routes)
 
     async def embeddings(self, request: Request) -> Response:
         body, _ = await self._take(request)
@@ -216,7 +222,21 @@ class StandIn:
             usage["total_tokens"] += b.cached_tokens
             usage["prompt_tokens_details"] = {"cached_tokens": b.cached_tokens}
         created = int(time.time())
+        tools = body.get("tools")
+        first = tools[0] if isinstance(tools, list) and tools else None
+        declared = first.get("function") if isinstance(first, dict) else None
+        name = declared.get("name") if isinstance(declared, dict) else None
+        messages = body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        answered = isinstance(last, dict) and last.get("role") == "tool"
+        call: dict[str, Any] | None = None
+        if isinstance(name, str) and not answered:  # a call of the first tool, until answered
+            function = {"name": name, "arguments": '{"path": "t"}'}
+            call = {"id": f"call_{len(self.received)}", "type": "function", "function": function}
         if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": b.text}
+            if call is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": [call]}
             payload: dict[str, Any] = {
                 "id": "chatcmpl-standin",
                 "object": "chat.completion",
@@ -225,8 +245,8 @@ class StandIn:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": b.text},
-                        "finish_reason": "stop",
+                        "message": message,
+                        "finish_reason": "stop" if call is None else "tool_calls",
                     }
                 ],
             }
@@ -249,6 +269,16 @@ class StandIn:
 
             try:
                 yield chunk({"role": "assistant", "content": ""})
+                if call is not None:
+                    function = call["function"]
+                    start = {**call, "index": 0, "function": {**function, "arguments": ""}}
+                    yield chunk({"tool_calls": [start]})
+                    for piece in (function["arguments"][:5], function["arguments"][5:]):
+                        yield chunk(
+                            {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                        )
+                    yield chunk({}, "tool_calls")
+                    words.clear()
                 per = max(1, len(words) // max(1, b.chunks))
                 for i in range(0, len(words), per):
                     if b.chunk_delay_s:
@@ -258,7 +288,8 @@ class StandIn:
                         await asyncio.sleep(0.005)
                     if b.break_stream and i // per + 1 >= b.break_after:
                         raise ConnectionAbortedError("the stand-in drops the stream")
-                yield chunk({}, "stop")
+                if call is None:
+                    yield chunk({}, "stop")
                 if include_usage and b.usage:
                     final = {
                         "id": "chatcmpl-standin",

@@ -436,13 +436,19 @@ class RelayResponse(Response):
         on_done: Callable[[StreamMeter, bool], Awaitable[None]],
         headers: dict[str, str],
         meter: StreamMeter,
+        translator: Any = None,
     ) -> None:
         self.upstream = upstream
         self.on_done = on_done
         self.meter = meter
+        self.translator = translator  # the upstream's events into the client's API
         self.status_code = upstream.status_code
         self.background = None
-        self.media_type = upstream.headers.get("content-type", "text/event-stream")
+        self.media_type = (
+            upstream.headers.get("content-type", "text/event-stream")
+            if translator is None
+            else "text/event-stream"
+        )
         self.init_headers({"cache-control": "no-cache", **headers})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -462,11 +468,16 @@ class RelayResponse(Response):
             start = {"type": "http.response.start", "status": self.status_code,
                      "headers": self.raw_headers}  # fmt: skip
             await send(start)
+            translate = self.translator.feed if self.translator is not None else None
             async for chunk in upstream.aiter_raw():
                 out = meter.feed(chunk)
+                if out and translate is not None:
+                    out = translate(out)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             rest = meter.rest()
+            if rest and translate is not None:
+                rest = translate(rest)
             if rest:
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
             complete = not left
@@ -476,8 +487,9 @@ class RelayResponse(Response):
             watcher.cancel()
             await _shielded(self._close(complete))
         if complete:  # the cost is recorded: now the stream may end
+            held = meter.held if self.translator is None else self.translator.end(meter.held)
             with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": meter.held, "more_body": False})
+                await send({"type": "http.response.body", "body": held, "more_body": False})
 
     async def _close(self, complete: bool) -> None:
         await self.upstream.aclose()
