@@ -3,7 +3,8 @@ upstream: Claude Code on the Anthropic Messages API, Codex on the OpenAI Respons
 
     npm install --prefix /opt/agents @anthropic-ai/claude-code @openai/codex   # once
     .venv/bin/python scripts/agent_check.py claude|codex [--bin PATH] [--cap USD]
-        [--store memory|redis|cluster|sentinel] [--workers N]
+        [--store memory|redis|cluster|sentinel] [--workers N] [--upstream-api API]
+        [--drop-tools]
 
 Starts the stand-in upstream and the gateway (a budget on; the memory store, or one the
 script starts on loopback ports: one Redis server, a Redis Cluster of 3+3, or a primary,
@@ -12,7 +13,10 @@ conversations of the agent in one directory with its base URL pointing at the ga
 and checks what the operator would: every request of a conversation (a
 tool loop of several turns) is one session, keyed by the session id the agent sends, and
 the two conversations are two sessions although they open with the same project
-instructions; every turn was charged. Prints what it saw; exits 1 when a check fails.
+instructions; every turn was charged. With `--upstream-api` (chat, messages or
+responses) the stand-in serves that API alone, so the agent's requests are translated
+(``X-Session-Translated``): every request must say so, and no output may mention a
+streaming fallback. Prints what it saw; exits 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -88,6 +92,16 @@ def main() -> int:
     parser.add_argument("--store", choices=["memory", "redis", "cluster", "sentinel"],
                         default="memory", help="where the gateway keeps sessions")  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="gateway processes on one port")
+    parser.add_argument(
+        "--upstream-api",
+        choices=["chat", "messages", "responses"],
+        help="the one API the upstream speaks (default: the agent's)",
+    )
+    parser.add_argument(
+        "--drop-tools", action="store_true",
+        help='[translation] unsupported_tools = "drop": tools the upstream\'s API can\'t run '
+        "are left out (Codex offers web_search and a namespace)",
+    )  # fmt: skip
     args = parser.parse_args()
     agent = AGENTS[args.agent]
     if args.bin:
@@ -110,10 +124,12 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, agent: Agent, work: Path, home: Path, store_url: str) -> int:
-    with standin_process() as upstream:
-        auth = "x-api-key" if agent.api == "messages" else "bearer"
+    upstream_api = args.upstream_api or agent.api
+    with standin_process(upstream_api) as upstream:
+        auth = "x-api-key" if upstream_api == "messages" else "bearer"
+        apis = f'"{upstream_api}"' if args.upstream_api else f'"chat", "{agent.api}"'
         toml = (
-            f'[upstream]\nbase_url = "{upstream}/v1"\napis = ["chat", "{agent.api}"]\n'
+            f'[upstream]\nbase_url = "{upstream}/v1"\napis = [{apis}]\n'
             f'auth = "{auth}"\n'
             '[pricing."gpt-4o-mini"]\ninput_per_mtok = 0.15\noutput_per_mtok = 0.6\n'
             '[pricing."gpt-4o"]\ninput_per_mtok = 2.5\noutput_per_mtok = 10\n'
@@ -129,6 +145,8 @@ def run(args: argparse.Namespace, agent: Agent, work: Path, home: Path, store_ur
                 + f"[budget]\nmax_session_cost_usd = {args.cap}\nmin_output_tokens = 1024\n"
             )
         toml += f'[store]\nurl = "{store_url}"\n[server]\nworkers = {args.workers}\n'
+        if args.drop_tools:
+            toml += '[translation]\nunsupported_tools = "drop"\n'
 
         with gateway_processes(work, toml, count=1) as ports:
             gateway = f"http://127.0.0.1:{ports[0]}"
@@ -171,7 +189,9 @@ def run(args: argparse.Namespace, agent: Agent, work: Path, home: Path, store_ur
         print(f"  session {line['session']} api={line['api']} source={line['source']} "
               f"reason={line['reason']} model={line['model']} status={line['status']} "
               f"stream={line['stream']} cost={line['cost_usd']} "
-              f"output_limit={line.get('output_limit')}")  # fmt: skip
+              f"output_limit={line.get('output_limit')} "
+              f"translated={line.get('translated')} "
+              f"dropped_tools={line.get('dropped_tools')}")  # fmt: skip
     print(f"sessions listed for this key: {len(sessions)}")
     for row in sessions:
         print(f"  {row['id']}: {row['request_count']} requests, {row['session_cost_usd']} USD")
@@ -186,6 +206,13 @@ def run(args: argparse.Namespace, agent: Agent, work: Path, home: Path, store_ur
     served = [line for line in access if line["status"] == 200]
     if args.cap is None and len(served) != len(access):
         failures.append("a request failed")
+    if args.upstream_api and args.upstream_api != agent.api:
+        label = f"{agent.api}->{args.upstream_api}"
+        if any(line.get("translated") != label for line in served):
+            failures.append(f"a request was not translated {label}")
+        said = [(out + err).lower() for _, _, out, err in runs]
+        if any("streaming fallback" in s or "content block not found" in s for s in said):
+            failures.append("the agent's output mentions a streaming fallback")
     if any(line["cost_usd"] == "0.000000" for line in served):
         failures.append("a request was not charged")
     if args.cap is not None:

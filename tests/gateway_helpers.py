@@ -172,13 +172,14 @@ def gateway_processes(directory: Path, toml: str, count: int = 2) -> Iterator[li
 
 
 @contextmanager
-def standin_process() -> Iterator[str]:
-    """The stand-in upstream (`llm-sessions standin`) in a process of its own, for load
-    that must not share this process's GIL; yields its base URL."""
+def standin_process(apis: str = "chat,messages,responses") -> Iterator[str]:
+    """The stand-in upstream (`llm-sessions standin`, serving `apis`) in a process of its
+    own, for load that must not share this process's GIL; yields its base URL."""
     from redis_server import free_port
 
     port = free_port()
-    command = [sys.executable, "-m", "llm_sessions", "standin", "--port", str(port)]
+    command = [sys.executable, "-m", "llm_sessions", "standin", "--port", str(port),
+               "--apis", apis]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -430,3 +430,50 @@ def test_the_agents_sdks_default_model_runs_on_a_chat_upstream() -> None:
         with gw.http("sk-agent") as http:
             (session,) = http.get("/v1/sessions").json()["sessions"]
         assert session["request_count"] == 2 and float(session["session_cost_usd"]) > 0
+
+
+def test_a_request_no_model_can_take_changes_nothing(chat_only: Running) -> None:
+    """Refused before the session is touched: no session, no strike, nothing upstream."""
+    client = claude(chat_only)
+    try:
+        for _ in range(2):
+            with pytest.raises(anthropic.BadRequestError):
+                client.messages.create(
+                    model="auto", max_tokens=64, messages=[{"role": "user", "content": "x"}],
+                    tools=[{"type": "web_search_20250305", "name": "web_search"}],  # type: ignore[list-item]
+                    extra_headers={"x-session-id": "refused"},
+                )  # fmt: skip
+    finally:
+        client.close()
+    assert chat_only.session("refused") is None and chat_only.standin.received == []
+
+
+def test_tools_an_upstream_cant_run_may_be_left_out_and_said_so() -> None:
+    """``[translation] unsupported_tools = "drop"``: OpenAI's hosted tools (Codex offers
+    web_search) are left out, named in ``X-Session-Dropped-Tools`` and the turn's event."""
+    with gateway_over(("chat",), translation_unsupported_tools="drop") as gw:
+        client = gw.client()
+        raw = client.responses.with_raw_response.create(
+            model="auto", input="hi", store=False,
+            tools=[{"type": "web_search"},
+                   {"type": "function", "name": "read_file", "parameters": SCHEMA}],
+            extra_headers={"x-session-id": "dropped"},
+        )  # fmt: skip
+        assert raw.headers["x-session-dropped-tools"] == "web_search"
+        sent = gw.standin.received[-1]
+        assert [t["function"]["name"] for t in sent["tools"]] == ["read_file"]
+        with gw.http() as http:
+            (event,) = http.get("/v1/sessions/dropped/events").json()["events"]
+        assert event["dropped_tools"] == "web_search"
+
+
+def test_reasoning_goes_only_to_the_models_said_to_take_it() -> None:
+    """Messages' thinking becomes reasoning_effort for a model of
+    ``[translation] reasoning_models``, and is left out for any other (a model without
+    reasoning would refuse the request)."""
+    body = {"model": "auto", "max_tokens": 8192, "messages": [{"role": "user", "content": "x"}],
+            "thinking": {"type": "enabled", "budget_tokens": 4096}}  # fmt: skip
+    for reasoning, expected in ((frozenset({"openai/s1"}), "medium"), (frozenset(), None)):
+        with gateway_over(("chat",), reasoning_models=reasoning) as gw, gw.http() as http:
+            assert http.post("/v1/messages", json=body).status_code == 200
+            assert gw.standin.received[-1].get("reasoning_effort") == expected

@@ -79,9 +79,10 @@ _ONLY_HERE = {
 # -- requests -------------------------------------------------------------------------------
 
 
-def read_turn(body: dict[str, Any], target: str) -> Turn:
+def read_turn(body: dict[str, Any], target: str, drop_tools: bool = False) -> Turn:
     """A Chat Completions request as a turn for the `target` API; `Untranslatable` for
-    what that API can't do (``n`` above 1, log-probabilities, audio...)."""
+    what that API can't do (``n`` above 1, log-probabilities, audio...); a tool that is
+    not a function is left out with `drop_tools` (named in ``dropped_tools``)."""
     for field, what in _ONLY_HERE.items():
         value = body.get(field)
         if value not in (None, False) and not (
@@ -101,6 +102,9 @@ def read_turn(body: dict[str, Any], target: str) -> Turn:
             or tool.get("type") != "function"
             or not isinstance(function, dict)
         ):
+            if drop_tools:
+                turn.dropped_tools.append(_tool_name(tool))
+                continue
             raise Untranslatable(f"tools[{i}]", target, "only function tools translate")
         turn.tools.append(
             Tool(
@@ -132,6 +136,12 @@ def read_turn(body: dict[str, Any], target: str) -> Turn:
     if isinstance(body.get("metadata"), dict):
         turn.metadata = body["metadata"]
     return turn
+
+
+def _tool_name(tool: Any) -> str:
+    if not isinstance(tool, dict):
+        return "?"
+    return str(tool.get("name") or tool.get("type") or "?")[:64]
 
 
 def _read_message(turn: Turn, message: dict[str, Any], where: str, target: str) -> None:

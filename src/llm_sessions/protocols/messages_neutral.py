@@ -71,9 +71,10 @@ _BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 # -- requests -------------------------------------------------------------------------------
 
 
-def read_turn(body: dict[str, Any], target: str = "target") -> Turn:
+def read_turn(body: dict[str, Any], target: str = "target", drop_tools: bool = False) -> Turn:
     """A Messages request as a turn for the `target` API (`to_view` has checked its shape
-    already); `Untranslatable` for what only Anthropic's servers do (server tools)."""
+    already); `Untranslatable` for what only Anthropic's servers do (server tools, left
+    out instead with `drop_tools`, named in ``dropped_tools``)."""
     turn = Turn(model=str(body.get("model") or ""), messages=[])
     system = body.get("system")
     if isinstance(system, str):
@@ -87,7 +88,11 @@ def read_turn(body: dict[str, Any], target: str = "target") -> Turn:
     for i, tool in enumerate(body.get("tools") or []):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or kind not in (None, "custom"):
-            raise Untranslatable(f"tools[{i}]", "target", f"{kind!r} is a tool Anthropic runs")
+            if drop_tools:
+                name = tool.get("name") if isinstance(tool, dict) else None
+                turn.dropped_tools.append(str(name or kind or "?")[:64])
+                continue
+            raise Untranslatable(f"tools[{i}]", target, f"{kind!r} is a tool Anthropic runs")
         turn.tools.append(
             Tool(
                 tool.get("name", ""),

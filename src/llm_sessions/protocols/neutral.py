@@ -157,6 +157,8 @@ class Turn:
     reasoning_budget: int | None = None
     user: str | None = None  # who asks (Messages' metadata.user_id, OpenAI's user...)
     metadata: dict[str, Any] | None = None
+    # tools the client offered that the target can't run, left out (`drop_tools`)
+    dropped_tools: list[str] = field(default_factory=list)
 
 
 # -- the answer ---------------------------------------------------------------------------

@@ -61,9 +61,11 @@ _ONLY_HERE = {
 # -- requests -------------------------------------------------------------------------------
 
 
-def read_turn(body: dict[str, Any], target: str) -> Turn:
+def read_turn(body: dict[str, Any], target: str, drop_tools: bool = False) -> Turn:
     """A Responses request as a turn for the `target` API; `Untranslatable` for what
-    only the Responses API does (stored state, OpenAI's own tools, item references)."""
+    only the Responses API does (stored state, OpenAI's own tools, item references); a
+    tool that is not a function is left out instead with `drop_tools` (named in
+    ``dropped_tools``)."""
     for field, why in _ONLY_HERE.items():
         if body.get(field) not in (None, False, ""):
             raise Untranslatable(field, target, why)
@@ -82,6 +84,10 @@ def read_turn(body: dict[str, Any], target: str) -> Turn:
     for i, tool in enumerate(body.get("tools") or []):
         if not isinstance(tool, dict) or tool.get("type") != "function":
             kind = tool.get("type") if isinstance(tool, dict) else None
+            if drop_tools:
+                name = tool.get("name") if isinstance(tool, dict) else None
+                turn.dropped_tools.append(str(name or kind or "?")[:64])
+                continue
             raise Untranslatable(f"tools[{i}]", target, f"a {kind!r} tool is OpenAI's own")
         turn.tools.append(
             Tool(

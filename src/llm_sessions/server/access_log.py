@@ -47,7 +47,7 @@ def log_request(metrics: Metrics, record: dict[str, Any], status: int, started: 
         "latency_ms": round(latency * 1000, 1),
         "cost_usd": format_usd(record.get("cost", 0)),
     }
-    for optional in ("complete", "output_limit", "translated"):
+    for optional in ("complete", "output_limit", "translated", "dropped_tools"):
         if optional in record:
             line[optional] = record[optional]
     if "request_id" in record:

@@ -65,6 +65,7 @@ async def forward(
     untranslatable: list[Untranslatable] = []
     metrics = gateway.metrics
     for model in served[: gateway.max_attempts]:
+        record.pop("dropped_tools", None)
         target = WIRES.get(gateway.settings.sends_as(model, wire.api) or "", wire)
         translation = Translation(wire, target) if target is not wire else None
         client, sent_as, headers = route(gateway, model, request, target.forward_headers)
@@ -76,7 +77,13 @@ async def forward(
                 limit = decision.output_limit or _given_limit(body, wire)
                 if limit is None and gateway.policy.cap_micros is not None:
                     limit = default  # the worst case the cap reserved
-                payload = translation.request(body, sent_as, limit, default)
+                settings = gateway.settings
+                payload, dropped = translation.request(
+                    body, sent_as, limit, default, model in settings.reasoning_models,
+                    settings.translation_unsupported_tools == "drop",
+                )  # fmt: skip
+                if dropped:
+                    record["dropped_tools"] = ",".join(dropped)
                 if target.anthropic_errors:  # the Messages API wants its version named
                     headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
         except Untranslatable as exc:
@@ -166,6 +173,8 @@ async def _answer(
     headers = {**record["headers"], "X-Session-Served-Model": attempt.model}
     if translation is not None:
         headers["X-Session-Translated"] = translation.label
+        if "dropped_tools" in record:
+            headers["X-Session-Dropped-Tools"] = record["dropped_tools"]
     record["model"] = attempt.model
     if attempt.terminal or upstream.status_code != 200:
         return await _refused(gateway, decision, attempt, headers, record, wire, translation)
@@ -323,7 +332,7 @@ def turn_event(
         "status": status,
         "latency_ms": round((time.perf_counter() - record["started"]) * 1000, 1),
     }
-    for optional in ("agent", "complete", "translated"):
+    for optional in ("agent", "complete", "translated", "dropped_tools"):
         if optional in record:
             event[optional] = record[optional]
     if tokens:

@@ -63,6 +63,12 @@ class Gateway:
         self.forwarded_key_headers = frozenset(
             h for up in settings.upstreams if up.forward_client_key for h in up.takes_keys_from
         )
+        # some upstream takes a request of another API than its own: translation may be needed
+        self.translates = any(
+            up.sends_as(api) not in (None, api)
+            for up in settings.upstreams
+            for api in settings.apis
+        )
         # metric labels come from configuration only, never from what a client sends
         self.providers = frozenset(provider_from_model(m) for m in settings.models)
 

@@ -27,6 +27,7 @@ from .forwarding import finish, forward, turn_event
 from .model_routes import check_api, check_explicit_model
 from .parsing import check_counts, parse_body, read_body, read_stream_flag
 from .rejections import Reject, rejection
+from .translation import untranslatable
 from .upstream import RelayResponse
 from .wire import Wire
 
@@ -87,6 +88,8 @@ async def _handle(
             "fetched later, out of the gateway's sight): send the request without background",
             param="background",
         )
+    if gateway.translates:
+        await _check_translatable(gateway, request, body, view, scope, wire)
     decision = await _begin(gateway, request, view, scope, record)
 
     headers = {**decision.headers, "X-Session-Strikes": str(decision.strikes)}
@@ -106,6 +109,32 @@ async def _handle(
         if decision.settled_total is None and not record.get("relaying"):
             # anything that ended this request before its outcome was recorded
             await finish(gateway, decision, None, 0, event=turn_event(record, 499))
+
+
+async def _check_translatable(
+    gateway: Gateway,
+    request: Request,
+    body: dict[str, Any],
+    view: dict[str, Any],
+    scope: str,
+    wire: Wire,
+) -> None:
+    """400 naming the field when no model this request may go to can take it: each one's
+    upstream would need a translation the request can't be given (server tools, stored
+    state...). Before the session is touched: it changes nothing."""
+    problems = untranslatable(gateway.settings, body, wire.api)
+    if not problems:
+        return
+    settings = gateway.settings
+    model = await gateway.policy.apeek(request.headers, view, scope=scope)
+    chains = [t.chain for t in settings.tiers.values() if model in t.chain]
+    candidates = [model, *(m for c in chains for m in c[c.index(model) + 1 :])]
+    for candidate in candidates:
+        target = settings.sends_as(candidate, wire.api)
+        if target is not None and target not in problems:
+            return
+    first = next(iter(problems.values()))
+    raise Reject(400, str(first), param=first.field, code="untranslatable")
 
 
 async def _begin(

@@ -160,6 +160,10 @@ class Settings:
     store_memory_links_mb: int = 64  # memory://: what its response/conversation links may hold
     store_memory_events_mb: int = 64  # memory://: what its sessions' event logs may hold
     console_enabled: bool = True  # the operator console (GET /ui) and its endpoints
+    # translated requests: a tool the target API can't run is "refuse"d (400) or "drop"ped
+    translation_unsupported_tools: str = "refuse"
+    # models sent reasoning settings when a request is translated to their API
+    reasoning_models: frozenset[str] = frozenset()
     sessions: Config = field(default_factory=Config)
     id_sources: tuple[str, ...] = DEFAULT_ID_SOURCES
     unknown_state: str = "forward"  # a continued response/conversation/item never served here
@@ -364,7 +368,8 @@ def _upstream(up: _Reader, name: str) -> UpstreamSettings:
 def _parse(root: _Reader) -> Settings:
     """The whole file: each table read by a function of its own."""
     fields: dict[str, Any] = {}
-    for read in (_upstreams, _server, _store, _sessions, _routing, _pricing, _budget, _console):
+    for read in (_upstreams, _server, _store, _sessions, _routing, _pricing, _budget, _console,
+                 _translation):  # fmt: skip
         fields.update(read(root))
     root.done()
     return Settings(**fields)
@@ -532,6 +537,20 @@ def _console(root: _Reader) -> dict[str, Any]:
     console = root.table_of("console")
     fields = {"console_enabled": console.get("enabled", bool, True)}
     console.done()
+    return fields
+
+
+def _translation(root: _Reader) -> dict[str, Any]:
+    translation = root.table_of("translation")
+    models = translation.get("reasoning_models", list, [])
+    if not all(isinstance(m, str) and m for m in models):
+        raise ConfigError("config: translation.reasoning_models must be a list of model ids")
+    fields = {
+        "translation_unsupported_tools": translation.one_of("unsupported_tools",
+                                                            ("refuse", "drop")),
+        "reasoning_models": frozenset(models),
+    }  # fmt: skip
+    translation.done()
     return fields
 
 

@@ -12,10 +12,18 @@ from typing import Any, Protocol
 
 from ..protocols import chat_neutral, messages_neutral, responses_neutral
 from ..protocols.neutral import Event, Turn, Untranslatable
+from .settings import Settings
 from .upstream import read_json
 from .wire import CHAT, MESSAGES, RESPONSES, Wire
 
-__all__ = ["FORMS", "WIRES", "StreamTranslator", "Translation", "Untranslatable"]
+__all__ = [
+    "FORMS",
+    "WIRES",
+    "StreamTranslator",
+    "Translation",
+    "Untranslatable",
+    "untranslatable",
+]
 
 #: The wire of each API a request may go out in.
 WIRES = {"chat": CHAT, "messages": MESSAGES, "responses": RESPONSES}
@@ -43,9 +51,10 @@ class Translation:
         """``messages->chat``: what ``X-Session-Translated`` and the logs say."""
         return f"{self.source.api}->{self.target.api}"
 
-    def turn(self, body: dict[str, Any]) -> Turn:
-        """The client's request in the neutral form; `Untranslatable` naming the field."""
-        turn: Turn = FORMS[self.source.api].read_turn(body, self.target.api)
+    def turn(self, body: dict[str, Any], drop_tools: bool = False) -> Turn:
+        """The client's request in the neutral form; `Untranslatable` naming the field
+        (tools the target can't run are left out instead with `drop_tools`)."""
+        turn: Turn = FORMS[self.source.api].read_turn(body, self.target.api, drop_tools)
         return turn
 
     def request(
@@ -55,21 +64,23 @@ class Translation:
         max_output: int | None,
         default_max: int,
         reasoning: bool = False,
-    ) -> dict[str, Any]:
+        drop_tools: bool = False,
+    ) -> tuple[dict[str, Any], list[str]]:
         """The upstream's request: the client's translated, with the model as the
         upstream names it and `max_output` (the limit the cap fitted) when set; reasoning
-        settings only to a model known to take them (`reasoning`)."""
+        settings only to a model known to take them (`reasoning`). With it, the tools
+        left out (`drop_tools`)."""
         try:
-            turn = self.turn(body)
+            turn = self.turn(body, drop_tools)
         except Untranslatable as exc:
             raise Untranslatable(exc.field, self.target.api, str(exc).split(": ", 1)[-1]) from None
         turn.model = sent_as
         if max_output is not None:
             turn.max_output = max_output
         if self.target.api == "messages":
-            return messages_neutral.write_turn(turn, default_max, reasoning)
+            return messages_neutral.write_turn(turn, default_max, reasoning), turn.dropped_tools
         written: dict[str, Any] = FORMS[self.target.api].write_turn(turn, reasoning)
-        return written
+        return written, turn.dropped_tools
 
     def answer(self, content: bytes) -> bytes:
         """The upstream's answer (its JSON) as the client's."""
@@ -100,6 +111,20 @@ class Translation:
         error = data.get("error") if isinstance(data, dict) else None
         message = error.get("message") if isinstance(error, dict) else None
         return str(message) if message else "the upstream refused the request"
+
+
+def untranslatable(settings: Settings, body: dict[str, Any], api: str) -> dict[str, Untranslatable]:
+    """What keeps a request of `api` from each API some upstream would be sent it in
+    instead (none: every translation it may need can be made), checked before the
+    session is touched, so a request no model can take changes nothing."""
+    drop = settings.translation_unsupported_tools == "drop"
+    out: dict[str, Untranslatable] = {}
+    for target in {up.sends_as(api) for up in settings.upstreams} - {api, None}:
+        try:
+            FORMS[api].read_turn(body, target, drop)
+        except Untranslatable as exc:
+            out[str(target)] = exc
+    return out
 
 
 class StreamTranslator:
