@@ -107,7 +107,8 @@ def test_demo_shows_the_whole_story() -> None:
     for part in (lines[split:split2], lines[split2:]):  # Messages, then Responses
         part_rows = [line for line in part if line[:4].strip().isdigit()]
         assert [row.split()[1] for row in part_rows] == ["new", "pinned", "pinned"]
-        assert len({row.split()[2] for row in part_rows}) == 1  # one model all along
+        assert len({row.split()[2].rstrip("*") for row in part_rows}) == 1  # one model
+        assert all(row.endswith("]") for row in part_rows)  # each translated, and says so
         part_costs = [float(row.split()[5]) for row in part_rows]
         assert part_costs == sorted(part_costs) and part_costs[0] > 0
     assert reasons == [
@@ -117,6 +118,9 @@ def test_demo_shows_the_whole_story() -> None:
     assert "sent with max_tokens" in rows[-2]  # lowered to what fits the cap
     assert [row.split()[4] for row in rows[3:6]] == ["0", "1", "2"]  # strikes
     assert "*" in rows[8].split()[2]  # served by a fallback after the 503
+    assert "[chat->messages]" in rows[2] and not rows[8].endswith("]")  # across the APIs
+    claude = [line for line in lines[split:split2] if line[:4].strip().isdigit()]
+    assert "openai/" in claude[0] and "[messages->chat]" in claude[0]  # Claude Code on GPT
     assert "budget_exceeded" in rows[-1]
     costs = [float(row.split()[5]) for row in rows[:-1]]
     assert costs == sorted(costs) and costs[0] > 0

@@ -22,7 +22,7 @@ import httpx
 from .routing import Pricing, routing_table
 from .server.gateway import Gateway
 from .server.run import running
-from .server.settings import Settings, UpstreamSettings
+from .server.settings import ModelRoute, Settings, UpstreamSettings
 from .server.standin import StandIn
 
 __all__ = ["run_demo"]
@@ -66,14 +66,29 @@ def run_demo(
     waiting up to `wait_s` for a console to open (then it plays anyway)."""
     logging.getLogger("llm_sessions.access").setLevel(logging.WARNING)
     os.environ.setdefault("DEMO_UPSTREAM_KEY", "demo")  # the stand-in takes any key
-    standin = StandIn()
-    with running(standin.app()) as upstream_url, tempfile.TemporaryDirectory() as tmp:
+    openai_style, anthropic_style = StandIn(), StandIn()  # one upstream of each kind
+    with (
+        running(openai_style.app(("chat", "responses"))) as openai_url,
+        running(anthropic_style.app(("messages",))) as anthropic_url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        anthropic = UpstreamSettings(
+            name="anthropic",
+            base_url=f"{anthropic_url}/v1",
+            api_key_env="DEMO_UPSTREAM_KEY",
+            auth="x-api-key",
+            apis=("messages",),
+        )
         settings = Settings(
             upstream=UpstreamSettings(
-                base_url=f"{upstream_url}/v1",
+                base_url=f"{openai_url}/v1",
                 api_key_env="DEMO_UPSTREAM_KEY",
-                apis=("chat", "messages", "responses"),
+                apis=("chat", "responses"),
             ),
+            named_upstreams=(anthropic,),
+            model_routes={
+                m: ModelRoute("anthropic", m) for m in PRICES if m.startswith("anthropic/")
+            },
             tiers=TIERS,
             pricing=PRICES,
             max_session_cost_usd=0.50,
@@ -101,9 +116,9 @@ def run_demo(
                 def pause() -> None:
                     time.sleep(pace_s)
 
-            _conversation(client, standin, out, pause)
-            standin.behaviour.clear()  # the primary the chat part took down is back
-            _messages_session(client, out, pause)
+            _conversation(client, anthropic_style, out, pause)
+            anthropic_style.behaviour.clear()  # the primary the chat part took down is back
+            _messages_session(client, anthropic_style, out, pause)
             _responses_session(client, out, pause)
             if watch:
                 out(f"\nStill serving {gateway_url} (Ctrl-C to stop).")
@@ -158,11 +173,8 @@ def _conversation(
             note += f": sent with max_tokens {h['x-session-output-limit']}"
         reply = raw.json()["choices"][0]["message"]["content"]
         messages.append({"role": "assistant", "content": reply})
-        served = h["x-session-served-model"]
-        model = served if served == h["x-session-model"] else f"{served}*"
         cost = client.get(f"/sessions/{h['x-session-id']}").json()["session_cost_usd"]
-        out(f"{turn:>4}  {h['x-session-reason']:<16} {model:<28} {h['x-session-tier']:<9} "
-            f"{h['x-session-strikes']:>7} {cost:>10}  {note}")  # fmt: skip
+        _row(out, turn, h, cost, note)
 
     def user(text: str) -> None:
         messages.append({"role": "user", "content": text})
@@ -189,7 +201,7 @@ def _conversation(
     ask("classified REASONING, but the prompt cache is warm")
     standin.set("anthropic/claude-sonnet-4.6", status=503)
     user("Apply the patch and rerun the suite.")
-    ask("upstream 503 on the primary: a fallback served (*)")
+    ask("Anthropic 503 on the primary: an OpenAI model served (*), natively")
     user("Commit it.")
     ask("the fallback is pinned for now")
     user("Now write an exhaustive property-based test suite for the auth module.")
@@ -198,17 +210,33 @@ def _conversation(
     out("\n* served by a fallback. Every row went through the gateway over HTTP.")
 
 
+def _row(out: Callable[[str], None], turn: int, h: Any, cost: str, note: str) -> None:
+    """One turn's row: the served model (``*`` when a fallback served), the translation."""
+    served = h["x-session-served-model"]
+    model = served if served == h["x-session-model"] else f"{served}*"
+    if "x-session-translated" in h:
+        note += f" [{h['x-session-translated']}]"
+    out(f"{turn:>4}  {h['x-session-reason']:<16} {model:<28} {h['x-session-tier']:<9} "
+        f"{h['x-session-strikes']:>7} {cost:>10}  {note}")  # fmt: skip
+
+
 def _messages_session(
-    client: httpx.Client, out: Callable[[str], None], pause: Callable[[], None] = lambda: None
+    client: httpx.Client,
+    anthropic: StandIn,
+    out: Callable[[str], None],
+    pause: Callable[[], None] = lambda: None,
 ) -> None:
-    """A few turns of an agent on the Anthropic Messages API, as Claude Code sends them."""
+    """A few turns of an agent on the Anthropic Messages API, as Claude Code sends them:
+    Anthropic is overloaded at the first, so an OpenAI-style model serves the session."""
     out("\nThe same gateway on the Anthropic Messages API, as Claude Code calls it:\n")
     headers = {"x-claude-code-session-id": "7d1c0a52-8f4e-4b1b-9c1e-0e4f2b7a9d10"}
     schema = {"type": "object", "properties": {"path": {"type": "string"}}}
     tools = [{"name": "run_tests", "description": "Run the test suite", "input_schema": schema}]
     messages: list[dict[str, Any]] = [{"role": "user", "content": "Run the tests, fix what fails."}]
-    notes = ["a Claude Code session: keyed by its session id", "the tool result goes back",
+    notes = ["Claude Code; Anthropic overloaded (529): an OpenAI-style model serves",
+             "the tool result goes back: the fallback stays pinned",
              "the next step: same session, same model"]  # fmt: skip
+    anthropic.set("anthropic/claude-sonnet-4.6", status=529)
     for turn, note in enumerate(notes, 1):
         pause()
         raw = client.post(
@@ -216,10 +244,10 @@ def _messages_session(
             json={"model": "auto", "max_tokens": 1024, "tools": tools, "messages": messages},
             headers=headers,
         )
+        anthropic.behaviour.clear()
         h, reply = raw.headers, raw.json()
         cost = client.get(f"/sessions/{h['x-session-id']}").json()["session_cost_usd"]
-        out(f"{turn:>4}  {h['x-session-reason']:<16} {h['x-session-model']:<28} "
-            f"{h['x-session-tier']:<9} {h['x-session-strikes']:>7} {cost:>10}  {note}")  # fmt: skip
+        _row(out, turn, h, cost, note)
         messages.append({"role": "assistant", "content": reply["content"]})
         block = reply["content"][0]
         if block["type"] == "tool_use":
@@ -232,24 +260,28 @@ def _messages_session(
 def _responses_session(
     client: httpx.Client, out: Callable[[str], None], pause: Callable[[], None] = lambda: None
 ) -> None:
-    """An agent on the OpenAI Responses API, each turn sending only what is new."""
-    out("\nAnd on the OpenAI Responses API, each turn naming the one before it:\n")
+    """An agent on the OpenAI Responses API sending its whole input each turn, as Codex
+    does (nothing stored upstream), served by an Anthropic model."""
+    out("\nAnd on the OpenAI Responses API, the whole input each turn, as Codex sends it:\n")
     schema = {"type": "object", "properties": {"path": {"type": "string"}}}
     tools = [{"type": "function", "name": "read_file", "parameters": schema}]
-    body: dict[str, Any] = {"model": "auto", "tools": tools, "input": "What is in notes.txt?"}
-    notes = ["a new session", "only the tool result: previous_response_id names the session",
-             "the chain goes on: same session, same model"]  # fmt: skip
+    items: list[dict[str, Any]] = [{"role": "user", "content": "What is in notes.txt?"}]
+    headers = {"session_id": "0199a7c2-codex-demo"}
+    notes = ["a Codex-style session: keyed by its session_id header",
+             "the tool's output goes back", "the next step: same session, same model"]  # fmt: skip
     for turn, note in enumerate(notes, 1):
         pause()
-        raw = client.post("/responses", json=body)
+        body = {"model": "auto", "tools": tools, "input": items, "store": False}
+        raw = client.post("/responses", json=body, headers=headers)
         h, reply = raw.headers, raw.json()
         cost = client.get(f"/sessions/{h['x-session-id']}").json()["session_cost_usd"]
-        out(f"{turn:>4}  {h['x-session-reason']:<16} {h['x-session-model']:<28} "
-            f"{h['x-session-tier']:<9} {h['x-session-strikes']:>7} {cost:>10}  {note}")  # fmt: skip
+        _row(out, turn, h, cost, note)
         item = reply["output"][0]
         if item["type"] == "function_call":
-            new = {"type": "function_call_output", "call_id": item["call_id"], "output": "hi"}
+            call = {"type": "function_call", "call_id": item["call_id"], "name": item["name"],
+                    "arguments": item["arguments"]}  # fmt: skip
+            items += [call, {"type": "function_call_output", "call_id": item["call_id"],
+                             "output": "hi"}]  # fmt: skip
         else:
-            new = {"role": "user", "content": "Summarise it in one line."}
-        body = {"model": "auto", "tools": tools, "input": [new],
-                "previous_response_id": reply["id"]}  # fmt: skip
+            answer = {"role": "assistant", "content": item["content"][0]["text"]}
+            items += [answer, {"role": "user", "content": "Summarise it in one line."}]

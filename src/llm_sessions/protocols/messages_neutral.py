@@ -219,9 +219,16 @@ def write_turn(turn: Turn, default_max_tokens: int, reasoning: bool = True) -> d
     }
     if system:
         body["system"] = system
+    choice = _write_choice(turn)
     if turn.tools:
         body["tools"] = [_write_tool(t) for t in turn.tools]
-    choice = _write_choice(turn)
+    else:  # the API wants the tools of the calls in its history defined: none may be called
+        called = {p.name for m in turn.messages for p in m.parts if isinstance(p, ToolCall)}
+        if called:
+            body["tools"] = [
+                {"name": n, "input_schema": {"type": "object"}} for n in sorted(called)
+            ]
+            choice = {"type": "none"}
     if choice is not None:
         body["tool_choice"] = choice
     for key, value in (("temperature", turn.temperature), ("top_p", turn.top_p)):

@@ -75,6 +75,9 @@ class Translation:
         except Untranslatable as exc:
             raise Untranslatable(exc.field, self.target.api, str(exc).split(": ", 1)[-1]) from None
         turn.model = sent_as
+        if turn.stop and self.target.api == "responses":
+            field = "stop_sequences" if self.source.api == "messages" else "stop"
+            raise Untranslatable(field, "responses", "that API has no stop sequences")
         if max_output is not None:
             turn.max_output = max_output
         if self.target.api == "messages":
