@@ -128,7 +128,7 @@ litellm_settings:
 """
 
 APIS = ("chat", "messages", "responses")
-TARGETS = ("direct", "floor", "memory", "redis")
+TARGETS = ("direct", "floor", "memory", "redis", "translated")
 # A 10-message agent conversation of about 4 KB, as the efficiency issue measures.
 HISTORY = [
     {"role": "user" if i % 2 == 0 else "assistant",
@@ -370,11 +370,15 @@ def main() -> None:
             procs["direct"] = subprocess.Popen([sys.executable, "-c", script], **logged("direct"))  # type: ignore[call-overload]
             script = FLOOR.format(port=ports["floor"], upstream=ports["direct"])
             procs["floor"] = subprocess.Popen([sys.executable, "-c", script], **logged("floor"))  # type: ignore[call-overload]
-            for name, store in (("memory", "memory://"), ("redis", redis_url)):
+            for name, store in (("memory", "memory://"), ("redis", redis_url),
+                                ("translated", "memory://")):  # fmt: skip
                 config = Path(tmp) / f"{name}.toml"
-                config.write_text(
-                    CONFIG.format(upstream=ports["direct"], port=ports[name], store=store)
-                )
+                text = CONFIG.format(upstream=ports["direct"], port=ports[name], store=store)
+                if name == "translated":  # an upstream of Chat Completions alone
+                    text = text.replace(
+                        'apis = ["chat", "messages", "responses"]', 'apis = ["chat"]'
+                    )
+                config.write_text(text)
                 procs[name] = subprocess.Popen(  # type: ignore[call-overload]
                     [sys.executable, "-m", "llm_sessions", "serve", "--config", str(config),
                      "--log-level", "warning"], **logged(name),
@@ -420,6 +424,7 @@ def main() -> None:
                             cmds = scripts_run(counter) - cmds
                             commands.append((cmds - 1) / len(done))  # less the first INFO
             report(cells, lat, rps, cpu, commands)
+            report_translation(cells, lat, cpu)
             if args.litellm:
                 report_peer(cells, lat, rps, cpu)
             print(f"\nsoak: {soak} requests over 10000 sessions through the memory gateway (c=64)")
@@ -437,6 +442,32 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(15)
             report_failures(FAILURES, logs, {port: name for name, port in ports.items()})
+
+
+def report_translation(
+    cells: list[tuple[str, bool, int]],
+    lat: dict[tuple[object, ...], list[float]],
+    cpu: dict[tuple[object, ...], list[float]],
+) -> None:
+    """What translation adds: the memory gateway in front of a Chat-only upstream (the
+    Messages and Responses requests translated) against the same gateway in front of an
+    upstream of every API (served natively), CPU per request and p50 latency."""
+    med = statistics.median
+    print("\ntranslation: a Messages or Responses request to a Chat-only upstream, against "
+          "the same request served natively (memory gateway)")  # fmt: skip
+    print(f"{'':22} {'CPU ms / req':>25}   {'p50 ms':>19}")
+    print(f"{'':22} {'native':>8} {'transl.':>8} {'ratio':>7}   {'native':>8} {'transl.':>8}")
+    for api, stream, c in cells:
+        if api == "chat":
+            continue
+        native, moved = (
+            med(cpu[(api, stream, c, "memory")]),
+            med(cpu[(api, stream, c, "translated")]),
+        )
+        p50 = [med(lat[(api, stream, c, t)]) * 1000 for t in ("memory", "translated")]
+        label = f"{api} {'stream' if stream else 'plain'} c={c}"
+        print(f"{label:22} {native:8.3f} {moved:8.3f} {moved / native:7.2f}x   "
+              f"{p50[0]:8.2f} {p50[1]:8.2f}")  # fmt: skip
 
 
 def report(
