@@ -12,7 +12,8 @@ Rows so far:
   a continuation is sent again;
 - a served request is billed once: from the upstream's usage when it comes, else from a
   conservative estimate, at least what was generated; also when a fallback on another
-  upstream served it, at that model's price;
+  upstream served it, at that model's price, and when the request was translated to an
+  upstream of another API (the usage the client sees priced as the upstream's was);
 - a malformed request, or one past the counts any LLM API takes, is a 4xx in the API's
   own error shape and changes nothing: no session, no upstream call. (What one request
   may cost the gateway in CPU and event-loop time is measured by bench/body_bench.py,
@@ -363,6 +364,42 @@ def test_a_served_request_is_billed_once(
         (event,) = http.get(f"/v1/sessions/{named['x-session-id']}/events").json()["events"]
     assert (event["cost_micros"], event["total_micros"]) == (spent, spent)
     assert (event["api"], event["stream"], event["outcome"]) == (api, stream, "served")
+
+
+#: the API a translated request goes out in: one its client's gateway does not serve
+TRANSLATED_TO = {"chat": "messages", "messages": "chat", "responses": "chat"}
+
+
+@pytest.mark.parametrize("store", STORES)
+@pytest.mark.parametrize("stream", STREAMED)
+@pytest.mark.parametrize("api", APIS)
+def test_a_translated_request_is_billed_once_from_the_upstreams_usage(
+    api: str, stream: bool, store: str, request: pytest.FixtureRequest
+) -> None:
+    """An upstream of another API (the request translated there, the answer back): the
+    session is billed once, the usage the client sees (translated) priced as the
+    upstream's own was, and the turn logged as translated."""
+    from llm_sessions import token_usage
+
+    target = TRANSLATED_TO[api]
+    overrides = {"store_url": store_url(store, request), "upstream": {"apis": (target,)}}
+    with gateway_with_standin(**overrides) as gw:
+        gw.standin.default = Behaviour(text=FIFTY_WORDS, cached_tokens=3)
+        named = {"x-session-id": f"translated-{api}-{stream}"}
+        extra = {"stream_options": {"include_usage": True}} if api == "chat" and stream else {}
+        reply = send(gw, api, "sk-test", "count to fifty", stream, named, **extra)
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["x-session-translated"] == f"{api}->{target}"
+        spent = spent_micros(gw, named["x-session-id"])
+        with gw.http() as http:
+            (event,) = http.get(f"/v1/sessions/{named['x-session-id']}/events").json()["events"]
+        sent = gw.standin.received
+    seen = usage_in(api, stream, reply)
+    assert seen is not None and len(sent) == 1
+    price = PRICES[reply.headers["x-session-served-model"]]
+    assert spent == price.usage_micros(token_usage(seen)) > 0
+    assert (event["cost_micros"], event["translated"]) == (spent, f"{api}->{target}")
+    assert event["cache_read_tokens"] == 3
 
 
 TWO_UPSTREAMS = """

@@ -468,12 +468,93 @@ def test_tools_an_upstream_cant_run_may_be_left_out_and_said_so() -> None:
 
 
 def test_reasoning_goes_only_to_the_models_said_to_take_it() -> None:
-    """Messages' thinking becomes reasoning_effort for a model of
-    ``[translation] reasoning_models``, and is left out for any other (a model without
-    reasoning would refuse the request)."""
-    body = {"model": "auto", "max_tokens": 8192, "messages": [{"role": "user", "content": "x"}],
-            "thinking": {"type": "enabled", "budget_tokens": 4096}}  # fmt: skip
+    """Messages' thinking (asked for with the Anthropic SDK) becomes reasoning_effort for
+    a model of ``[translation] reasoning_models``, and is left out for any other (a model
+    without reasoning would refuse the request)."""
     for reasoning, expected in ((frozenset({"openai/s1"}), "medium"), (frozenset(), None)):
-        with gateway_over(("chat",), reasoning_models=reasoning) as gw, gw.http() as http:
-            assert http.post("/v1/messages", json=body).status_code == 200
+        with gateway_over(("chat",), reasoning_models=reasoning) as gw:
+            client = claude(gw)
+            try:
+                message = client.messages.create(
+                    model="auto", max_tokens=8192, messages=[{"role": "user", "content": "x"}],
+                    thinking={"type": "enabled", "budget_tokens": 4096},
+                )  # fmt: skip
+            finally:
+                client.close()
+            assert message.content[0].type == "text"
             assert gw.standin.received[-1].get("reasoning_effort") == expected
+
+
+ACROSS = """
+[upstream]
+base_url = "{openai}/v1"
+apis = ["chat"]
+
+[upstreams.anthropic]
+base_url = "{anthropic}/v1"
+auth = "x-api-key"
+apis = ["messages"]
+
+[models."anthropic/sonnet"]
+upstream = "anthropic"
+
+[routing.tiers.SIMPLE]
+primary = "anthropic/sonnet"
+fallback = ["openai/gpt"]
+
+[pricing."anthropic/sonnet"]
+input_per_mtok = 3
+output_per_mtok = 15
+
+[pricing."openai/gpt"]
+input_per_mtok = 1
+output_per_mtok = 4
+
+[budget]
+max_session_cost_usd = 10.0
+"""
+
+
+def test_a_claude_session_falls_back_to_an_openai_model_mid_conversation(
+    tmp_path: Any,
+) -> None:
+    """Streamed, with the Anthropic SDK: the first turn on the Anthropic model natively,
+    the second (Anthropic overloaded) on the OpenAI one, translated; one session, pinned
+    to the fallback, billed each turn at its model's price from its upstream's usage."""
+    from gateway_helpers import gateway_over_standins
+
+    with gateway_over_standins(tmp_path, ACROSS, ("openai", "anthropic")) as (url, ups, _):
+        client = anthropic.Anthropic(base_url=url, api_key="sk-test", max_retries=0)
+        history: list[Any] = [{"role": "user", "content": "hello"}]
+        served, usages = [], []
+        try:
+            for turn in range(2):
+                if turn == 1:
+                    ups["anthropic"].set("anthropic/sonnet", status=529)
+                with client.messages.with_streaming_response.create(
+                    model="auto", max_tokens=64, messages=history, stream=True,
+                    extra_headers={"x-session-id": "across"},
+                ) as raw:  # fmt: skip
+                    served.append((raw.headers["x-session-served-model"],
+                                   raw.headers.get("x-session-translated")))  # fmt: skip
+                    raw.read()
+                usages.append(ups["openai" if turn else "anthropic"].received[-1])
+                history += [{"role": "assistant", "content": "Hello from the stand-in."},
+                            {"role": "user", "content": "and again"}]  # fmt: skip
+            session = httpx.get(f"{url}/v1/sessions/across", timeout=10,
+                                headers={"x-api-key": "sk-test"}).json()  # fmt: skip
+            events = httpx.get(f"{url}/v1/sessions/across/events", timeout=10,
+                               headers={"x-api-key": "sk-test"}).json()["events"]  # fmt: skip
+        finally:
+            client.close()
+    assert served == [("anthropic/sonnet", None), ("openai/gpt", "messages->chat")]
+    assert session["model"] == "openai/gpt" and session["request_count"] == 2
+    assert [e["reason"] for e in events] == ["new", "fallback"]
+    assert events[1]["translated"] == "messages->chat"
+    # each turn at its own price: Anthropic's usage (input 3, output 15 per million)...
+    first = events[0]["input_tokens"] * 3 + events[0]["output_tokens"] * 15
+    # ... then the chat upstream's (1 and 4), as the upstream reported it
+    second = events[1]["input_tokens"] * 1 + events[1]["output_tokens"] * 4
+    assert [e["cost_micros"] for e in events] == [-(-first // 1), -(-second // 1)]
+    assert session["session_cost_micros"] == first + second
+    assert usages[1]["messages"][-1] == {"role": "user", "content": "and again"}

@@ -232,7 +232,7 @@ def test_the_single_upstream_table_still_means_chat(tmp_path: Path) -> None:
     settings = load_settings(path)
     assert [up.name for up in settings.upstreams] == ["default"]
     assert settings.upstream.apis == ("chat",)
-    assert settings.apis == ("chat", "messages")  # Messages requests, translated to chat
+    assert settings.apis == ("chat", "messages", "responses")  # the others, translated
     assert settings.route("gpt-4o") == (settings.upstream, "gpt-4o")
 
 
