@@ -117,8 +117,9 @@ async def forward(
             tried.append(f"{model} (broken response)")
             metrics.upstream_errors.labels("read").inc()
 
-    await finish(gateway, decision, None, 0, event=turn_event(record, 502))
-    if untranslatable and len(untranslatable) == len(tried):
+    refused = bool(untranslatable) and len(untranslatable) == len(tried)
+    await finish(gateway, decision, None, 0, event=turn_event(record, 400 if refused else 502))
+    if refused:
         first = untranslatable[0]
         raise Reject(400, str(first), param=first.field, code="untranslatable")
     raise Reject(
