@@ -6,6 +6,7 @@
 - `chains`: links of stored responses and conversations to their session and holder;
 - `begin`: rules 2-7 as plain functions over the session's record;
 - `finish`: charging (usage priced, else the estimate) and the finish and release steps;
+- `events`: each turn's event, as the session's event log keeps it;
 - `shell`: each step run against a store, once for sync and once for async, with the
   retries and what a store failure means.
 """

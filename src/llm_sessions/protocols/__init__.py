@@ -7,4 +7,8 @@ as ``tool_calls``, tool results as ``tool`` messages, media as typed parts, any
 the budget's worst case, cache stickiness, the loop fingerprint, the session id sources)
 is defined once for all of them. Each also reads its usage, from a body or from stream
 events, and shapes its errors.
+
+Translation between them goes through one neutral form (`neutral`): each API's requests,
+answers and stream events are read into it and written from it by its ``*_neutral``
+module, so a request of one API can be served by an upstream of another.
 """
