@@ -5,12 +5,12 @@ events and back."""
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from .neutral import (
+    EFFORTS,
     Answer,
     Event,
     File,
@@ -34,6 +34,12 @@ from .neutral import (
     Untranslatable,
     Usage,
     UsageEvent,
+    answer_id,
+    count,
+    effort,
+    result_text,
+    split_data_url,
+    tool_name,
 )
 
 __all__ = [
@@ -62,7 +68,6 @@ _FINISH_OUT = {
     "refusal": "content_filter",
     "error": "stop",
 }
-_EFFORTS = ("minimal", "low", "medium", "high")
 # what a Chat request may say that no other API can hold, and why
 _ONLY_HERE = {
     "logprobs": "token log-probabilities",
@@ -103,7 +108,7 @@ def read_turn(body: dict[str, Any], target: str, drop_tools: bool = False) -> Tu
             or not isinstance(function, dict)
         ):
             if drop_tools:
-                turn.dropped_tools.append(_tool_name(tool))
+                turn.dropped_tools.append(tool_name(tool))
                 continue
             raise Untranslatable(f"tools[{i}]", target, "only function tools translate")
         turn.tools.append(
@@ -130,18 +135,12 @@ def read_turn(body: dict[str, Any], target: str, drop_tools: bool = False) -> Tu
     turn.stop = [stop] if isinstance(stop, str) else [s for s in stop or [] if isinstance(s, str)]
     turn.stream = body.get("stream") is True
     effort = body.get("reasoning_effort")
-    turn.reasoning_effort = effort if effort in _EFFORTS else None
+    turn.reasoning_effort = effort if effort in EFFORTS else None
     user = body.get("safety_identifier") or body.get("user")
     turn.user = user if isinstance(user, str) else None
     if isinstance(body.get("metadata"), dict):
         turn.metadata = body["metadata"]
     return turn
-
-
-def _tool_name(tool: Any) -> str:
-    if not isinstance(tool, dict):
-        return "?"
-    return str(tool.get("name") or tool.get("type") or "?")[:64]
 
 
 def _read_message(turn: Turn, message: dict[str, Any], where: str, target: str) -> None:
@@ -210,7 +209,7 @@ def _read_content(content: Any, where: str, target: str) -> list[Part]:
             parts.append(_image_from_url(url, cache))
         elif kind == "file":
             file = part.get("file") or {}
-            data, media = _split_data_url(str(file.get("file_data", "")))
+            data, media = split_data_url(str(file.get("file_data", "")))
             parts.append(
                 File(
                     data=data,
@@ -228,20 +227,12 @@ def _read_content(content: Any, where: str, target: str) -> list[Part]:
 
 
 def _image_from_url(url: str, cache: Any = None) -> Image:
-    data, media = _split_data_url(url)
+    data, media = split_data_url(url)
     return (
         Image(data=data, media_type=media, cache_control=cache)
         if data
         else Image(url=url, cache_control=cache)
     )
-
-
-def _split_data_url(url: str) -> tuple[str | None, str | None]:
-    """``data:image/png;base64,AAAA`` -> ("AAAA", "image/png"); anything else: Nones."""
-    if not url.startswith("data:"):
-        return None, None
-    head, _, data = url.partition(",")
-    return data, head[5:].split(";")[0] or None
 
 
 def write_turn(turn: Turn, reasoning: bool = False) -> dict[str, Any]:
@@ -276,15 +267,12 @@ def write_turn(turn: Turn, reasoning: bool = False) -> dict[str, Any]:
     if turn.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    if reasoning and (turn.reasoning_effort or turn.reasoning_budget):
-        body["reasoning_effort"] = turn.reasoning_effort or _effort(turn.reasoning_budget or 0)
+    asked = effort(turn)
+    if reasoning and asked:
+        body["reasoning_effort"] = asked
     if turn.user:
         body["user"] = turn.user[:256]
     return body
-
-
-def _effort(budget: int) -> str:
-    return "low" if budget <= 2048 else "medium" if budget <= 8192 else "high"
 
 
 def _write_message(message: Message) -> list[dict[str, Any]]:
@@ -301,13 +289,9 @@ def _write_message(message: Message) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     for part in message.parts:
         if isinstance(part, ToolResult):
-            texts = [p.text for p in part.parts if isinstance(p, Text)]
-            media = [_content_part(p) for p in part.parts if isinstance(p, Image | File)]
-            text = "\n".join(texts) or ("(see the attached image)" if media else "")
-            if part.is_error:
-                text = "Error: " + text
-            out.append({"role": "tool", "tool_call_id": part.call_id, "content": text})
-            moved += media
+            said = result_text(part)
+            out.append({"role": "tool", "tool_call_id": part.call_id, "content": said})
+            moved += [_content_part(p) for p in part.parts if isinstance(p, Image | File)]
         elif isinstance(part, ToolCall):
             calls.append(
                 {
@@ -373,13 +357,13 @@ def read_usage(usage: Any) -> Usage:
     if not isinstance(usage, dict):
         return Usage()
     details = usage.get("prompt_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     out_details = usage.get("completion_tokens_details")
-    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
-    prompt = _int(usage.get("prompt_tokens"))
+    reasoning = count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    prompt = count(usage.get("prompt_tokens"))
     return Usage(
         input=max(prompt - cached, 0),
-        output=_int(usage.get("completion_tokens")),
+        output=count(usage.get("completion_tokens")),
         cache_read=cached,
         reasoning=reasoning,
     )
@@ -444,7 +428,7 @@ def write_answer(answer: Answer) -> dict[str, Any]:
     if answer.finish == "refusal":
         message["refusal"], message["content"] = text, None
     return {
-        "id": _completion_id(answer.id),
+        "id": answer_id("chatcmpl-", answer.id),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": answer.model,
@@ -458,19 +442,6 @@ def write_answer(answer: Answer) -> dict[str, Any]:
         ],
         "usage": write_usage(answer.usage),
     }
-
-
-def _completion_id(upstream_id: str) -> str:
-    return (
-        upstream_id
-        if upstream_id.startswith("chatcmpl-")
-        else "chatcmpl-"
-        + (upstream_id.replace("msg_", "").replace("resp_", "") or secrets.token_hex(12))
-    )
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 # -- streams --------------------------------------------------------------------------------
@@ -537,7 +508,7 @@ class StreamWriter:
     def __init__(self, model: str, include_usage: bool) -> None:
         self.model = model
         self.include_usage = include_usage
-        self.id = "chatcmpl-" + secrets.token_hex(12)
+        self.id = answer_id("chatcmpl-", "")
         self.created = int(time.time())
         self.started = False
         self.usage = Usage()
@@ -557,7 +528,7 @@ class StreamWriter:
         if not self.started and not isinstance(event, StreamError):
             self.started = True
             if isinstance(event, Start) and event.id:
-                self.id = _completion_id(event.id)
+                self.id = answer_id("chatcmpl-", event.id)
             out += self._chunk({"role": "assistant", "content": ""})
         if isinstance(event, TextDelta):
             out += self._chunk({"content": event.text})

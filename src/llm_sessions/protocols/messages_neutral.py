@@ -5,7 +5,6 @@ events as neutral events and back."""
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +32,10 @@ from .neutral import (
     Untranslatable,
     Usage,
     UsageEvent,
+    answer_id,
+    count,
+    sse,
+    tool_name,
 )
 
 __all__ = [
@@ -89,8 +92,7 @@ def read_turn(body: dict[str, Any], target: str = "target", drop_tools: bool = F
         kind = tool.get("type") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or kind not in (None, "custom"):
             if drop_tools:
-                name = tool.get("name") if isinstance(tool, dict) else None
-                turn.dropped_tools.append(str(name or kind or "?")[:64])
+                turn.dropped_tools.append(tool_name(tool))
                 continue
             raise Untranslatable(f"tools[{i}]", target, f"{kind!r} is a tool Anthropic runs")
         turn.tools.append(
@@ -334,10 +336,10 @@ def read_usage(usage: Any) -> Usage:
     if not isinstance(usage, dict):
         return Usage()
     return Usage(
-        input=_int(usage.get("input_tokens")),
-        output=_int(usage.get("output_tokens")),
-        cache_read=_int(usage.get("cache_read_input_tokens")),
-        cache_write=_int(usage.get("cache_creation_input_tokens")),
+        input=count(usage.get("input_tokens")),
+        output=count(usage.get("output_tokens")),
+        cache_read=count(usage.get("cache_read_input_tokens")),
+        cache_write=count(usage.get("cache_creation_input_tokens")),
     )
 
 
@@ -369,7 +371,7 @@ def read_answer(body: dict[str, Any]) -> Answer:
 def write_answer(answer: Answer) -> dict[str, Any]:
     content = [b for p in answer.parts if (b := _answer_block(p)) is not None]
     return {
-        "id": _message_id(answer.id),
+        "id": answer_id("msg_", answer.id),
         "type": "message",
         "role": "assistant",
         "model": answer.model,
@@ -387,19 +389,6 @@ def _answer_block(part: Text | ToolCall | Reasoning) -> dict[str, Any] | None:
         signature = part.signature if part.provider == PROVIDER else ""
         return {"type": "thinking", "thinking": part.text, "signature": signature or ""}
     return _write_part(part, "content")
-
-
-def _message_id(upstream_id: str) -> str:
-    return (
-        upstream_id
-        if upstream_id.startswith("msg_")
-        else "msg_"
-        + (upstream_id.replace("chatcmpl-", "").replace("resp_", "") or secrets.token_hex(12))
-    )
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 # -- streams --------------------------------------------------------------------------------
@@ -568,10 +557,7 @@ class StreamWriter:
                     {"type": "error", "error": {"type": event.kind, "message": event.message}},
                 )
             )
-        return b"".join(
-            b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(data).encode())
-            for name, data in out
-        )
+        return b"".join(sse(name, data) for name, data in out)
 
     def _start(self, upstream_id: str) -> list[tuple[str, dict[str, Any]]]:
         self.started = True
@@ -579,7 +565,7 @@ class StreamWriter:
         if not usage["input_tokens"] and not usage["cache_read_input_tokens"]:
             usage["input_tokens"] = self.prompt_tokens
         message: dict[str, Any] = {
-            "id": _message_id(upstream_id),
+            "id": answer_id("msg_", upstream_id),
             "type": "message",
             "role": "assistant",
             "model": self.model,

@@ -5,17 +5,20 @@ is ``target.write(source.read(x))``: three APIs need six mappings, a fourth adds
 (The shape follows the Vercel AI SDK's provider interface: one prompt type in, one
 stream-part type out, every provider mapping to and from them.)
 
-Everything here is plain data: dataclasses of str, int, dict and list. Tool-call
-arguments stay JSON text, as the APIs stream them; a tool's schema, a cache marker and
-an image's source are kept as the client sent them.
+The form is plain data: dataclasses of str, int, dict and list. Tool-call arguments stay
+JSON text, as the APIs stream them; a tool's schema, a cache marker and an image's source
+are kept as the client sent them. At the end, the few rules every API's mapping shares.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "EFFORTS",
     "Answer",
     "Event",
     "File",
@@ -38,6 +41,13 @@ __all__ = [
     "Untranslatable",
     "Usage",
     "UsageEvent",
+    "answer_id",
+    "count",
+    "effort",
+    "result_text",
+    "split_data_url",
+    "sse",
+    "tool_name",
 ]
 
 #: Why an answer ended, in the neutral words (each API maps its own to and from them).
@@ -250,3 +260,65 @@ Event = (
     | Finish
     | StreamError
 )
+
+
+# -- what every API's mapping shares -----------------------------------------------------
+
+#: The reasoning efforts the OpenAI APIs take.
+EFFORTS = ("minimal", "low", "medium", "high")
+_ID_PREFIXES = ("chatcmpl-", "msg_", "resp_")
+
+
+def count(value: Any) -> int:
+    """A token count as an API wrote it: an int, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def split_data_url(url: str) -> tuple[str | None, str | None]:
+    """``data:image/png;base64,AAAA`` -> ("AAAA", "image/png"); anything else: Nones."""
+    if not url.startswith("data:"):
+        return None, None
+    head, _, data = url.partition(",")
+    return data, head[5:].split(";")[0] or None
+
+
+def effort(turn: Turn) -> str | None:
+    """The reasoning effort a turn asks for: its own, else that of its token budget
+    (2,048 tokens or fewer low, 8,192 medium, more high); None when it asks for none."""
+    if turn.reasoning_effort:
+        return turn.reasoning_effort
+    budget = turn.reasoning_budget
+    if not budget:
+        return None
+    return "low" if budget <= 2048 else "medium" if budget <= 8192 else "high"
+
+
+def result_text(result: ToolResult) -> str:
+    """A tool result as the text an API that takes only text holds (its images follow in
+    a user message: the caller moves them)."""
+    text = "\n".join(p.text for p in result.parts if isinstance(p, Text))
+    if not text and any(isinstance(p, Image | File) for p in result.parts):
+        text = "(see the attached image)"
+    return "Error: " + text if result.is_error else text
+
+
+def answer_id(prefix: str, upstream_id: str) -> str:
+    """An answer's id in the client's API (`prefix`: ``chatcmpl-``, ``msg_``, ``resp_``),
+    from the upstream's (whatever API's prefix it had replaced)."""
+    if upstream_id.startswith(prefix):
+        return upstream_id
+    for other in _ID_PREFIXES:
+        upstream_id = upstream_id.replace(other, "")
+    return prefix + (upstream_id or secrets.token_hex(12))
+
+
+def tool_name(tool: Any) -> str:
+    """What names a tool that is left out: its name, else its type."""
+    if not isinstance(tool, dict):
+        return "?"
+    return str(tool.get("name") or tool.get("type") or "?")[:64]
+
+
+def sse(kind: str, data: Any) -> bytes:
+    """One named server-sent event."""
+    return b"event: %s\ndata: %s\n\n" % (kind.encode(), json.dumps(data).encode())

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .neutral import (
+    EFFORTS,
     Answer,
     Event,
     File,
@@ -34,6 +35,13 @@ from .neutral import (
     Untranslatable,
     Usage,
     UsageEvent,
+    answer_id,
+    count,
+    effort,
+    result_text,
+    split_data_url,
+    sse,
+    tool_name,
 )
 
 __all__ = [
@@ -48,7 +56,6 @@ __all__ = [
 
 API = "responses"
 PROVIDER = "responses"  # whose encrypted reasoning these are
-_EFFORTS = ("minimal", "low", "medium", "high")
 # what a Responses request may say that no other API can hold, and why
 _ONLY_HERE = {
     "previous_response_id": "the upstream holds no stored responses",
@@ -85,8 +92,7 @@ def read_turn(body: dict[str, Any], target: str, drop_tools: bool = False) -> Tu
         if not isinstance(tool, dict) or tool.get("type") != "function":
             kind = tool.get("type") if isinstance(tool, dict) else None
             if drop_tools:
-                name = tool.get("name") if isinstance(tool, dict) else None
-                turn.dropped_tools.append(str(name or kind or "?")[:64])
+                turn.dropped_tools.append(tool_name(tool))
                 continue
             raise Untranslatable(f"tools[{i}]", target, f"a {kind!r} tool is OpenAI's own")
         turn.tools.append(
@@ -111,7 +117,7 @@ def read_turn(body: dict[str, Any], target: str, drop_tools: bool = False) -> Tu
     turn.stream = body.get("stream") is True
     reasoning = body.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
-    turn.reasoning_effort = effort if effort in _EFFORTS else None
+    turn.reasoning_effort = effort if effort in EFFORTS else None
     user = body.get("safety_identifier") or body.get("user")
     turn.user = user if isinstance(user, str) else None
     if isinstance(body.get("metadata"), dict):
@@ -189,22 +195,19 @@ def _read_content(content: Any, where: str, target: str) -> list[Part]:
             parts.append(Text(str(part.get("refusal", ""))))
         elif kind == "input_image":
             url = part.get("image_url")
-            if isinstance(url, str) and url.startswith("data:"):
-                head, _, data = url.partition(",")
-                parts.append(Image(data=data, media_type=head[5:].split(";")[0] or None))
+            data, media = split_data_url(url) if isinstance(url, str) else (None, None)
+            if data is not None:
+                parts.append(Image(data=data, media_type=media))
             elif isinstance(url, str):
                 parts.append(Image(url=url))
             else:
                 raise Untranslatable(f"{where}.content[{j}]", target, "an uploaded image")
         elif kind == "input_file":
-            data = part.get("file_data")
-            media = None
-            if isinstance(data, str) and data.startswith("data:"):
-                head, _, data = data.partition(",")
-                media = head[5:].split(";")[0] or None
+            given = part.get("file_data")
+            data, media = split_data_url(given) if isinstance(given, str) else (None, None)
             parts.append(
                 File(
-                    data=data if isinstance(data, str) else None,
+                    data=data if data is not None else given if isinstance(given, str) else None,
                     url=part.get("file_url"),
                     file_id=part.get("file_id"),
                     media_type=media,
@@ -263,12 +266,9 @@ def write_turn(turn: Turn, reasoning: bool = False) -> dict[str, Any]:
             body[key] = value
     if turn.stream:
         body["stream"] = True
-    if reasoning and (turn.reasoning_effort or turn.reasoning_budget):
-        budget = turn.reasoning_budget or 0
-        effort = turn.reasoning_effort or (
-            "low" if budget <= 2048 else "medium" if budget <= 8192 else "high"
-        )
-        body["reasoning"] = {"effort": effort}
+    asked = effort(turn)
+    if reasoning and asked:
+        body["reasoning"] = {"effort": asked}
     if turn.user:
         body["safety_identifier"] = turn.user[:64]
     return body
@@ -303,18 +303,11 @@ def _write_message(message: Message) -> list[dict[str, Any]]:
             )
         elif isinstance(part, ToolResult):
             flush()
-            text = "\n".join(p.text for p in part.parts if isinstance(p, Text))
-            media = [_media(p) for p in part.parts if isinstance(p, Image | File)]
-            if part.is_error:
-                text = "Error: " + text
             out.append(
-                {
-                    "type": "function_call_output",
-                    "call_id": part.call_id,
-                    "output": text or ("(see the attached image)" if media else ""),
-                }
-            )
-            moved += media
+                {"type": "function_call_output", "call_id": part.call_id,
+                 "output": result_text(part)}
+            )  # fmt: skip
+            moved += [_media(p) for p in part.parts if isinstance(p, Image | File)]
         elif isinstance(part, Reasoning) and part.provider == PROVIDER and part.encrypted:
             flush()
             out.append({"type": "reasoning", "summary": [], "encrypted_content": part.encrypted})
@@ -346,12 +339,12 @@ def read_usage(usage: Any) -> Usage:
     if not isinstance(usage, dict):
         return Usage()
     details = usage.get("input_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     out_details = usage.get("output_tokens_details")
-    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    reasoning = count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
     return Usage(
-        input=max(_int(usage.get("input_tokens")) - cached, 0),
-        output=_int(usage.get("output_tokens")),
+        input=max(count(usage.get("input_tokens")) - cached, 0),
+        output=count(usage.get("output_tokens")),
         cache_read=cached,
         reasoning=reasoning,
     )
@@ -442,15 +435,6 @@ def _response(rid: str, model: str, status: str, output: list[Any], usage: Any) 
     }
 
 
-def _response_id(upstream_id: str) -> str:
-    return (
-        upstream_id
-        if upstream_id.startswith("resp_")
-        else "resp_"
-        + (upstream_id.replace("chatcmpl-", "").replace("msg_", "") or secrets.token_hex(12))
-    )
-
-
 def write_answer(answer: Answer) -> dict[str, Any]:
     output: list[dict[str, Any]] = []
     texts = [p.text for p in answer.parts if isinstance(p, Text)]
@@ -492,16 +476,12 @@ def write_answer(answer: Answer) -> dict[str, Any]:
             )
     status = "incomplete" if answer.finish in ("length", "content_filter") else "completed"
     out = _response(
-        _response_id(answer.id), answer.model, status, output, write_usage(answer.usage)
+        answer_id("resp_", answer.id), answer.model, status, output, write_usage(answer.usage)
     )
     if status == "incomplete":
         reason = "content_filter" if answer.finish == "content_filter" else "max_output_tokens"
         out["incomplete_details"] = {"reason": reason}
     return out
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 # -- streams --------------------------------------------------------------------------------
@@ -571,7 +551,7 @@ class StreamWriter:
     def _event(self, kind: str, **data: Any) -> bytes:
         payload = {"type": kind, "sequence_number": self.sequence, **data}
         self.sequence += 1
-        return b"event: %s\ndata: %s\n\n" % (kind.encode(), json.dumps(payload).encode())
+        return sse(kind, payload)
 
     def _response(self, status: str, usage: Any = None) -> dict[str, Any]:
         return _response(self.id, self.model, status, list(self.output), usage)
@@ -581,7 +561,7 @@ class StreamWriter:
         if not self.started and not isinstance(event, StreamError):
             self.started = True
             if isinstance(event, Start) and event.id:
-                self.id = _response_id(event.id)
+                self.id = answer_id("resp_", event.id)
             out += self._event("response.created", response=self._response("in_progress"))
             out += self._event("response.in_progress", response=self._response("in_progress"))
         if isinstance(event, TextDelta):
