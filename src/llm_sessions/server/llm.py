@@ -24,7 +24,7 @@ from ..policy import Decision
 from ..records import format_usd
 from .access_log import cap, log_request
 from .forwarding import finish, forward, turn_event
-from .model_routes import check_api, check_explicit_model
+from .model_routes import after, check_api, check_explicit_model
 from .parsing import check_counts, parse_body, read_body, read_stream_flag
 from .rejections import Reject, rejection
 from .translation import untranslatable
@@ -127,9 +127,7 @@ async def _check_translatable(
         return
     settings = gateway.settings
     model = await gateway.policy.apeek(request.headers, view, scope=scope)
-    chains = [t.chain for t in settings.tiers.values() if model in t.chain]
-    candidates = [model, *(m for c in chains for m in c[c.index(model) + 1 :])]
-    for candidate in candidates:
+    for candidate in (model, *after(settings, model)):
         target = settings.sends_as(candidate, wire.api)
         if target is not None and target not in problems:
             return
@@ -142,7 +140,8 @@ async def _begin(
 ) -> Decision:
     """`abegin`, with its refusals as error responses."""
     try:
-        logged = turn_event(record, 429)  # the event of a turn the budget refuses
+        # the event of a turn the budget refuses (only a cap refuses)
+        logged = turn_event(record, 429) if gateway.policy.cap_micros is not None else None
         return await gateway.policy.abegin(request.headers, body, scope=scope, event=logged)
     except InvalidSessionId as exc:
         param = exc.param or gateway.settings.sessions.header_name

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .gateway import Gateway
 
 __all__ = [
+    "after",
     "check_api",
     "check_explicit_model",
     "model_objects",
@@ -39,14 +40,14 @@ def served_on(settings: Settings, model: str, wire: Wire) -> str | None:
     """`model` if an upstream of the wire's API serves it, else the first model after it
     in a tier chain that holds it that one does (as a turn of that API on a session
     pinned to `model` would be served); None when there is none."""
-    if serves(settings, model, wire):
-        return model
-    for tier in settings.tiers.values():
-        if model in tier.chain:
-            for other in tier.chain[tier.chain.index(model) + 1 :]:
-                if serves(settings, other, wire):
-                    return other
-    return None
+    return next((m for m in (model, *after(settings, model)) if serves(settings, m, wire)), None)
+
+
+def after(settings: Settings, model: str) -> list[str]:
+    """The models after `model` in the tier chains that hold it: where a turn of a
+    session pinned to it may go when it can't."""
+    chains = [t.chain for t in settings.tiers.values() if model in t.chain]
+    return [m for chain in chains for m in chain[chain.index(model) + 1 :]]
 
 
 def route(
