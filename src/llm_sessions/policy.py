@@ -227,7 +227,7 @@ class SessionPolicy:
         links = chains.links_for(
             self, decision, served_model, response_id, item_ids, billed_later, context_tokens
         )
-        logged = events.finish_event(self, decision, served_model, charged, event)
+        logged = events.finish_event(decision, served_model, charged, event)
         return shell.record(self, store, decision, step, links, logged)
 
     async def afinish(
@@ -257,7 +257,7 @@ class SessionPolicy:
         links = chains.links_for(
             self, decision, served_model, response_id, item_ids, billed_later, context_tokens
         )
-        logged = events.finish_event(self, decision, served_model, charged, event)
+        logged = events.finish_event(decision, served_model, charged, event)
         return await shell.arecord(self, store, decision, step, links, logged)
 
     def response_session(self, response_id: str, scope: str = "") -> tuple[str, str] | None:

@@ -35,27 +35,32 @@ Build = Callable[[Entry | None, Entry | None, Any, int], dict[str, Any] | None]
 
 
 class TurnEvent:
-    """A turn's event as a store's `EventOf`: `build(old, new, result, now)` gives its
-    fields or None; `body` and `text` are those of the latest call (after the write:
-    the event that landed, None when there was none)."""
+    """A turn's event as a store's `EventOf`: `build(old, new, result, now)` gives the
+    flow's fields or None, the caller's `extra` fields are added; `body` and `text` are
+    those of the latest call (after the write: the event that landed, None when there
+    was none)."""
 
-    __slots__ = ("_build", "body", "text")
+    __slots__ = ("_build", "_extra", "body", "text")
 
     def __init__(
-        self, build: Callable[[Entry | None, Entry | None, Any, int], dict[str, Any] | None]
+        self,
+        build: Callable[[Entry | None, Entry | None, Any, int], dict[str, Any] | None],
+        extra: Mapping[str, Any] | None,
     ) -> None:
         self._build = build
+        self._extra = extra
         self.body: dict[str, Any] | None = None
         self.text: str | None = None
 
     def __call__(self, old: Entry | None, new: Entry | None, result: Any, now: int) -> str | None:
         self.body = body = self._build(old, new, result, now)
+        if body is not None and self._extra:
+            body.update(self._extra)
         self.text = None if body is None else _dumps(body)
         return self.text
 
 
 def finish_event(
-    policy: SessionPolicy,
     decision: Decision,
     served_model: str | None,
     cost: int,
@@ -81,11 +86,9 @@ def finish_event(
         }
         if fallback:
             body["decided"] = decision.model
-        if extra:
-            body.update(extra)
         return body
 
-    return TurnEvent(build)
+    return TurnEvent(build, extra)
 
 
 def refusal_event(policy: SessionPolicy, turn: Turn, extra: Mapping[str, Any] | None) -> TurnEvent:
@@ -94,7 +97,7 @@ def refusal_event(policy: SessionPolicy, turn: Turn, extra: Mapping[str, Any] | 
     def build(old: Entry | None, new: Entry | None, begun: Any, now: int) -> dict[str, Any] | None:
         if old is None or not isinstance(begun, Begun) or begun.refused_worst is None:
             return None
-        body: dict[str, Any] = {
+        return {
             "at": now,
             "outcome": "refused",
             "reason": "refused",
@@ -108,11 +111,8 @@ def refusal_event(policy: SessionPolicy, turn: Turn, extra: Mapping[str, Any] | 
             "requested_micros": begun.refused_worst,
             "source": turn.source,
         }
-        if extra:
-            body.update(extra)
-        return body
 
-    return TurnEvent(build)
+    return TurnEvent(build, extra)
 
 
 def announce(
